@@ -113,7 +113,7 @@ UNET = ComponentKind(
 )
 CONTROLNET = ComponentKind(
     "controlnet", FlaxControlNetModel, "ControlNetModel", _CONTROLNET_IMPLIED, _SUPPORTED_BLOCKS,
-    ("dtype",),
+    ("dtype", "dropout", "sample_size"),  # sample_size only sizes Flax's dummy init inputs
 )
 VAE = ComponentKind("vae", FlaxAutoencoderKL, "AutoencoderKL", _VAE_IMPLIED, _VAE_BLOCKS, ("dtype",))
 KINDS = {kind.name: kind for kind in (UNET, CONTROLNET, VAE)}

@@ -48,6 +48,7 @@ TRANSFORMERS_FLAX_WEIGHTS = "flax_model.msgpack"
 TRANSFORMERS_PT_WEIGHTS = "model.safetensors"
 
 PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+KINDS_BY_FOLDER = {"unet": UNET, "vae": VAE, "controlnet": CONTROLNET}
 
 DType = Any
 
@@ -380,12 +381,21 @@ def load_transformers_model(
     *,
     dtype: DType = jnp.float32,
     param_dtype: DType = jnp.float32,
+    weights: str = "auto",
     what: str = "model",
 ) -> Loaded:
     """Loads a transformers Flax model from `flax_model.msgpack` or a PyTorch `model.safetensors`.
 
-    The parameter tree is checked against the architecture of config.json (transformers itself
-    only warns about missing or unused weights).
+    Weights are read and checked here (transformers itself only warns about missing or unused
+    weights, and its PyTorch-safetensors path needs initialised random params first).
+
+    Args:
+      folder: holds config.json and the weights.
+      model_class: e.g. `transformers.FlaxCLIPTextModel`.
+      input_shape: dummy input shape for tracing the parameter shapes.
+      dtype, param_dtype: compute and storage dtypes.
+      weights: "auto" (msgpack if present, else safetensors), "msgpack" or "safetensors".
+      what: the component's name in errors.
     """
     folder = _require_dir(folder, what)
     config = read_config(folder)
@@ -394,16 +404,50 @@ def load_transformers_model(
         raise ConfigError(
             f"{folder / 'config.json'}: model_type is {config.get('model_type')!r}, expected {expected_type!r} for {what}"
         )
-    paths, _ = _find_weights(folder, TRANSFORMERS_FLAX_WEIGHTS, TRANSFORMERS_PT_WEIGHTS, "auto", None)
-    if len(paths) > 1:
-        raise ValueError(f"{folder}: sharded safetensors are not readable by transformers' Flax classes; merge them")
     try:
-        model, params = model_class.from_pretrained(folder, dtype=dtype, _do_init=False, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{paths[0]}: could not be loaded as {model_class.__name__} ({err})") from None
+        model_config = model_class.config_class.from_dict(config)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{folder / 'config.json'}: not a valid {model_class.config_class.__name__} ({err})") from None
+    model = model_class(model_config, dtype=dtype, _do_init=False)
     expected = jax.eval_shape(lambda: model.init_weights(jax.random.PRNGKey(0), input_shape))
-    check_tree(params, expected, str(paths[0]))
+    paths, fmt = _find_weights(folder, TRANSFORMERS_FLAX_WEIGHTS, TRANSFORMERS_PT_WEIGHTS, weights, None)
+    if fmt == "msgpack":
+        params = _read_msgpack(paths[0])
+        check_tree(params, expected, str(paths[0]))
+    else:
+        prefix = model_class.base_model_prefix
+
+        def naming(key):
+            return pt_layout.transformers_keys(key, prefix)
+
+        source = str(paths[0]) if len(paths) == 1 else f"{folder} ({len(paths)} safetensors shards)"
+        params = pt_layout.state_dict_to_flax(read_safetensors(paths), expected, source, naming=naming,
+                                              ignore=("position_ids",))
     return Loaded(model, cast_params(params, param_dtype), config, folder)
+
+
+def export_transformers(model: Any, params: Any, folder: str | Path, formats: Iterable[str] = ("safetensors",)) -> Path:
+    """Writes a transformers Flax model's config.json and weights.
+
+    "safetensors" writes `model.safetensors` with PyTorch names and layouts (loads in
+    transformers PyTorch and, torch-free, in jcompose); "msgpack" writes `flax_model.msgpack`.
+    transformers' Flax loader prefers the msgpack when a folder has both.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    host = jax.device_get(params)
+    for fmt in formats:
+        if fmt == "msgpack":
+            (folder / TRANSFORMERS_FLAX_WEIGHTS).write_bytes(serialization.msgpack_serialize(host))
+        elif fmt == "safetensors":
+            from safetensors.numpy import save_file
+
+            save_file(pt_layout.transformers_state_dict(host), str(folder / TRANSFORMERS_PT_WEIGHTS),
+                      metadata={"format": "pt"})
+        else:
+            raise ValueError(f"unknown weight format {fmt!r}: use 'safetensors' and/or 'msgpack'")
+    return folder
 
 
 def load_text_encoder(folder: str | Path, **kwargs) -> Loaded:
@@ -533,9 +577,9 @@ def load_pipeline(
         if name == "unet":
             loaded[name] = load_unet(sub, weights=weights, expect=unet_expect, **nets)
         elif name in ("vae", "controlnet"):
-            loaded[name] = load_component(sub, VAE if name == "vae" else CONTROLNET, weights=weights, **nets)
+            loaded[name] = load_component(sub, KINDS_BY_FOLDER[name], weights=weights, **nets)
         elif name == "text_encoder":
-            loaded[name] = load_text_encoder(sub, **nets)
+            loaded[name] = load_text_encoder(sub, weights=weights, **nets)
         elif name == "tokenizer":
             loaded[name] = load_tokenizer(sub)
         elif name == "scheduler":

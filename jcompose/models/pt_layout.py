@@ -91,10 +91,24 @@ def _layout_for_expected(flax_key: FlaxKey, tensor: np.ndarray, expected_shape: 
     return out
 
 
+def transformers_keys(flax_key: FlaxKey, prefix: str = "") -> list[str]:
+    """PyTorch names of a transformers Flax parameter (CLIP text, DINOv2).
+
+    transformers' Flax modules name list items by bare index (``layers/0``), so names join with
+    dots unchanged. Checkpoints saved from a model with a task head carry the base model's
+    prefix (e.g. ``dinov2.``): accepted as a second choice.
+    """
+    *modules, leaf = flax_key
+    name = ".".join([*modules, "weight" if leaf in ("kernel", "scale", "embedding") else leaf])
+    return [name, f"{prefix}.{name}"] if prefix else [name]
+
+
 def state_dict_to_flax(
     state_dict: Mapping[str, np.ndarray],
     expected: Mapping[str, Any],
     source: str,
+    naming=pytorch_keys,
+    ignore: tuple[str, ...] = (),
 ) -> dict:
     """Converts a PyTorch-named state dict of numpy arrays to a Flax parameter tree.
 
@@ -103,6 +117,9 @@ def state_dict_to_flax(
       expected: the Flax parameter tree the module expects; leaves need only `.shape` and
         `.dtype` (e.g. `jax.eval_shape` of the module's init).
       source: the file the tensors came from, named in errors.
+      naming: Flax key -> candidate PyTorch names (`pytorch_keys` for diffusers modules,
+        `transformers_keys` for transformers models).
+      ignore: suffixes of PyTorch names that are buffers, not parameters (e.g. "position_ids").
 
     Returns:
       The Flax parameter tree (nested dict of numpy arrays, the dtype of `expected`).
@@ -114,7 +131,7 @@ def state_dict_to_flax(
     remaining = dict(state_dict)
     converted, missing = {}, []
     for flax_key, want in flat_expected.items():
-        candidates = pytorch_keys(flax_key)
+        candidates = naming(flax_key)
         pt_key = next((k for k in candidates if k in remaining), None)
         if pt_key is None:
             missing.append(candidates[0])
@@ -128,6 +145,7 @@ def state_dict_to_flax(
                 f"{tuple(want.shape)} for {'/'.join(flax_key)}. Does config.json belong to these weights?"
             )
         converted[flax_key] = tensor.astype(want.dtype, copy=False)
+    remaining = {k: v for k, v in remaining.items() if not k.endswith(ignore)} if ignore else remaining
     if missing or remaining:
         raise LayoutError(
             f"{source}: the weights do not match the architecture in config.json.\n"
@@ -158,15 +176,8 @@ def _listing(title: str, keys: list[str], limit: int = 12) -> str:
 
 
 def transformers_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """transformers Flax params -> PyTorch state dict (CLIP text, DINOv2).
-
-    transformers' Flax modules name list items by bare index (``layers/0``), so names join with
-    dots unchanged; leaves follow the same kernel/scale/embedding rules as diffusers.
-    """
-    out = {}
-    for flax_key, value in flatten_dict(dict(params)).items():
-        *modules, leaf = flax_key
-        pt_leaf = "weight" if leaf in ("kernel", "scale", "embedding") else leaf
-        array = np.asarray(value)
-        out[".".join([*modules, pt_leaf])] = np.ascontiguousarray(to_pytorch_layout(flax_key, array))
-    return out
+    """transformers Flax params -> PyTorch state dict (inverse of loading with `transformers_keys`)."""
+    return {
+        transformers_keys(flax_key)[0]: np.ascontiguousarray(to_pytorch_layout(flax_key, np.asarray(value)))
+        for flax_key, value in flatten_dict(dict(params)).items()
+    }

@@ -23,10 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jcompose.models import loading, pt_layout
+from jcompose.models import loading
 
 BASES = ("sd15", "sd15-inpaint", "sd21-base")
 CONTEXT_TOKENS = 16  # tokenizer model_max_length and text-encoder positions
@@ -227,19 +226,6 @@ def write_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> int:
 # --------------------------------------------------------------------------------------- writers
 
 
-def _write_transformers(model: Any, params: Any, folder: Path, formats: tuple[str, ...]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)
-    host = jax.device_get(params)
-    if "msgpack" in formats:
-        (folder / loading.TRANSFORMERS_FLAX_WEIGHTS).write_bytes(serialization.msgpack_serialize(host))
-    if "safetensors" in formats:
-        from safetensors.numpy import save_file
-
-        save_file(pt_layout.transformers_state_dict(host), str(folder / loading.TRANSFORMERS_PT_WEIGHTS),
-                  metadata={"format": "pt"})
-
-
 def write_tiny_base(
     out: str | Path,
     base: str = "sd15",
@@ -254,7 +240,7 @@ def write_tiny_base(
       out: destination folder (created).
       base: "sd15", "sd15-inpaint" or "sd21-base".
       formats: weight formats to write: "safetensors" (PyTorch names and layouts) and/or
-        "msgpack" (Flax). With both, transformers' loader reads the msgpack.
+        "msgpack" (Flax). Loaders choose with `weights=`.
       controlnet: also write a `controlnet/` with the UNet's encoder architecture (random weights).
       seed: all weights derive from it.
     """
@@ -272,7 +258,7 @@ def write_tiny_base(
 
     vocab_size = write_tokenizer(out / "tokenizer", pad_token="!" if base == "sd21-base" else "<|endoftext|>")
     text = FlaxCLIPTextModel(text_encoder_config(base, vocab_size), _do_init=False)
-    _write_transformers(text, random_params(text.params_shape_tree, seed + 2), out / "text_encoder", formats)
+    loading.export_transformers(text, random_params(text.params_shape_tree, seed + 2), out / "text_encoder", formats)
 
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(base), indent=2))
@@ -294,7 +280,7 @@ def write_tiny_dinov2(out: str | Path, *, formats: tuple[str, ...] = ("safetenso
     from transformers import FlaxDinov2Model
 
     model = FlaxDinov2Model(dinov2_config(), _do_init=False)
-    _write_transformers(model, random_params(model.params_shape_tree, seed), Path(out), formats)
+    loading.export_transformers(model, random_params(model.params_shape_tree, seed), Path(out), formats)
     return Path(out)
 
 

@@ -1,0 +1,127 @@
+"""Convert model folders between the Flax and the diffusers/transformers PyTorch layouts.
+
+    python -m jcompose.convert to-flax SRC DST       # PyTorch safetensors -> Flax msgpack
+    python -m jcompose.convert to-diffusers SRC DST  # Flax msgpack -> PyTorch safetensors
+
+SRC is one model folder (config.json + weights: unet, controlnet, vae, CLIP text encoder,
+DINOv2) or a whole base-model folder (unet/, vae/, text_encoder/, ...); other files (tokenizer,
+scheduler, model_index.json) are copied. Conversion runs in numpy: torch is neither needed nor
+imported. `to-diffusers` output loads in PyTorch with `UNet2DConditionModel.from_pretrained`,
+`ControlNetModel.from_pretrained`, `AutoencoderKL.from_pretrained`, `CLIPTextModel` /
+`Dinov2Model.from_pretrained`; `to-flax` output loads with `jcompose.models.loading` and
+diffusers'/transformers' Flax `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jcompose.models import loading
+from jcompose.models.diffusers_config import KINDS, read_config
+
+_DTYPES = {"float32": np.float32, "float16": np.float16}
+_TRANSFORMERS = {"clip_text_model": "load_text_encoder", "dinov2": "load_dinov2"}
+
+
+def _component(folder: Path) -> str | None:
+    """'unet' / 'controlnet' / 'vae' / a transformers model_type, or None for a non-model folder."""
+    if not (folder / "config.json").is_file():
+        return None
+    config = read_config(folder)
+    class_name = str(config.get("_class_name", "")).removeprefix("Flax")
+    for name, kind in KINDS.items():
+        if class_name == kind.pytorch_class:
+            return name
+    if config.get("model_type") in _TRANSFORMERS:
+        return config["model_type"]
+    raise ValueError(
+        f"{folder / 'config.json'}: cannot tell which model this is (_class_name {config.get('_class_name')!r}, "
+        f"model_type {config.get('model_type')!r}); convertible: {[k.pytorch_class for k in KINDS.values()]}, "
+        f"model_type {list(_TRANSFORMERS)}"
+    )
+
+
+def convert_model(src: Path, dst: Path, target: str, dtype: str = "float32") -> str:
+    """Converts one model folder; returns a one-line report."""
+    component = _component(src)
+    if component is None:
+        raise FileNotFoundError(f"{src}: no config.json, so not a model folder")
+    if target not in ("flax", "diffusers"):
+        raise ValueError(f"target must be 'flax' or 'diffusers', got {target!r}")
+    source_format = "safetensors" if target == "flax" else "msgpack"
+    out_format = "msgpack" if target == "flax" else "safetensors"
+    if component in KINDS:
+        model = loading.load_component(src, KINDS[component], weights=source_format)
+        loading.export_diffusers(model.module, model.params, dst, formats=(out_format,), dtype=_DTYPES[dtype])
+    else:
+        model = getattr(loading, _TRANSFORMERS[component])(src, weights=source_format)
+        params = model.params if dtype == "float32" else _cast(model.params, _DTYPES[dtype])
+        loading.export_transformers(model.module, params, dst, formats=(out_format,))
+    return f"{src} ({component}, {source_format}) -> {dst} ({out_format}, {dtype})"
+
+
+def _cast(params, dtype):
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), params)
+
+
+def convert(src: Path, dst: Path, target: str, dtype: str = "float32") -> list[str]:
+    """Converts a model folder or every model subfolder of a base-model folder (copying the rest)."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: folder not found")
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"{dst}: destination must differ from the source")
+    if (src / "config.json").is_file():
+        return [convert_model(src, dst, target, dtype)]
+    dst.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for entry in sorted(src.iterdir()):
+        if entry.is_dir() and (entry / "config.json").is_file():
+            reports.append(convert_model(entry, dst / entry.name, target, dtype))
+        elif entry.is_dir():
+            shutil.copytree(entry, dst / entry.name, dirs_exist_ok=True)
+            reports.append(f"{entry} -> {dst / entry.name} (copied)")
+        else:
+            shutil.copy2(entry, dst / entry.name)
+    if not any("copied" not in r for r in reports):
+        raise FileNotFoundError(f"{src}: neither a model folder (config.json) nor one with model subfolders")
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jcompose.convert",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="target", required=True, metavar="DIRECTION")
+    for name, help_text in (
+        ("to-flax", "PyTorch safetensors (diffusers/transformers layout) -> Flax msgpack"),
+        ("to-diffusers", "Flax msgpack -> PyTorch safetensors with PyTorch key names and layouts"),
+    ):
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("src", type=Path, help="model folder or base-model folder to read")
+        command.add_argument("dst", type=Path, help="folder to write (created)")
+        command.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
+                             help="dtype of the written tensors (default float32)")
+    args = parser.parse_args(argv)
+    target = "flax" if args.target == "to-flax" else "diffusers"
+    try:
+        for line in convert(args.src, args.dst, target, args.dtype):
+            print(line)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
