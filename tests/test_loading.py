@@ -149,12 +149,12 @@ def test_weights_that_do_not_fit_the_config(tiny_bases, tmp_path, weights):
     config = json.loads((unet / "config.json").read_text())
     config["cross_attention_dim"] = 48
     (unet / "config.json").write_text(json.dumps(config))
-    with pytest.raises(LayoutError, match=r"(?s)attn2.*to_k.*shape"):
+    with pytest.raises(LayoutError, match=r"(?s)wrong shape.*attn2.*to_k.*shape"):
         loading.load_unet(unet, weights=weights)
     config["cross_attention_dim"] = 32
     config["layers_per_block"] = 2
     (unet / "config.json").write_text(json.dumps(config))
-    with pytest.raises(LayoutError, match=r"(?s)weights do not match the architecture.*missing"):
+    with pytest.raises(LayoutError, match=r"(?s)weights do not match the architecture.*missing (tensors|parameters)"):
         loading.load_unet(unet, weights=weights)
 
 
@@ -199,3 +199,35 @@ def test_bad_scheduler_and_tokenizer(tiny_bases, tmp_path):
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "bert"}))
     with pytest.raises(ConfigError, match=r"model_type is 'bert', expected 'clip_text_model'"):
         loading.load_text_encoder(base / "text_encoder")
+
+
+def test_sharded_variant_and_bfloat16_safetensors(tiny_bases, tmp_path):
+    from safetensors.numpy import save_file
+
+    from jcompose.models import pt_layout
+
+    ref = loading.load_unet(tiny_bases["sd15"] / "unet", weights="msgpack")
+    state = pt_layout.flax_to_state_dict(ref.params)
+    names = sorted(state)
+    folder = shutil.copytree(tiny_bases["sd15"] / "unet", tmp_path / "unet", ignore=shutil.ignore_patterns("diffusion_*"))
+
+    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(folder / shard))
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    sharded = _flat(loading.load_unet(folder).params)
+    for key, value in _flat(ref.params).items():
+        np.testing.assert_array_equal(sharded[key], value)
+
+    save_file({k: v.astype(np.float16) for k, v in state.items()}, str(folder / "diffusion_pytorch_model.fp16.safetensors"))
+    half = _flat(loading.load_unet(folder, variant="fp16").params)
+    for key, value in _flat(ref.params).items():
+        np.testing.assert_allclose(half[key], value, rtol=1e-3, atol=1e-4)
+
+    import ml_dtypes
+
+    (folder / "diffusion_pytorch_model.safetensors.index.json").unlink()
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in state.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
+    bf16 = loading.load_unet(folder, param_dtype=jnp.bfloat16)
+    assert {x.dtype for x in jax.tree_util.tree_leaves(bf16.params)} == {jnp.dtype(jnp.bfloat16)}

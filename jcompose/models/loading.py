@@ -93,7 +93,7 @@ def _find_weights(folder: Path, flax_name: str, pt_name: str, prefer: str, varia
 
     msgpack = folder / variant_name(flax_name)
     single = folder / variant_name(pt_name)
-    index = folder / (variant_name(pt_name) + ".index.json")
+    index = folder / variant_name(pt_name + ".index.json")  # diffusers: *.safetensors.index.fp16.json
     found: dict[str, list[Path]] = {}
     if msgpack.is_file():
         found["msgpack"] = [msgpack]
@@ -131,15 +131,18 @@ def _shards(index: Path) -> list[Path]:
 
 
 def read_safetensors(paths: Sequence[Path]) -> dict[str, np.ndarray]:
-    """All tensors of one or more safetensors files as numpy arrays (bfloat16 via ml_dtypes)."""
+    """All tensors of one or more safetensors files as host numpy arrays (bfloat16 via ml_dtypes).
+
+    Read with the numpy framework so nothing lands on an accelerator before it is converted.
+    """
     from safetensors import SafetensorError, safe_open
 
     tensors: dict[str, np.ndarray] = {}
     for path in paths:
         try:
-            with safe_open(str(path), framework="flax") as handle:
+            with safe_open(str(path), framework="numpy") as handle:
                 for key in handle.keys():
-                    tensors[key] = np.asarray(handle.get_tensor(key))
+                    tensors[key] = handle.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     return tensors
@@ -160,18 +163,12 @@ def check_tree(tree: Mapping, expected: Mapping, source: str) -> None:
     flat, want = flatten_dict(dict(tree)), flatten_dict(dict(expected))
     missing = sorted("/".join(k) for k in want.keys() - flat.keys())
     unexpected = sorted("/".join(k) for k in flat.keys() - want.keys())
-    if missing or unexpected:
-        raise pt_layout.LayoutError(
-            f"{source}: the weights do not match the architecture in config.json.\n"
-            + pt_layout._listing("missing parameters", missing)
-            + pt_layout._listing("unexpected parameters", unexpected)
-        )
-    for key, spec in want.items():
-        if tuple(np.shape(flat[key])) != tuple(spec.shape):
-            raise pt_layout.LayoutError(
-                f"{source}: parameter {'/'.join(key)} has shape {tuple(np.shape(flat[key]))}, "
-                f"config.json implies {tuple(spec.shape)}"
-            )
+    mismatched = [
+        f"{'/'.join(key)}: shape {tuple(np.shape(flat[key]))}, config.json implies {tuple(spec.shape)}"
+        for key, spec in want.items()
+        if key in flat and tuple(np.shape(flat[key])) != tuple(spec.shape)
+    ]
+    pt_layout.raise_if_mismatched(source, missing, unexpected, mismatched)
 
 
 def cast_params(params: Any, param_dtype: DType) -> Any:

@@ -129,7 +129,7 @@ def state_dict_to_flax(
     """
     flat_expected = flatten_dict(dict(expected))
     remaining = dict(state_dict)
-    converted, missing = {}, []
+    converted, missing, mismatched = {}, [], []
     for flax_key, want in flat_expected.items():
         candidates = naming(flax_key)
         pt_key = next((k for k in candidates if k in remaining), None)
@@ -139,20 +139,27 @@ def state_dict_to_flax(
         original = np.asarray(remaining.pop(pt_key))
         tensor = _layout_for_expected(flax_key, original, tuple(want.shape))
         if tuple(tensor.shape) != tuple(want.shape):
-            raise LayoutError(
-                f"{source}: tensor {pt_key!r} has shape {original.shape} "
-                f"(Flax layout {tuple(tensor.shape)}), but the model built from config.json expects "
-                f"{tuple(want.shape)} for {'/'.join(flax_key)}. Does config.json belong to these weights?"
+            mismatched.append(
+                f"{pt_key}: shape {original.shape} (Flax layout {tuple(tensor.shape)}), config.json implies "
+                f"{tuple(want.shape)}"
             )
+            continue
         converted[flax_key] = tensor.astype(want.dtype, copy=False)
-    remaining = {k: v for k, v in remaining.items() if not k.endswith(ignore)} if ignore else remaining
-    if missing or remaining:
-        raise LayoutError(
-            f"{source}: the weights do not match the architecture in config.json.\n"
-            + _listing("missing tensors (expected by config.json, absent in the file)", missing)
-            + _listing("unexpected tensors (in the file, unknown to the model)", sorted(remaining))
-        )
+    unexpected = sorted(k for k in remaining if not (ignore and k.endswith(ignore)))
+    raise_if_mismatched(source, missing, unexpected, mismatched)
     return unflatten_dict(converted)
+
+
+def raise_if_mismatched(source: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
+    """Raises one `LayoutError` listing every missing, unexpected and wrongly shaped tensor."""
+    if missing or unexpected or mismatched:
+        raise LayoutError(
+            f"{source}: the weights do not match the architecture in config.json "
+            "(does config.json belong to these weights?)\n"
+            + _listing("tensors with the wrong shape", mismatched)
+            + _listing("missing tensors (expected by config.json, absent in the file)", missing)
+            + _listing("unexpected tensors (in the file, unknown to the model)", unexpected)
+        )
 
 
 def flax_to_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
