@@ -1,0 +1,216 @@
+"""Benchmarks: `python -m jcompose.bench sample [--model tiny|sd15] ...`.
+
+Reports seconds per image of a full CFG sampling run (default 50 DDIM steps + VAE decode) for
+jcompose and, in the same process on the same weights, for diffusers' PyTorch
+`StableDiffusionPipeline`, with their ratio; the overhead of each attention control relative to
+no control; compile time; and MFU from XLA-counted FLOPs where the device's peak is known.
+
+`--model tiny` uses the tiny SD 1.5 model (CPU-sized); `--model sd15` the full SD 1.5
+architecture with random weights (bf16 on GPU, where PyTorch runs fp16 with SDPA).
+Absolute times are only meaningful on an accelerator; ratios are measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcompose import attention, diffusion, sampling
+from jcompose.models import loading, tiny
+
+# Dense bf16 peaks (vendor specs) by `device_kind` prefix.
+PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v5p": 459e12,
+              "TPU v5 lite": 197e12, "TPU v6": 918e12, "TPU v4": 275e12}
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8, cross_attention_dim=768,
+)
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+)
+
+
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    """(first call seconds, median of `repeats` further calls)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def _peak_flops() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+
+
+def _flops(fn, *args) -> float:
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return float(analysis.get("flops", 0.0))
+
+
+def _full_size_folder(root: Path) -> Path:
+    """Writes the SD 1.5 architecture with random weights (config + msgpack), CLIP-L text shapes."""
+    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+    from transformers import CLIPTextConfig, FlaxCLIPTextModel
+
+    unet = FlaxUNet2DConditionModel(**SD15_UNET)
+    loading.export_diffusers(unet, tiny.random_params(loading.abstract_params(unet), 0), root / "unet",
+                             formats=("msgpack", "safetensors"), dtype=np.float16)
+    vae = FlaxAutoencoderKL(**SD15_VAE)
+    loading.export_diffusers(vae, tiny.random_params(loading.abstract_params(vae), 1), root / "vae",
+                             formats=("msgpack", "safetensors"), dtype=np.float16)
+    vocab = tiny.write_tokenizer(root / "tokenizer")
+    config = CLIPTextConfig(vocab_size=vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
+    text = FlaxCLIPTextModel(config, _do_init=False)
+    loading.export_transformers(text, tiny.random_params(text.params_shape_tree, 2), root / "text_encoder",
+                                formats=("msgpack", "safetensors"))
+    tok_config = json.loads((root / "tokenizer" / "tokenizer_config.json").read_text())
+    (root / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**tok_config, "model_max_length": 77}))
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(tiny.scheduler_config("sd15")))
+    return root
+
+
+def _torch_seconds(folder: Path, prompts: list[str], steps: int, size: int, repeats: int) -> float | None:
+    try:
+        import diffusers
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    cuda = torch.cuda.is_available()
+    dtype = torch.float16 if cuda else torch.float32
+    device = "cuda" if cuda else "cpu"
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
+        text_encoder=transformers.CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        unet=diffusers.UNet2DConditionModel.from_pretrained(folder / "unet"),
+        scheduler=diffusers.DDIMScheduler.from_pretrained(folder / "scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        with torch.no_grad():
+            out = pipe(prompts, num_inference_steps=steps, guidance_scale=7.5, height=size, width=size,
+                       output_type="np").images
+        if cuda:
+            torch.cuda.synchronize()
+        return out
+
+    _, seconds = _timed(run, repeats)
+    del pipe
+    return seconds / len(prompts)
+
+
+def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model == "tiny":
+            folder = tiny.write_tiny_base(Path(tmp) / "tiny", "sd15", formats=("msgpack", "safetensors"))
+        else:
+            folder = _full_size_folder(Path(tmp) / "sd15")
+        on_gpu = jax.default_backend() == "gpu"
+        half = args.model == "sd15" and jax.default_backend() != "cpu"
+        dtype = jnp.bfloat16 if half else jnp.float32
+        pipe = loading.load_pipeline(folder, dtype=dtype, param_dtype=dtype, weights="msgpack")
+        size = args.size or pipe.unet.module.sample_size * 8
+        latent_hw = (size // 8, size // 8)
+        prompts = ["a photo of a dog on the beach"] * args.batch
+        context = sampling.encode_prompts(pipe, prompts).astype(dtype)
+        uncond = sampling.encode_prompts(pipe, [""] * args.batch).astype(dtype)
+        latents = jax.random.normal(jax.random.PRNGKey(0), (args.batch, 4, *latent_hw))
+        rng = jax.random.PRNGKey(1)
+
+        mask = np.zeros(latent_hw, np.float32)
+        mask[latent_hw[0] // 4: 3 * latent_hw[0] // 4, latent_hw[1] // 4: 3 * latent_hw[1] // 4] = 1
+        calls = attention.attention_layers(
+            lambda: pipe.unet.module.apply({"params": pipe.unet.params}, latents, jnp.array([1] * args.batch),
+                                           context), latent_hw)
+        decoder = [c for c in calls if not c.is_cross and c.path[0].startswith("up_blocks")]
+        variants = {
+            "none": (),
+            "masked cross-attention": (attention.MaskedCrossAttention(mask),),
+            "masked self-attention (last 5 decoder)": (
+                attention.MaskedSelfAttention(mask, attention.decoder_self_attention_layers(calls, min(5, len(decoder)))),),
+            "layout control": (attention.LayoutControl(mask, tokens=(5,)),),
+        }
+        report: dict[str, Any] = {
+            "model": args.model, "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "dtype": jnp.dtype(dtype).name, "size": size, "batch": args.batch, "steps": args.steps,
+        }
+        times = {}
+        for name, controls in variants.items():
+            generate = sampling.make_generator(pipe, args.steps, controls=controls)
+            first, seconds = _timed(lambda: generate(context, uncond, latents, rng), args.repeats)
+            times[name] = seconds / args.batch
+            if name == "none":
+                report["compile_s"] = first - seconds
+            print(f"  jcompose [{name}]: {times[name]:.4f} s/image", file=sys.stderr)
+        report["jcompose_s_per_image"] = times["none"]
+        report["control_overhead"] = {k: v / times["none"] for k, v in times.items() if k != "none"}
+
+        denoise = diffusion.guided_denoiser(pipe.unet.module, pipe.unet.params, context, uncond, 7.5)
+        step_flops = _flops(lambda x: denoise(x, jnp.array(1)), latents)
+        decode_flops = _flops(lambda z: pipe.vae.module.apply({"params": pipe.vae.params}, z,
+                                                              method=pipe.vae.module.decode).sample, latents.astype(dtype))
+        flops_per_image = (args.steps * step_flops + decode_flops) / args.batch
+        report["tflop_per_image"] = flops_per_image / 1e12
+        peak = _peak_flops()
+        report["mfu"] = flops_per_image / times["none"] / peak if peak else None
+
+        if not args.no_torch:
+            torch_seconds = _torch_seconds(folder, prompts, args.steps, size, args.repeats)
+            report["diffusers_torch_s_per_image"] = torch_seconds
+            report["speedup_vs_diffusers"] = torch_seconds / times["none"] if torch_seconds else None
+        report["note"] = "" if on_gpu or args.model == "tiny" else "full-size model timed off-GPU"
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jcompose.bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("sample", help="CFG sampling: jcompose vs diffusers PyTorch, control overheads, MFU")
+    s.add_argument("--model", choices=("tiny", "sd15"), default=None,
+                   help="tiny (default on CPU) or the full SD 1.5 architecture (default on GPU/TPU)")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--size", type=int, default=None, help="image size in pixels (default: tiny 64, sd15 512)")
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch reference")
+    s.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = "tiny" if jax.default_backend() == "cpu" else "sd15"
+    report = bench_sample(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
