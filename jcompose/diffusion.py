@@ -35,11 +35,12 @@ class NoiseSchedule:
     """The forward process of a base model.
 
     Attributes:
-      alphas_cumprod: (T,) float32 alpha-bar_t.
+      alphas_cumprod: (T,) float32 alpha-bar_t, a host (numpy) constant: sampler tables are
+        built from it at trace time, so a schedule can be made inside or outside `jit`.
       prediction_type: "epsilon", "v_prediction" or "sample" (what the UNet predicts).
     """
 
-    alphas_cumprod: Array
+    alphas_cumprod: np.ndarray
     prediction_type: str = "epsilon"
 
     @property
@@ -81,12 +82,12 @@ def make_schedule(config: SchedulerConfig) -> NoiseSchedule:
     """The `NoiseSchedule` of a loaded `scheduler_config.json`."""
     alphas_cumprod = np.cumprod(1.0 - betas_for(config))
     # float32 as diffusers (torch) keeps them: parity of samplers depends on it.
-    return NoiseSchedule(jnp.asarray(alphas_cumprod.astype(np.float32)), config.prediction_type)
+    return NoiseSchedule(alphas_cumprod.astype(np.float32), config.prediction_type)
 
 
 def _at(values: Array, t: Array, ndim: int) -> Array:
     """values[t] shaped to broadcast against an (B, ...) array of rank `ndim`."""
-    v = values[jnp.asarray(t)]
+    v = jnp.asarray(values)[jnp.asarray(t)]
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
@@ -311,7 +312,9 @@ def guided_denoiser(
         t_in = jnp.broadcast_to(t, (x_in.shape[0],))
         kwargs = {}
         if residuals is not None:
-            down, mid = residuals(x_in, t_in, ctx)
+            # Controls target the UNet; the residual network still gets the routed (fused) attention.
+            with attention.controlled_attention((), latent_hw=x.shape[2:], timestep=t):
+                down, mid = residuals(x_in, t_in, ctx)
             kwargs = dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
         with attention.controlled_attention(controls, latent_hw=x.shape[2:], timestep=t):
             out = unet.apply({"params": params}, x_in, t_in, ctx, **kwargs).sample
