@@ -122,7 +122,6 @@ def _torch_seconds(folder: Path, prompts: list[str], steps: int, size: int, repe
         return out
 
     _, seconds = _timed(run, repeats)
-    del pipe
     return seconds / len(prompts)
 
 

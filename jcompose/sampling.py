@@ -10,7 +10,6 @@ what the methods compose; this module wires them for the plain case and for benc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
