@@ -15,7 +15,10 @@ Each control sees an `AttentionCall`: the layer path (e.g.
 Controls are plain frozen dataclasses: `MaskedCrossAttention` and `MaskedSelfAttention`
 (DreamCom), `LayoutControl` (AnyScene) and `CaptureCrossAttention` (maps per token, for
 visualisation and tests). Masks are given at latent resolution and reduced to each layer's size
-by strided slicing, the official code's nearest rule (``m[::f, ::f]``).
+by strided slicing, the official code's nearest rule (``m[::f, ::f]``); a mask that is a
+constant of the trace is sliced at compile time, one passed in is loop-invariant in a sampler's
+scan and hoisted by XLA, so neither is recomputed per step. A mask with batch B serves a
+CFG-doubled batch 2B (both halves get it, as in the released DreamCom code).
 """
 
 from __future__ import annotations
@@ -86,8 +89,13 @@ def _query_mask(mask: Array, call: AttentionCall, batch: int) -> Array:
     small = downsample_mask(jnp.asarray(mask, jnp.float32), call.factor)
     if small.shape[-2:] != (call.height, call.width):
         raise ValueError(f"mask of shape {mask.shape} does not reduce to {call.height}x{call.width} at {call.name}")
-    small = jnp.broadcast_to(small.reshape((-1, call.height * call.width)), (batch, call.height * call.width))
-    return small[:, None, :, None]
+    small = small.reshape((-1, call.height * call.width))
+    if small.shape[0] not in (1, batch):
+        if batch % small.shape[0]:
+            raise ValueError(f"mask batch {small.shape[0]} does not divide the attention batch {batch} at {call.name}")
+        # Classifier-free guidance doubles the batch as [uncond; cond]: both halves get the mask.
+        small = jnp.tile(small, (batch // small.shape[0], 1))
+    return jnp.broadcast_to(small, (batch, small.shape[1]))[:, None, :, None]
 
 
 def _token_vector(tokens: Iterable[int], length: int) -> Array:

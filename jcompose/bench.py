@@ -171,10 +171,14 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
         report["jcompose_s_per_image"] = times["none"]
         report["control_overhead"] = {k: v / times["none"] for k, v in times.items() if k != "none"}
 
-        denoise = diffusion.guided_denoiser(pipe.unet.module, pipe.unet.params, context, uncond, 7.5)
-        step_flops = _flops(lambda x: denoise(x, jnp.array(1)), latents)
-        decode_flops = _flops(lambda z: pipe.vae.module.apply({"params": pipe.vae.params}, z,
-                                                              method=pipe.vae.module.decode).sample, latents.astype(dtype))
+        unet, vae = pipe.unet.module, pipe.vae.module
+
+        def one_step(params, x):
+            return diffusion.guided_denoiser(unet, params, context, uncond, 7.5)(x, jnp.array(1))
+
+        step_flops = _flops(one_step, pipe.unet.params, latents)
+        decode_flops = _flops(lambda params, z: vae.apply({"params": params}, z, method=vae.decode).sample,
+                              pipe.vae.params, latents.astype(dtype))
         flops_per_image = (args.steps * step_flops + decode_flops) / args.batch
         report["tflop_per_image"] = flops_per_image / 1e12
         peak = _peak_flops()

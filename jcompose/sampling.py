@@ -9,6 +9,7 @@ what the methods compose; this module wires them for the plain case and for benc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -39,16 +40,18 @@ def make_generator(pipe: Pipeline, num_steps: int, *, method: str = "ddim", guid
     schedule = diffusion.make_schedule(pipe.scheduler)
     scaling = vae.module.scaling_factor
 
+    # Parameters are arguments, not closure constants: XLA would otherwise embed every weight in
+    # the compiled program (GBs at full size, slow compiles).
     @jax.jit
-    def generate(context, uncond_context, latents, rng):
-        denoise = diffusion.guided_denoiser(unet.module, unet.params, context, uncond_context, guidance_scale,
+    def generate(unet_params, vae_params, context, uncond_context, latents, rng):
+        denoise = diffusion.guided_denoiser(unet.module, unet_params, context, uncond_context, guidance_scale,
                                             controls=controls)
         z = diffusion.sample(denoise, latents, schedule, pipe.scheduler, num_steps, method=method, eta=eta, rng=rng)
         z = (z / scaling).astype(unet.module.dtype)
-        image = vae.module.apply({"params": vae.params}, z, method=vae.module.decode).sample
+        image = vae.module.apply({"params": vae_params}, z, method=vae.module.decode).sample
         return jnp.clip(image.transpose(0, 2, 3, 1).astype(jnp.float32), -1, 1)
 
-    return generate
+    return functools.partial(generate, unet.params, vae.params)
 
 
 def text_to_image(pipe: Pipeline, prompts: Sequence[str], *, num_steps: int = 50, guidance_scale: float = 7.5,

@@ -217,3 +217,15 @@ def test_token_positions(tiny_bases):
     assert token_positions(tok, "a teddy bear", ["teddy bear"]) == [2, 3]
     with pytest.raises(ValueError, match=r"word 'cat' .* is not in the prompt 'a dog'"):
         token_positions(tok, "a dog", ["cat"])
+
+
+def test_mask_batch_serves_the_cfg_doubled_batch(rng):
+    layer, mask = _Layer(rng, cross=True, factor=1), _mask(rng)  # 2 different masks for batch 2
+    single = np.asarray(layer.run([attention.LayoutControl(mask, tokens=(1, 2))]))
+    layer.hidden = np.concatenate([layer.hidden, layer.hidden])  # [uncond; cond] halves, batch 4
+    layer.context = np.concatenate([layer.context, layer.context])
+    doubled = np.asarray(layer.run([attention.LayoutControl(mask, tokens=(1, 2))]))
+    np.testing.assert_allclose(doubled[:2], single, atol=1e-6)
+    np.testing.assert_allclose(doubled[2:], single, atol=1e-6)
+    with pytest.raises(ValueError, match="mask batch 3 does not divide the attention batch 4"):
+        layer.run([attention.LayoutControl(np.concatenate([mask, mask[:1]]), tokens=(1,))])
