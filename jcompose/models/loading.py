@@ -265,6 +265,28 @@ def load_vae(folder: str | Path, **kwargs) -> Loaded:
     return load_component(folder, VAE, **kwargs)
 
 
+def controlnet_like(unet: Any, conditioning_embedding_out_channels: Sequence[int] = (16, 32, 96, 256)) -> Any:
+    """The FlaxControlNetModel whose encoder has the architecture of a Flax UNet module."""
+    from diffusers import FlaxControlNetModel
+
+    return FlaxControlNetModel(
+        sample_size=unet.sample_size,
+        in_channels=unet.in_channels,
+        down_block_types=unet.down_block_types,
+        only_cross_attention=unet.only_cross_attention,
+        block_out_channels=unet.block_out_channels,
+        layers_per_block=unet.layers_per_block,
+        attention_head_dim=unet.attention_head_dim,
+        num_attention_heads=unet.num_attention_heads,
+        cross_attention_dim=unet.cross_attention_dim,
+        use_linear_projection=unet.use_linear_projection,
+        flip_sin_to_cos=unet.flip_sin_to_cos,
+        freq_shift=unet.freq_shift,
+        conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
+        dtype=unet.dtype,
+    )
+
+
 def controlnet_from_unet(
     unet: Loaded,
     *,
@@ -286,25 +308,7 @@ def controlnet_from_unet(
         entries downsample by 8, the SD VAE factor.
       rng: key for the conditioning embedding (default PRNGKey(0)).
     """
-    from diffusers import FlaxControlNetModel
-
-    u = unet.module
-    module = FlaxControlNetModel(
-        sample_size=u.sample_size,
-        in_channels=u.in_channels,
-        down_block_types=u.down_block_types,
-        only_cross_attention=u.only_cross_attention,
-        block_out_channels=u.block_out_channels,
-        layers_per_block=u.layers_per_block,
-        attention_head_dim=u.attention_head_dim,
-        num_attention_heads=u.num_attention_heads,
-        cross_attention_dim=u.cross_attention_dim,
-        use_linear_projection=u.use_linear_projection,
-        flip_sin_to_cos=u.flip_sin_to_cos,
-        freq_shift=u.freq_shift,
-        conditioning_embedding_out_channels=tuple(conditioning_embedding_out_channels),
-        dtype=u.dtype,
-    )
+    module = controlnet_like(unet.module, conditioning_embedding_out_channels)
     expected = abstract_params(module, conditioning_channels)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     fresh = jax.jit(

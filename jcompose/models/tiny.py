@@ -57,18 +57,6 @@ def unet_config(base: str) -> dict[str, Any]:
     )
 
 
-def controlnet_module(unet: Any):
-    """The tiny ControlNet architecture matching a tiny UNet module (conditioning 16-32-32-32)."""
-    from diffusers import FlaxControlNetModel
-
-    return FlaxControlNetModel(
-        sample_size=unet.sample_size, in_channels=unet.in_channels, down_block_types=unet.down_block_types,
-        block_out_channels=unet.block_out_channels, layers_per_block=unet.layers_per_block,
-        attention_head_dim=unet.attention_head_dim, cross_attention_dim=unet.cross_attention_dim,
-        use_linear_projection=unet.use_linear_projection, conditioning_embedding_out_channels=(16, 32, 32, 32),
-    )
-
-
 def vae_config() -> dict[str, Any]:
     """Flax AutoencoderKL arguments: 4 stages, so the x8 downsampling of the SD VAE."""
     return dict(
@@ -264,7 +252,7 @@ def write_tiny_base(
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(base), indent=2))
 
     if controlnet:
-        net = controlnet_module(unet)
+        net = loading.controlnet_like(unet, conditioning_embedding_out_channels=(16, 32, 32, 32))
         loading.export_diffusers(net, random_params(loading.abstract_params(net), seed + 3), out / "controlnet",
                                  formats=formats)
 
