@@ -1,0 +1,60 @@
+"""Shared config defaults and validation (big_vision style: configs are code)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields every method's config has; methods override and add."""
+    c = ml_collections.ConfigDict()
+    c.method = ""
+    c.seed = 0
+    c.compute_dtype = "float32"  # or "bfloat16" (the papers trained SD in fp16)
+    c.model = ml_collections.ConfigDict(dict(base=""))
+    c.data = ml_collections.ConfigDict(dict(num_records=1000, image_size=512, seed=0, worker_count=0))
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=8,          # global batch per optimizer step
+        grad_accum=1,          # micro-batches per step (batch_size must divide)
+        steps=1000,
+        remat=False,           # jax.checkpoint the loss (trade compute for memory)
+        ema_decay=0.0,         # 0 disables the EMA copy of the params
+        log_every=10,
+        ckpt_every=100,
+        keep=3,                # checkpoints kept
+        sample_every=0,        # 0: a sample grid only at the end
+        sample_count=4,
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-5, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, clip_norm=1.0,
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.sample = ml_collections.ConfigDict(dict(steps=25, guidance_scale=7.5))
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field and the expected form."""
+    def need(ok: bool, field: str, expected: str):
+        if not ok:
+            raise ValueError(f"config.{field} = {_get(config, field)!r}: expected {expected}")
+
+    need(config.compute_dtype in ("float32", "bfloat16"), "compute_dtype", "'float32' or 'bfloat16'")
+    need(bool(config.model.base), "model.base", "a base-model folder or 'tiny:<base>'")
+    t = config.train
+    need(t.batch_size > 0, "train.batch_size", "a positive integer")
+    need(t.grad_accum > 0 and t.batch_size % t.grad_accum == 0, "train.grad_accum",
+         f"a positive divisor of train.batch_size ({t.batch_size})")
+    need(t.steps > 0, "train.steps", "a positive integer")
+    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "in [0, 1)")
+    need(t.ckpt_every > 0 and t.log_every > 0, "train.ckpt_every", "positive (and train.log_every too)")
+    need(config.optim.lr > 0, "optim.lr", "a positive float")
+    need(config.optim.schedule in ("constant", "cosine"), "optim.schedule", "'constant' or 'cosine'")
+    need(config.data.image_size % 8 == 0, "data.image_size", "a multiple of 8 (the VAE factor)")
+
+
+def _get(config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return value

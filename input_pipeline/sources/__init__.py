@@ -1,0 +1,1 @@
+"""Dataset sources: random-access readers of raw records (grain `RandomAccessDataSource`s)."""

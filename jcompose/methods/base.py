@@ -1,0 +1,30 @@
+"""The Method protocol: all the trainer, sampler, compose and evaluate ever call."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+
+
+class Method(Protocol):
+    """A training/sampling recipe on the shared engine.
+
+    Params are split in two pytrees: `params` (trained: gradients and optimizer state) and
+    `frozen` (loaded modules used as they are: VAE, text encoder, base UNet...).
+    """
+
+    def init(self, workdir: str) -> tuple[Any, Any]:
+        """Loads/initialises the models: returns (params, frozen)."""
+
+    def make_transform(self) -> Any:
+        """Raw data record -> fixed-shape example dict of numpy arrays (runs in the input pipeline)."""
+
+    def make_source(self) -> Any:
+        """The random-access training data source."""
+
+    def loss(self, params: Any, frozen: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+        """Scalar loss and a dict of scalar metrics for one (micro)batch."""
+
+    def sample(self, params: Any, frozen: Any, batch: dict, rng: jax.Array) -> jax.Array:
+        """Images (B, H, W, 3) in [-1, 1] for a batch's conditions (for sample grids)."""
