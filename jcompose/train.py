@@ -160,6 +160,11 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     last_saved = start if restored is not None else None
 
+    # A fixed batch of conditions for sample grids, separate from the training stream.
+    sample_data = make_iterator(method.make_source(), method.make_transform(),
+                                per_process_batch=config.train.sample_count, seed=config.data.seed + 1)
+    sample_batch = {k: jnp.asarray(v) for k, v in next(sample_data).items()}
+
     def save(step: int) -> None:
         nonlocal last_saved
         checkpoints.save(step, state, data.get_state(), force=True)
@@ -174,15 +179,9 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
                                 "Lower optim.lr, enable clipping, or check the data.")
 
     def write_samples(step: int) -> None:
-        batch = next(iter_for_samples)
-        images = sample_fn(state["params"], frozen, batch, jax.random.PRNGKey(step))
+        images = sample_fn(state["params"], frozen, sample_batch, jax.random.PRNGKey(step))
         grid = _write_grid(images, workdir / "samples" / f"step_{step:07d}.png")
         writer.add_image("samples", grid, step, dataformats="HWC")
-
-    # A fixed batch of conditions for sample grids, separate from the training stream.
-    sample_data = make_iterator(method.make_source(), method.make_transform(),
-                                per_process_batch=config.train.sample_count, seed=config.data.seed + 1)
-    iter_for_samples = iter([{k: jnp.asarray(v) for k, v in next(sample_data).items()}] * 10**9)
 
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
                unit="step", dynamic_ncols=True)

@@ -161,3 +161,27 @@ def test_config_errors_name_the_field():
         common.validate(config)
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
         get_config("huge")
+
+
+def test_non_finite_step_is_not_applied():
+    class Linear:
+        def loss(self, params, frozen, batch, rng):
+            return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2), {}
+
+    config = get_config("tiny")
+    config.train.ema_decay = 0.5
+    tx, _ = train.make_optimizer(config)
+    params = {"w": jnp.ones((3, 2))}
+    state = {"step": jnp.array(0), "params": params, "opt_state": tx.init(params), "rng": jax.random.PRNGKey(0),
+             "nonfinite": jnp.array(0), "ema": params}
+    step = jax.jit(train.make_train_step(Linear(), tx, config))
+    good = {"x": jnp.ones((4, 3)), "y": jnp.zeros((4, 2))}
+    state, _ = step(state, {}, good)
+    assert int(state["nonfinite"]) == 0 and not np.allclose(state["params"]["w"], 1.0)
+    before = jax.tree_util.tree_map(np.asarray, state)
+    state, metrics = step(state, {}, {"x": good["x"], "y": good["y"].at[0, 0].set(jnp.nan)})
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(state["nonfinite"]) == 1 and int(state["step"]) == 2
+    for a, b in zip(jax.tree_util.tree_leaves(before["params"]), jax.tree_util.tree_leaves(state["params"])):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    np.testing.assert_array_equal(before["ema"]["w"], np.asarray(state["ema"]["w"]))
