@@ -25,12 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcompose import attention, diffusion, sampling
+from jcompose import attention, diffusion, parallel, sampling
 from jcompose.models import loading, tiny
-
-# Dense bf16 peaks (vendor specs) by `device_kind` prefix.
-PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v5p": 459e12,
-              "TPU v5 lite": 197e12, "TPU v6": 918e12, "TPU v4": 275e12}
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4,
@@ -56,11 +52,6 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return first, statistics.median(times)
-
-
-def _peak_flops() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
 
 
 def _flops(fn, *args) -> float:
@@ -181,7 +172,7 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
                               pipe.vae.params, latents.astype(dtype))
         flops_per_image = (args.steps * step_flops + decode_flops) / args.batch
         report["tflop_per_image"] = flops_per_image / 1e12
-        peak = _peak_flops()
+        peak = parallel.peak_flops()
         report["mfu"] = flops_per_image / times["none"] / peak if peak else None
 
         if not args.no_torch:

@@ -10,6 +10,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 
+# Dense bf16 peak FLOP/s per chip (vendor specs) by `device_kind` prefix, for MFU.
+PEAK_BF16_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v5p": 459e12,
+                   "TPU v5 lite": 197e12, "TPU v6": 918e12, "TPU v4": 275e12}
+
+
+def peak_flops() -> float | None:
+    """The bf16 peak of one local device, or None when unknown (e.g. CPU)."""
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if kind.startswith(k)), None)
+
 
 def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
     """A ('data', 'fsdp') mesh over all devices; -1 takes what the other axis leaves."""

@@ -32,10 +32,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py[:
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard logs, samples")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (TPU pods, multi-node GPU)")
 
-# bf16 dense peaks by device_kind prefix, for MFU.
-_PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v5p": 459e12,
-               "TPU v5 lite": 197e12, "TPU v6": 918e12, "TPU v4": 275e12}
-
 
 class NonFiniteLoss(FloatingPointError):
     """The loss or the gradients became NaN/Inf."""
@@ -99,11 +95,6 @@ def make_train_step(method, tx, config):
     return step
 
 
-def _peak_flops() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in _PEAK_FLOPS.items() if kind.startswith(k)), None)
-
-
 def _write_grid(images: np.ndarray, path: Path) -> np.ndarray:
     """(N, H, W, 3) in [-1, 1] -> one row of uint8 tiles, saved as PNG; returns the grid (H, N*W, 3)."""
     from PIL import Image
@@ -155,7 +146,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
     writer = SummaryWriter(str(workdir / "tb"))
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
-    peak = _peak_flops()
+    peak = parallel.peak_flops()
     flops_per_step = compiled = None
     metrics: dict[str, float] = {}
     last_saved = start if restored is not None else None
