@@ -1,0 +1,142 @@
+"""launch_tpu.sh against a fake `gcloud` on PATH that records its arguments."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Records argv as one JSON line; `describe` of the VM fails unless FAKE_TPU_EXISTS=1; a queued
+# resource is WAITING once, then ACTIVE; `scp` keeps a copy of the uploaded archive.
+FAKE_GCLOUD = r"""#!/usr/bin/env python3
+import json, os, shutil, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\n")
+words = [a for a in args if not a.startswith("--")]
+if words[:4] == ["compute", "tpus", "tpu-vm", "describe"]:
+    sys.exit(0 if os.environ.get("FAKE_TPU_EXISTS") == "1" else 1)
+if words[:4] == ["compute", "tpus", "queued-resources", "describe"]:
+    polls = os.path.join(os.environ["FAKE_DIR"], "polls")
+    n = int(open(polls).read()) if os.path.exists(polls) else 0
+    open(polls, "w").write(str(n + 1))
+    print("ACTIVE" if n >= 1 else "WAITING_FOR_RESOURCES")
+if words[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
+    shutil.copy(words[4], os.path.join(os.environ["FAKE_DIR"], "code.tar.gz"))
+"""
+
+
+@pytest.fixture
+def fake(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_LOG": str(tmp_path / "log"),
+           "FAKE_DIR": str(tmp_path), "JCOMPOSE_POLL_SECONDS": "0"}
+    env.pop("JCOMPOSE_BUCKET", None)
+
+    def launch(*args, **extra_env):
+        return subprocess.run(["bash", str(REPO / "launch_tpu.sh"), *args], check=False, capture_output=True, text=True,
+                              env={**env, **extra_env}, timeout=120)
+
+    def calls():
+        log = tmp_path / "log"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    launch.calls, launch.env, launch.dir = calls, env, tmp_path
+    return launch
+
+
+ARGS = ("denoise", "--variant", "tiny", "--zone", "us-east5-a", "--accelerator", "v5p-32", "--spot",
+        "--workdir", "gs://bucket/run 1", "--", "--config.optim.lr=2e-5", "--config.model.base=my base's")
+
+
+def _train_command(call):
+    command = next(a for a in call if a.startswith("--command="))[len("--command="):]
+    return shlex.split(command)
+
+
+def test_creates_syncs_installs_and_trains_on_all_workers(fake):
+    result = fake(*ARGS)
+    assert result.returncode == 0, result.stderr
+    calls = fake.calls()
+    kinds = [c[3] for c in calls]
+    assert kinds == ["describe", "create", "scp", "ssh", "ssh", "ssh"], calls
+    create = calls[1]
+    assert create[:5] == ["compute", "tpus", "tpu-vm", "create", "jcompose-denoise"]
+    assert {"--zone=us-east5-a", "--accelerator-type=v5p-32", "--version=tpu-ubuntu2204-base", "--spot"} <= set(create)
+    for call in calls[2:]:
+        assert "--worker=all" in call and "--zone=us-east5-a" in call
+    assert _train_command(calls[4])[-4:] == ["python3", "-m", "pip", "install", "-q", "-e", ".[tpu]"][-4:]
+    train = _train_command(calls[5])
+    assert train[:3] == ["cd", "~/jcompose", "&&"]
+    assert "JAX_COMPILATION_CACHE_DIR=gs://bucket/run 1/xla_cache" in train
+    i = train.index("python3")
+    assert train[i:] == ["python3", "-m", "jcompose.train", "--config=configs/denoise.py:tiny",
+                         "--workdir=gs://bucket/run 1", "--multihost", "--config.optim.lr=2e-5",
+                         "--config.model.base=my base's"]
+    with tarfile.open(fake.dir / "code.tar.gz") as archive:
+        names = set(archive.getnames())
+    assert {"jcompose/train.py", "configs/denoise.py", "pyproject.toml", "launch_tpu.sh"} <= names
+    assert not any(n.startswith(".git/") for n in names)
+
+
+def test_reuses_an_existing_vm(fake):
+    result = fake(*ARGS, FAKE_TPU_EXISTS="1")
+    assert result.returncode == 0, result.stderr
+    assert [c[3] for c in fake.calls()] == ["describe", "scp", "ssh", "ssh", "ssh"]
+    assert "reusing TPU VM jcompose-denoise" in result.stdout
+
+
+def test_queued_resource_waits_until_active(fake):
+    result = fake("denoise", "--queued", "--name", "qr-test", "--workdir", "gs://b/r", "--detach")
+    assert result.returncode == 0, result.stderr
+    calls = fake.calls()
+    assert [c[2:4] for c in calls[:4]] == [["tpu-vm", "describe"], ["queued-resources", "create"],
+                                          ["queued-resources", "describe"], ["queued-resources", "describe"]]
+    assert "--node-id=qr-test" in calls[1] and "--accelerator-type=v4-32" in calls[1]
+    train = _train_command(calls[-1])
+    assert train[3] == "nohup" and train[-4:] == [">", "~/jcompose-train.log", "2>&1", "&"]
+
+
+def test_dry_run_prints_the_same_commands_it_would_run(fake):
+    dry = fake(*ARGS[:-3], "--dry-run", *ARGS[-3:])
+    assert dry.returncode == 0, dry.stderr
+    assert fake.calls() == []  # nothing executed
+    printed = [line[2:] for line in dry.stdout.splitlines() if line.startswith("+ ")]
+    # Running the printed lines through a shell gives exactly the argv of a real run (the archive
+    # name aside): the dry run is copy-pasteable.
+    for line in printed:
+        subprocess.run(["bash", "-c", line], env=fake.env, capture_output=True, check=False)  # describe: no VM
+    replayed = fake.calls()
+    (fake.dir / "log").unlink()
+    assert fake(*ARGS).returncode == 0
+    real = fake.calls()
+    assert [c for c in replayed if "scp" not in c] == [c for c in real if "scp" not in c]
+    assert [c[3] for c in replayed] == ["describe", "create", "scp", "ssh", "ssh", "ssh"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("nomethod", "--workdir", "gs://b/r"), "no config configs/nomethod.py; available methods: .*denoise"),
+    (("denoise",), "--workdir gs://BUCKET/PATH is required"),
+    (("denoise", "--workdir", "gs://b/r", "--zone"), "--zone needs a value"),
+    (("denoise", "--workdir", "gs://b/r", "--frobnicate"), "unknown option '--frobnicate'"),
+    (("--dry-run",), "the first argument must be the method"),
+])
+def test_bad_arguments_fail_clearly(fake, args, message):
+    result = fake(*args)
+    assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
+    assert fake.calls() == []
+
+
+def test_bucket_env_gives_the_default_workdir(fake):
+    result = fake("denoise", "--dry-run", JCOMPOSE_BUCKET="my-bucket")
+    assert result.returncode == 0, result.stderr
+    assert "--workdir=gs://my-bucket/jcompose/jcompose-denoise" in result.stdout
