@@ -1,0 +1,127 @@
+"""Video object segmentation folders -> `clip` records (one per video and object); `sample_pair`.
+
+Layouts (frames `<stem>.jpg`, annotations `<stem>.png`: palette PNGs whose pixel value is the object id):
+  youtube_vos: root/JPEGImages/<video>/, root/Annotations/<video>/, optional root/meta.json
+               ({"videos": {video: {"objects": {"<id>": {"frames": [stem, ...]}}}}})
+  mose:        the same folders, no meta.json
+  davis:       root/JPEGImages/<resolution>/<video>/, root/Annotations/<resolution>/<video>/
+
+The index (which object is in which frames) comes from meta.json when there is one, else from reading
+every annotation PNG once at construction. Frames are only decoded in `sample_pair`.
+
+Minimum pair gap: AnyDoor pairs frames at least floor(n / K) apart for an object seen in n frames, with
+K = 10 for YouTube-VOS/VIS, UVO and MOSE (reference/anydoor.md); DAVIS is not in AnyDoor's mix and
+uses K = 10 here too. The gap can be 0 for clips shorter than K frames, as in the released code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from input_pipeline.records import RecordError, field, load_json, read_image, read_label_png
+
+GAP_DIVISOR = {"youtube_vos": 10, "mose": 10, "davis": 10}
+
+
+class VideoSource:
+    """grain random-access source of `clip` records.
+
+    Args:
+      root: dataset folder (see module doc for each layout).
+      layout: "youtube_vos", "mose" or "davis".
+      resolution: DAVIS resolution folder ("480p" or "Full-Resolution").
+      gap_divisor: K of the min-gap rule (min_gap = n_frames // K); default per layout.
+      use_meta: read root/meta.json when present (youtube_vos); False scans the annotation PNGs.
+    Records: {"frame_paths", "mask_paths" (same length, frames where the object is annotated),
+              "object_id": int, "min_gap": int, "source": video frame folder}.
+    """
+
+    def __init__(self, root: str | Path, layout: str = "youtube_vos", *, resolution: str = "480p",
+                 gap_divisor: int | None = None, use_meta: bool = True):
+        if layout not in GAP_DIVISOR:
+            raise ValueError(f"VideoSource layout={layout!r}: expected one of {sorted(GAP_DIVISOR)}")
+        root = Path(root)
+        sub = Path(resolution) if layout == "davis" else Path()
+        frame_root, mask_root = root / "JPEGImages" / sub, root / "Annotations" / sub
+        for folder in (frame_root, mask_root):
+            if not folder.is_dir():
+                raise RecordError(folder, f"folder not found (expected the {layout} layout, see "
+                                          "input_pipeline/sources/video.py)")
+        divisor = gap_divisor or GAP_DIVISOR[layout]
+        meta_path = root / "meta.json"
+        meta = self._read_meta(meta_path) if use_meta and layout == "youtube_vos" and meta_path.is_file() else None
+        self.records = []
+        for video_dir in sorted(p for p in frame_root.iterdir() if p.is_dir()):
+            video = video_dir.name
+            masks = {p.stem: p for p in (mask_root / video).glob("*.png")}
+            stems = sorted(p.stem for p in video_dir.glob("*.jpg") if p.stem in masks)
+            if meta is not None:
+                objects = {int(i): [s for s in frames if s in masks] for i, frames in meta.get(video, {}).items()}
+            else:
+                objects = {}
+                for stem in stems:
+                    for object_id in np.unique(read_label_png(masks[stem])).tolist():
+                        if object_id:
+                            objects.setdefault(object_id, []).append(stem)
+            for object_id, frames in sorted(objects.items()):
+                frames = sorted(frames)
+                if len(frames) < 2:
+                    continue
+                self.records.append({
+                    "frame_paths": [str(video_dir / f"{s}.jpg") for s in frames],
+                    "mask_paths": [str(masks[s]) for s in frames], "object_id": object_id,
+                    "min_gap": len(frames) // divisor, "source": str(video_dir)})
+
+    @staticmethod
+    def _read_meta(path: Path) -> dict[str, dict[str, list[str]]]:
+        """meta.json -> {video: {object id string: [frame stems]}}, checked field by field."""
+        videos = field(load_json(path), "videos", dict, path, "")
+        out = {}
+        for video, entry in videos.items():
+            objects = field(entry, "objects", dict, path, f"videos.{video}")
+            out[video] = {}
+            for object_id, obj in objects.items():
+                where = f"videos.{video}.objects.{object_id}"
+                if not object_id.isdigit():
+                    raise RecordError(path, f"{where}: object keys must be integer ids, got {object_id!r}")
+                frames = field(obj, "frames", list, path, where)
+                if not all(isinstance(f, str) for f in frames):
+                    raise RecordError(path, f"field '{where}.frames': expected a list of frame names (strings)")
+                out[video][object_id] = frames
+        return out
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        return {**record, "frame_paths": list(record["frame_paths"]), "mask_paths": list(record["mask_paths"])}
+
+
+def sample_pair(record: dict, rng: np.random.Generator) -> dict:
+    """`clip` record -> `pair` record: frames i < j with j - i >= min_gap, both uniform over what the gap
+    allows, reference = frame i, target = frame j, masks = (annotation == object_id), `dynamic=True`.
+
+    Raises RecordError naming the file when a frame or mask is unreadable, their sizes differ, or the
+    object is absent from a chosen frame.
+    """
+    n, gap = len(record["frame_paths"]), int(record["min_gap"])
+    if n < 2 or gap >= n:
+        raise RecordError(record["source"], f"object {record['object_id']}: {n} frames cannot give a pair "
+                                            f"{gap} frames apart")
+    start = int(rng.integers(0, n - gap))
+    end = int(rng.integers(start + gap, n))
+    out = {"dynamic": True, "source": record["source"]}
+    for role, k in (("reference", start), ("target", end)):
+        image = read_image(record["frame_paths"][k])
+        mask_path = record["mask_paths"][k]
+        mask = (read_label_png(mask_path) == record["object_id"]).astype(np.uint8)
+        if mask.shape != image.shape[:2]:
+            raise RecordError(mask_path, f"annotation is {mask.shape[::-1]} (WxH) but its frame "
+                                         f"{record['frame_paths'][k]} is {image.shape[1::-1]}")
+        if not mask.any():
+            raise RecordError(mask_path, f"object {record['object_id']} is absent from this frame")
+        out[f"{role}_image"], out[f"{role}_mask"] = image, mask
+    return out
