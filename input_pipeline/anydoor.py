@@ -1,0 +1,189 @@
+"""AnyDoor training example from a `pair` record (the released code's `process_pairs`).
+
+Reference branch: the object on white, cropped to its mask box, padded 1.1-1.4x, squared, resized to
+224; flip + brightness/contrast; its high-frequency (HF) map. Target branch: a square crop 1.3-2.9x
+around the 1.1x-expanded object box, resized to 512; the collage is the crop with the HF map
+stretched into the box, plus a shape-mask channel (box, or with p=0.7 a perturbed superset of the
+object mask) that is -1 on the square padding.
+
+Where this differs from, or had to guess about, the released code (ali-vilab/AnyDoor 44ca2b2):
+- Boxes are half-open; the released `get_bbox_from_mask` + `[y1:y2]` slicing drops the object's last
+  row/column (one pixel).
+- The reference is returned in [-1, 1] (project convention); the released `ref` is in [0, 1], so the
+  method maps it back with (x + 1) / 2 before DINOv2's ImageNet normalisation.
+- `dynamic` comes from the record: bool True (video pair) -> 1, False (image) -> 0; an int 0/1/2 is
+  kept as is (2 = high-quality multi-view, which the record contract has no bool for).
+- Random draws use the given numpy Generator (the released code uses the global numpy RNG and
+  albumentations), so the sequence of draws differs; the distributions are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from input_pipeline.records import RecordError
+from jcompose import imaging
+
+
+def _tenths(rng: np.random.Generator, lo_hi: tuple[int, int]) -> float:
+    """randint(lo, hi) / 10 with hi exclusive, as the released code draws its ratios."""
+    lo, hi = lo_hi
+    return lo / 10 if hi <= lo + 1 else int(rng.integers(lo, hi)) / 10
+
+
+def _dynamic(value, source: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1, 2):
+        return int(value)
+    raise RecordError(source, f"field 'dynamic' must be a bool or an int in {{0, 1, 2}}, got {value!r}")
+
+
+def _check_pair(record: dict) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    source = str(record.get("source", "<pair record>"))
+    arrays = []
+    for key, ndim in (("reference_image", 3), ("reference_mask", 2), ("target_image", 3), ("target_mask", 2)):
+        a = record.get(key)
+        if not isinstance(a, np.ndarray) or a.ndim != ndim or a.dtype != np.uint8 or (ndim == 3 and a.shape[2] != 3):
+            form = "uint8 (H, W, 3) RGB" if ndim == 3 else "uint8 (H, W) in {0, 1}"
+            got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise RecordError(source, f"field {key!r} must be {form}, got {got}")
+        arrays.append(a)
+    ref, ref_mask, tar, tar_mask = arrays
+    if ref.shape[:2] != ref_mask.shape or tar.shape[:2] != tar_mask.shape:
+        raise RecordError(source, "image and mask sizes differ")
+    return source, ref, (ref_mask > 0).astype(np.uint8), tar, (tar_mask > 0).astype(np.uint8)
+
+
+def _region_ok(box: imaging.Box, shape: tuple[int, int], ratio: float, mode: str, rule: str) -> bool:
+    """AnyDoor's `check_region_size`: box sides against ratio * image sides.
+
+    mode 'min': sides must reach the bound; 'max': must not exceed it. rule 'any': one bad side
+    fails (base loaders); 'both': only both sides bad fails (YouTube-VOS/VIS, UVO, MVImgNet, try-on).
+    """
+    h, w = box[1] - box[0], box[3] - box[2]
+    bound_h, bound_w = shape[0] * ratio, shape[1] * ratio
+    bad = (h < bound_h, w < bound_w) if mode == "min" else (h > bound_h, w > bound_w)
+    return not (any(bad) if rule == "any" else all(bad))
+
+
+def make_transform(
+    *,
+    size: int = 512,
+    ref_size: int = 224,
+    augment: bool = True,
+    ref_expand_tenths: tuple[int, int] = (11, 15),
+    target_box_ratio: float = 1.1,
+    crop_expand_tenths: tuple[int, int] = (13, 30),
+    box_mask_prob: float = 0.3,
+    min_concentration: float = 0.9,
+    mask_area: tuple[float, float] = (0.01, 0.64),
+    min_ref_region: float = 0.1,
+    max_target_region: float = 0.8,
+    region_rule: str = "any",
+    hf_thresh: int = 50,
+) -> Callable[[dict, np.random.Generator], dict]:
+    """Build `transform(pair_record, rng) -> example`; defaults are the released training values.
+
+    Args:
+      size: side of the target / collage (512).
+      ref_size: side of the reference fed to DINOv2 (224).
+      augment: training augmentation (flip, brightness/contrast, shape-mask perturbation). With
+        False (inference) the mask channel is always the box.
+      ref_expand_tenths: reference padding ratio drawn as randint(lo, hi) / 10 -> 1.1..1.4.
+      target_box_ratio: expansion of the target mask box (the released [1.1, 1.2] always gives 1.1).
+      crop_expand_tenths: crop ratio around that box, randint(lo, hi) / 10 -> 1.3..2.9.
+      box_mask_prob: probability that the mask channel is the box (else the perturbed object mask).
+      min_concentration: the reference must be one piece: largest contour area / total > this.
+      mask_area: allowed mask area fraction [lo, hi] for reference and target.
+      min_ref_region: reference box sides >= this fraction of the image sides.
+      max_target_region: expanded target box sides <= this fraction (1.0 for try-on sets).
+      region_rule: 'any' or 'both' (see `_region_ok`).
+      hf_thresh: Sobel magnitude threshold of the HF map.
+
+    The returned transform raises `RecordError(source, reason)` for a record that fails a filter and
+    returns:
+      reference: float32 (ref_size, ref_size, 3) in [-1, 1], the object on white (DINOv2 input).
+      target: float32 (size, size, 3) in [-1, 1], the square target crop (black square padding).
+      collage: float32 (size, size, 4): channels 0-2 the crop with the HF map in the box, in [-1, 1];
+        channel 3 the shape mask, 1 object/box, 0 outside, -1 square padding.
+      dynamic: int32 scalar, 0 static image pair, 1 video pair, 2 high-quality multi-view (drives
+        the adaptive timestep sampler).
+      crop_box: int32 (4,) the crop (y0, y1, x0, x1) in target-image pixels (for pasting back).
+      sizes: int32 (4,) [H1, W1, H2, W2], the crop size before and after square padding.
+    """
+    if region_rule not in ("any", "both"):
+        raise ValueError(f"region_rule must be 'any' or 'both', got {region_rule!r}")
+
+    def transform(record: dict, rng: np.random.Generator) -> dict:
+        source, ref, ref_mask, tar, tar_mask = _check_pair(record)
+        dynamic = _dynamic(record.get("dynamic", False), source)
+
+        # Filters (the released asserts); checked before any work.
+        score = imaging.mask_concentration(ref_mask)
+        if score <= min_concentration:
+            raise RecordError(source, f"reference mask is not one piece (concentration {score:.2f})")
+        for name, m in (("reference", ref_mask), ("target", tar_mask)):
+            frac = m.mean()
+            if not mask_area[0] <= frac <= mask_area[1]:
+                raise RecordError(source, f"{name} mask covers {frac:.4f} of the image, outside {mask_area}")
+        ref_box = imaging.bbox_from_mask(ref_mask)
+        if not _region_ok(ref_box, ref_mask.shape, min_ref_region, "min", region_rule):
+            raise RecordError(source, f"reference object box {ref_box} is under {min_ref_region} of the image")
+        tar_box = imaging.expand_box(imaging.bbox_from_mask(tar_mask), target_box_ratio, tar_mask.shape)
+        if not _region_ok(tar_box, tar_mask.shape, max_target_region, "max", region_rule):
+            raise RecordError(source, f"target box {tar_box} exceeds {max_target_region} of the image")
+
+        # Reference: object on white, cropped, padded, squared, resized.
+        white = np.where(ref_mask[..., None] > 0, ref, np.uint8(255))
+        ref_crop = imaging.crop(white, ref_box)
+        ref_m = imaging.crop(ref_mask, ref_box)
+        ratio = _tenths(rng, ref_expand_tenths)
+        ref_crop = imaging.pad_around(ref_crop, ratio, 255)
+        ref_m = imaging.pad_around(ref_m, ratio, 0)
+        ref_img = imaging.resize(imaging.pad_to_square(ref_crop, 255)[0], (ref_size, ref_size))
+        # The mask is resized as 0/255 bilinear (soft edges), thresholded inside the HF map.
+        ref_m = imaging.resize(imaging.pad_to_square(ref_m * 255, 0)[0], (ref_size, ref_size))
+        if augment:
+            if rng.random() < 0.5:
+                ref_img, ref_m = ref_img[:, ::-1].copy(), ref_m[:, ::-1].copy()
+            if rng.random() < 0.5:
+                ref_img = imaging.brightness_contrast(ref_img, 1.0 + rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2))
+        hf = imaging.sobel_hf_map(ref_img, ref_m.astype(np.float32) / 255.0, thresh=hf_thresh)
+
+        # Target: square crop around the expanded box.
+        crop_box = imaging.expand_box(tar_box, _tenths(rng, crop_expand_tenths), tar.shape[:2])
+        crop_box = imaging.square_box(crop_box, tar.shape[:2])
+        tar_crop = imaging.crop(tar, crop_box)
+        tar_m = imaging.crop(tar_mask, crop_box)
+        y0, y1, x0, x1 = imaging.box_in_box(tar_box, crop_box)
+
+        collage = tar_crop.copy()
+        collage[y0:y1, x0:x1] = imaging.resize(hf, (y1 - y0, x1 - x0))  # stretched, aspect not kept
+        if augment and rng.random() >= box_mask_prob:
+            shape_mask = imaging.perturb_mask(tar_m, rng)
+        else:
+            shape_mask = imaging.box_mask(tar_m.shape, (y0, y1, x0, x1))
+
+        h1, w1 = tar_crop.shape[:2]
+        tar_sq = imaging.pad_to_square(tar_crop, 0)[0]
+        collage = imaging.pad_to_square(collage, 0)[0]
+        shape_mask = imaging.pad_to_square(shape_mask, 2)[0]  # 2 marks padding, becomes -1
+        h2, w2 = tar_sq.shape[:2]
+        tar_sq = imaging.resize(tar_sq, (size, size))
+        collage = imaging.resize(collage, (size, size))
+        shape_mask = imaging.resize(shape_mask, (size, size), nearest=True).astype(np.float32)
+        shape_mask[shape_mask == 2] = -1.0
+
+        return {
+            "reference": imaging.to_signed(ref_img),
+            "target": imaging.to_signed(tar_sq),
+            "collage": np.concatenate([imaging.to_signed(collage), shape_mask[..., None]], axis=-1),
+            "dynamic": np.int32(dynamic),
+            "crop_box": np.asarray(crop_box, np.int32),
+            "sizes": np.asarray([h1, w1, h2, w2], np.int32),
+        }
+
+    return transform
