@@ -6,6 +6,7 @@ pycocotools' encoder, polygons against a hand-computed rectangle; bad input must
 """
 
 import json
+import pickle
 import shutil
 
 import cv2
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline.records import RecordError
-from input_pipeline.sources import coco, synthetic, video
+from input_pipeline.sources import coco, dreambooth, murecom, sa1b, saliency, synthetic, video
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +272,176 @@ def test_video_bad_input(syn, tmp_path):
     (tmp_path / "ds" / missing.split("/ds/", 1)[1]).unlink()
     with pytest.raises(RecordError, match=r"00000\.jpg: image file not found"):
         video.sample_pair(record, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------------------------------------- SA-1B
+
+def _write_sa1b(folder, syn, index=0):
+    """An SA-1B pair (jpg + json, compressed RLE from the writer's own encoder) from a synthetic image."""
+    truth = syn.images[index]
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(truth["file"], folder / f"sa_{index}.jpg")
+    rle = [{"size": list(m.shape), "counts": synthetic.compress_counts(synthetic.rle_counts(m))} for m in truth["masks"]]
+    annotations = [{"id": k, "area": int(m.sum()), "bbox": [0, 0, 1, 1], "segmentation": r}
+                   for k, (m, r) in enumerate(zip(truth["masks"], rle))]
+    data = {"image": {"image_id": index, "height": 96, "width": 128, "file_name": f"sa_{index}.jpg"},
+            "annotations": annotations}
+    (folder / f"sa_{index}.json").write_text(json.dumps(data))
+    return folder / f"sa_{index}.json"
+
+
+def test_sa1b_reader(syn, tmp_path):
+    _write_sa1b(tmp_path / "sub1", syn, 0)
+    json_path = _write_sa1b(tmp_path / "sub2", syn, 1)
+    source = sa1b.SA1BSource([tmp_path / "sub1", tmp_path / "sub2"])
+    assert len(source) == 2
+    record = source[1]
+    truth = syn.images[1]
+    order = np.argsort([-m.sum() for m in truth["masks"]], kind="stable")  # the reader sorts by area
+    np.testing.assert_array_equal(record["masks"], truth["masks"][order])
+    assert record["labels"] == [""] * len(order) and record["captions"] == []
+    areas = sorted((int(m.sum()) for m in truth["masks"]), reverse=True)
+    assert len(sa1b.SA1BSource(tmp_path / "sub2", min_area=areas[0])[0]["masks"]) == 1
+    largest = sa1b.SA1BSource(tmp_path / "sub2", max_masks=1)[0]["masks"]
+    np.testing.assert_array_equal(largest[0], truth["masks"][order[0]])
+    data = json.loads(json_path.read_text())
+    del data["annotations"][1]["area"]
+    json_path.write_text(json.dumps(data))
+    with pytest.raises(RecordError, match=r"sa_1\.json: missing field 'annotations\[1\]\.area'"):
+        sa1b.SA1BSource(tmp_path / "sub2")[0]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordError, match=r"empty: no \*\.jpg with a same-name \*\.json"):
+        sa1b.SA1BSource(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------------------- saliency
+
+def _grey_mask(mask):
+    """Saliency datasets store 0/255 grey masks (with some anti-aliased grey)."""
+    grey = (mask * 255).astype(np.uint8)
+    grey[0, 0] = 100  # below the 128 threshold: background
+    return grey
+
+
+def test_saliency_one_and_two_folders(syn, tmp_path):
+    msra, duts_img, duts_mask = tmp_path / "MSRA10K", tmp_path / "DUTS-TR-Image", tmp_path / "DUTS-TR-Mask"
+    for folder in (msra, duts_img, duts_mask):
+        folder.mkdir()
+    for i, truth in enumerate(syn.images[:3]):
+        mask = truth["masks"][0]
+        for image_dir, mask_dir in ((msra, msra), (duts_img, duts_mask)):
+            shutil.copy(truth["file"], image_dir / f"{i}.jpg")
+            cv2.imwrite(str(mask_dir / f"{i}.png"), _grey_mask(mask))
+    shutil.copy(syn.images[3]["file"], msra / "no_mask.jpg")  # left out: no mask
+    for source in (saliency.SaliencySource(msra), saliency.SaliencySource(duts_img, duts_mask)):
+        assert len(source) == 3
+        for i in range(3):
+            record = source[i]
+            np.testing.assert_array_equal(record["masks"], syn.images[i]["masks"][:1])
+            assert record["source"].endswith(f"{i}.jpg") and record["labels"] == [""]
+    cv2.imwrite(str(duts_mask / "1.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(RecordError, match=r"Mask/1\.png: mask is 10x10 \(WxH\) but its image .*1\.jpg is 128x96"):
+        saliency.SaliencySource(duts_img, duts_mask)[1]
+    with pytest.raises(RecordError, match="no image with a matching mask"):
+        saliency.SaliencySource(duts_mask)
+
+
+# ------------------------------------------------------------------------------------ DreamBooth / MureCom
+
+def test_reference_folder_mask_sources(syn, tmp_path):
+    truth = syn.images[0]
+    image, mask = truth["image"], truth["masks"][1]
+    folder = tmp_path / "dog"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0.jpg"), image[..., ::-1])
+    cv2.imwrite(str(folder / "0.png"), mask * 255)  # sibling mask
+    rgba = np.concatenate([image, (mask * 255)[..., None]], axis=-1)
+    Image.fromarray(rgba, "RGBA").save(folder / "1.png")  # cut-out with alpha
+    source = dreambooth.ReferenceFolderSource(folder)
+    assert len(source) == 2
+    for record in source:
+        np.testing.assert_array_equal(record["mask"], mask)
+        assert record["image"].shape == (96, 128, 3)
+    np.testing.assert_array_equal(source[1]["image"], image)  # PNG is lossless
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), image[..., ::-1])
+    with pytest.raises(RecordError, match=r"masks/a\.png: mask of .*a\.jpg not found"):
+        dreambooth.ReferenceFolderSource(photos, masks)
+    with pytest.raises(RecordError, match=r"photos/a\.jpg: no mask found"):
+        dreambooth.ReferenceFolderSource(photos)
+    cv2.imwrite(str(masks / "a.png"), np.zeros((96, 128), np.uint8))
+    with pytest.raises(RecordError, match=r"a\.png: mask is empty"):
+        dreambooth.ReferenceFolderSource(photos, masks)[0]
+
+
+def test_murecom_layout(syn, tmp_path):
+    category = tmp_path / "MureCom" / "Coffee cup"
+    (category / "bg").mkdir(parents=True)
+    (category / "fg1").mkdir()
+    for i in range(2):
+        shutil.copy(syn.images[i]["file"], category / "bg" / f"{i}.jpg")
+    (category / "bg" / "bbox.txt").write_text("Coffee cup 0.jpg 3 4 10 12\nCoffee cup 1.jpg 0 0 127 95\n")
+    truth = syn.images[2]
+    cv2.imwrite(str(category / "fg1" / "0.jpg"), truth["image"][..., ::-1])
+    Image.fromarray(truth["masks"][0].astype(bool)).save(category / "fg1" / "0.png")  # 1-bit PNG
+    cv2.imwrite(str(category / "fg1" / "0_rmobj.jpg"), truth["image"][..., ::-1])  # newer layout extras
+    cv2.imwrite(str(category / "fg1" / "0_bbox.png"), np.ones((96, 128), np.uint8) * 255)
+    backgrounds = murecom.MureComBackgrounds(tmp_path / "MureCom")
+    assert len(backgrounds) == 2
+    record = backgrounds[0]
+    assert record["box"] == (3, 4, 11, 13) and record["category"] == "Coffee cup"
+    assert backgrounds[1]["box"] == (0, 0, 128, 96)  # inclusive 127/95 -> whole image
+    assert record["image"].shape == (96, 128, 3) and record["source"].endswith("bg/0.jpg")
+    references = murecom.murecom_references(tmp_path / "MureCom", "Coffee cup", fg=1)
+    assert len(references) == 1
+    np.testing.assert_array_equal(references[0]["mask"], truth["masks"][0])
+    (category / "bg" / "bbox.txt").write_text("Coffee cup 0.jpg 3 4 200 12\nCoffee cup 1.jpg 3 x 4 5\n")
+    with pytest.raises(RecordError, match=r"bbox\.txt: line 2: expected '<Category> <i>\.jpg x1 y1 x2 y2'"):
+        murecom.MureComBackgrounds(tmp_path / "MureCom")
+    (category / "bg" / "bbox.txt").write_text("Coffee cup 0.jpg 3 4 200 12\n")
+    with pytest.raises(RecordError, match=r"0\.jpg: box .* is empty or outside the 128x96 image"):
+        murecom.MureComBackgrounds(tmp_path / "MureCom")[0]
+
+
+# -------------------------------------------------------------------------------------------------- TFDS
+
+def test_tfds_directory_source(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from input_pipeline.sources.tfds import TfdsSource
+
+    images = [np.random.default_rng(i).integers(0, 255, (8, 10, 3), dtype=np.uint8) for i in range(3)]
+
+    class Tiny(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)), "caption": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, image in enumerate(images):  # encoded bytes: no TensorFlow needed to write
+                yield i, {"image": cv2.imencode(".png", image[..., ::-1])[1].tobytes(), "caption": f"photo {i}"}
+
+    builder = Tiny(data_dir=str(tmp_path), file_format="array_record")
+    builder.download_and_prepare()
+    source = TfdsSource(builder.data_dir, "train")
+    assert len(source) == 3
+    seen = {}
+    for i in range(3):
+        example = source[i]
+        seen[example["caption"]] = example["image"]
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(seen[f"photo {i}"], image)
+    clone = pickle.loads(pickle.dumps(source))  # as grain workers receive it
+    to_reference = TfdsSource(builder.data_dir, "train", to_record=lambda e: {"n": len(e["caption"])})
+    assert clone[0]["caption"] == source[0]["caption"] and to_reference[0]["n"] == 7
+    with pytest.raises(RecordError, match=r"split 'test' not found; the dataset has \['train'\]"):
+        TfdsSource(builder.data_dir, "test")
+    with pytest.raises(RecordError, match="not a prepared TFDS dataset directory"):
+        TfdsSource(tmp_path, "train")
