@@ -281,7 +281,8 @@ def _write_sa1b(folder, syn, index=0):
     truth = syn.images[index]
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(truth["file"], folder / f"sa_{index}.jpg")
-    rle = [{"size": list(m.shape), "counts": synthetic.compress_counts(synthetic.rle_counts(m))} for m in truth["masks"]]
+    rle = [{"size": list(m.shape), "counts": synthetic.compress_counts(synthetic.rle_counts(m))}
+           for m in truth["masks"]]
     annotations = [{"id": k, "area": int(m.sum()), "bbox": [0, 0, 1, 1], "segmentation": r}
                    for k, (m, r) in enumerate(zip(truth["masks"], rle))]
     data = {"image": {"image_id": index, "height": 96, "width": 128, "file_name": f"sa_{index}.jpg"},
