@@ -1,0 +1,76 @@
+"""CLIP score (text-image), CLIP-I (image-image) and CLIP image embeddings with transformers' Flax CLIP.
+
+Conventions (say which one a number uses):
+
+* ``"torchmetrics"`` (default): torchmetrics `CLIPScore` = max(100 * mean_i cos(E_I, E_T), 0)
+  (the clamp applies to the mean), usually with `openai/clip-vit-large-patch14`;
+* ``"hessel"``: Hessel et al. 2021 CLIPScore = mean_i 2.5 * max(cos_i, 0), with ViT-B/32.
+
+CLIP-I is the mean cosine of image embeddings (DreamBooth, AnyDoor). Embeddings are the projected
+`get_image_features` / `get_text_features` outputs. Images go through `preprocess.clip_input`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcompose.models import loading
+
+CONVENTIONS = {"torchmetrics": 100.0, "hessel": 2.5}
+MAX_TEXT_TOKENS = 77
+
+
+def load_clip(folder: str | Path, **kwargs) -> loading.Loaded:
+    """A transformers CLIP folder (config.json + flax_model.msgpack or model.safetensors)."""
+    from transformers import FlaxCLIPModel
+
+    config = loading.read_config(loading._require_dir(folder, "clip"))
+    vision = config.get("vision_config", {})
+    size = vision.get("image_size", 224)
+    return loading.load_transformers_model(folder, FlaxCLIPModel, ((1, 1), (1, size, size, 3)), what="clip", **kwargs)
+
+
+def image_embeddings(model, params, pixels: jax.Array) -> jax.Array:
+    """(N, S, S, 3) `clip_input` pixels -> (N, D) L2-normalised projected image embeddings."""
+    # transformers' Flax CLIP takes NCHW pixel values and transposes them itself.
+    features = model.get_image_features(jnp.transpose(pixels, (0, 3, 1, 2)), params=params)
+    return l2_normalize(features)
+
+
+def text_embeddings(model, params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """(N, L) token ids and mask -> (N, D) L2-normalised projected text embeddings."""
+    return l2_normalize(model.get_text_features(input_ids, attention_mask=attention_mask, params=params))
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int = MAX_TEXT_TOKENS) -> dict[str, np.ndarray]:
+    """Prompts -> {'input_ids', 'attention_mask'} (N, max_length) int32, padded and truncated."""
+    out = tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return {"input_ids": out["input_ids"].astype(np.int32), "attention_mask": out["attention_mask"].astype(np.int32)}
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (N, D) embedding sets -> (N,) float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired embeddings must have one shape, got {a.shape} and {b.shape}")
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def clip_score(cosines: np.ndarray, convention: str = "torchmetrics") -> float:
+    """Image-text cosines (N,) -> the CLIP score of the chosen convention (see module doc)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"CLIP score convention {convention!r}: expected one of {tuple(CONVENTIONS)}")
+    cos = np.asarray(cosines, np.float64)
+    weight = CONVENTIONS[convention]
+    if convention == "torchmetrics":
+        return float(max(weight * cos.mean(), 0.0))
+    return float((weight * np.maximum(cos, 0.0)).mean())
