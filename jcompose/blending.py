@@ -19,7 +19,10 @@ in a `lax.while_loop` (relative-residual tolerance and an iteration cap).  The d
 preconditioner is the exact inverse of the Dirichlet Laplacian on the whole image (a fast
 sine-transform solve through FFTs) restricted to Omega: the masked operator differs from it only
 next to the mask boundary, so CG needs few iterations, and all work is FFTs and elementwise ops
-that run on any accelerator.  Shapes are static, so one compile serves every mask.
+that run on any accelerator.  Shapes are static, so one compile serves every mask.  Measured on
+a 512x512 RGB image with a 74k-pixel Omega (2 shared CPU cores): 36 iterations to a 1e-5
+relative residual, 1.0-2.5 s, max error 3.6e-5 against a float64 sparse direct solve; without
+the preconditioner 580 iterations, 2.6-6.9 s, max error 7.5e-4.
 
 Value range: the solution is affine-equivariant (a common scale/offset of source and target maps
 through), so images may be in [-1, 1] (the engine's convention) or [0, 1]; the result is *not*
@@ -260,8 +263,9 @@ def poisson_blend(
       return_info: also return the `SolveInfo`.
 
     Returns:
-      (B, H, W, C) float32: target outside Omega, the Poisson solution inside.  Jit with
-      `jax.jit(poisson_blend, static_argnames=(...))` or inside a larger jitted function.
+      (B, H, W, C) float32: target outside Omega, the Poisson solution inside.  Jit inside a larger
+      function, or as `jax.jit(poisson_blend, static_argnames=("erode_kernel", "max_iters",
+      "preconditioner", "clip", "return_info"))`.
     """
     _check_images(source, target, mask)
     source = source.astype(jnp.float32)
