@@ -241,8 +241,8 @@ def perturb_mask(
             if rng.random() < 0.1:  # a lone pixel that the next dilation grows into an extra blob or hole
                 seg[(ly + ry) // 2, (lx + rx) // 2] = rng.integers(2)
             op = cv2.dilate if rng.random() < 0.5 else cv2.erode
-            seg[ly:ry, lx:rx] = op(np.ascontiguousarray(seg[ly:ry, lx:rx]), _random_structure(rng))
-            seg |= gt
+            sub = op(np.ascontiguousarray(seg[ly:ry, lx:rx]), _random_structure(rng))
+            seg[ly:ry, lx:rx] = sub | gt[ly:ry, lx:rx]  # only this rectangle changed since the last OR
         if iou(seg, gt) < target:
             break
     return largest_component(seg)
