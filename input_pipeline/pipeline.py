@@ -1,46 +1,232 @@
-"""grain assembly: seeded shuffle, repeat, per-process shard, transform, batch; checkpointable.
+"""grain assembly: seeded shuffle, repeat, per-process shard, transform, skip bad records, batch, prefetch.
 
-`make_iterator` returns a grain `DatasetIterator` whose `get_state()` / `set_state()` the
-trainer stores with each checkpoint, so a resumed run sees exactly the batches it would have.
+`make_iterator` returns a grain `DatasetIterator` whose `get_state()` / `set_state()` the trainer stores
+with each checkpoint, so a resumed run sees exactly the batches it would have: the order is a pure
+function of `seed` (index shuffle reseeded each epoch) and a transform's rng a pure function of `seed`
+and the element's position (grain `random_map`).
+
+Bad records. A source or transform raising `RecordError` (unreadable file, empty mask, failed filter)
+does not stop training: the element becomes a `Skipped(path, reason)` marker, which is dropped before
+batching (in the worker processes, so batches are still built there). Each example carries how many
+markers were dropped just before it; the main process pops that field off every batch (batches keep the
+transform's keys) and adds it to `iterator.skipped`, a `SkipCounter` (`.count`) that training logs. A
+counter object rather than a batch field, so model code never sees bookkeeping keys, and it counts in
+the main process, where a plain attribute would not see worker-side increments. `strict=True` lets the
+`RecordError` (naming the file) propagate instead. The count is per process and restarts at 0 on resume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import grain
+import numpy as np
+
+from input_pipeline.records import RecordError
+
+SKIPPED_KEY = "_skipped_before"
+logger = logging.getLogger(__name__)
+
+
+class Skipped(NamedTuple):
+    """Marker for a record that raised RecordError (picklable: it may come from a worker process)."""
+    path: str
+    reason: str
+
+
+class SkipCounter:
+    """Records skipped for RecordError so far, as seen by the process iterating the batches."""
+
+    def __init__(self):
+        self.count = 0
+
+    def add(self, batch: dict) -> dict:
+        """Pops the per-example skip counts off a batch and adds them up; returns the batch."""
+        self.count += int(np.sum(batch.pop(SKIPPED_KEY)))
+        return batch
+
+    def __repr__(self) -> str:
+        return f"SkipCounter(count={self.count})"
+
+
+class _CatchRecordErrors(grain.MapDataset):
+    """parent[i], or Skipped(path, reason) where reading/transforming element i raised RecordError.
+
+    Sits after the transform: MapDataset ops run lazily inside `parent[i]`, so errors from the source's
+    `__getitem__`, a mixture's record-to-pair step and the method transform all land here.
+    """
+
+    def __init__(self, parent: grain.MapDataset):
+        super().__init__(parent)
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        try:
+            return self._parent[index]
+        except RecordError as err:
+            logger.warning("skipping bad record %s: %s", err.path, err.reason)
+            return Skipped(err.path, err.reason)
+
+    def __str__(self) -> str:
+        return "CatchRecordErrors"
+
+
+class _DropSkipped(grain.IterDataset):
+    """Drops Skipped markers; each example gets SKIPPED_KEY = how many were dropped right before it."""
+
+    def __init__(self, parent: grain.IterDataset):
+        super().__init__(parent)
+
+    def __iter__(self):
+        return _DropSkippedIterator(self._parent.__iter__())
+
+    def __str__(self) -> str:
+        return "DropSkipped"
+
+
+class _DropSkippedIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+
+    def __next__(self) -> dict:
+        skipped = 0
+        while True:
+            element = next(self._parent)
+            if isinstance(element, Skipped):
+                skipped += 1
+                continue
+            if not isinstance(element, dict):
+                raise TypeError(f"transform must return a dict of arrays, got {type(element).__name__}")
+            return {**element, SKIPPED_KEY: np.int64(skipped)}
+
+    def get_state(self):  # no state of its own: markers are a pure function of the parent's position
+        return self._parent.get_state()
+
+    def set_state(self, state) -> None:
+        self._parent.set_state(state)
+
+
+def takes_rng(transform: Callable) -> bool:
+    """Whether `transform` is `(record, rng)` (two positional parameters) rather than `(record)`."""
+    try:
+        parameters = inspect.signature(transform).parameters.values()
+    except (TypeError, ValueError):  # builtins / C callables: assume the one-argument form
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+def mix_sources(components: Sequence[tuple[Any, float] | tuple[Any, float, Callable | None]], *, seed: int,
+                epoch_length: int | None = None) -> grain.MapDataset:
+    """A weighted mixture of sources as one finite grain MapDataset (one "epoch" of the mix).
+
+    Args:
+      components: (source, weight) or (source, weight, prepare) per dataset; `prepare(record, rng)`
+        turns the source's record into the common record kind (e.g. `video.sample_pair` for clips,
+        `coco.image_pair` for instances, for AnyDoor's pair transform). Weights need not sum to 1.
+      seed: base seed; each component is shuffled with its own seed and reshuffled when it repeats.
+      epoch_length: elements per mixture epoch; default: the smallest length in which every source is
+        seen completely at its weight (max over sources of len / normalised weight).
+    Component i contributes about epoch_length * w_i elements per epoch, in a random order, repeating
+    (reshuffled) a source smaller than its share. Pass the result to `make_iterator` as the source.
+    """
+    if not components:
+        raise ValueError("mix_sources: no components")
+    weights = np.array([float(c[1]) for c in components])
+    if (weights <= 0).any():
+        raise ValueError(f"mix_sources: weights must be > 0, got {weights.tolist()}")
+    weights = weights / weights.sum()
+    lengths = [len(c[0]) for c in components]
+    if min(lengths) == 0:
+        raise ValueError(f"mix_sources: component {lengths.index(0)} has no records")
+    if epoch_length is None:
+        epoch_length = int(np.ceil(max(n / w for n, w in zip(lengths, weights))))
+    datasets = []
+    for i, component in enumerate(components):
+        source, prepare = component[0], component[2] if len(component) > 2 else None
+        dataset = grain.MapDataset.source(source).seed(seed + 1000003 * (i + 1)).shuffle().repeat()
+        dataset = dataset[:max(1, round(epoch_length * weights[i]))]
+        if prepare is not None:
+            dataset = dataset.random_map(prepare) if takes_rng(prepare) else dataset.map(prepare)
+        datasets.append(dataset)
+    return grain.MapDataset.mix(datasets, weights.tolist())
+
+
+def make_dataset(source: Any, transform: Callable, *, per_process_batch: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, worker_count: int = 0, strict: bool = False,
+                 random_transform: bool | None = None, worker_buffer_size: int = 1) -> grain.IterDataset:
+    """The grain IterDataset behind `make_iterator` (same arguments); batches still carry SKIPPED_KEY."""
+    if per_process_batch < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"per_process_batch={per_process_batch} must be >= 1 and process_index={process_index} "
+                         f"in [0, process_count={process_count})")
+    base = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
+    # One global shuffled stream per epoch, dealt round-robin to processes: N shards partition each epoch.
+    dataset = base.seed(seed).shuffle().repeat()[process_index::process_count]
+    random = takes_rng(transform) if random_transform is None else random_transform
+    dataset = dataset.random_map(transform) if random else dataset.map(transform)
+    if not strict:
+        dataset = _CatchRecordErrors(dataset)
+    dataset = _DropSkipped(dataset.to_iter_dataset()).batch(per_process_batch, drop_remainder=True)
+    if worker_count > 0:
+        _absl_flags_parsed()
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                                   per_worker_buffer_size=worker_buffer_size))
+    return dataset
 
 
 def make_iterator(
     source: Any,
-    transform: Callable[[dict], dict],
+    transform: Callable,
     *,
     per_process_batch: int,
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
     worker_count: int = 0,
+    strict: bool = False,
+    random_transform: bool | None = None,
+    worker_buffer_size: int = 1,
 ) -> grain.DatasetIterator:
-    """Endless iterator of host-local batches (dicts of stacked numpy arrays).
+    """Endless iterator of host-local batches (dicts of stacked numpy arrays, leading axis per_process_batch).
 
     Args:
-      source: a random-access source (len + getitem) of raw records.
-      transform: raw record -> fixed-shape example dict of numpy arrays (pure, seedless).
+      source: a random-access source (len + getitem) of raw records, or a grain MapDataset (e.g. from
+        `mix_sources`).
+      transform: raw record -> fixed-shape example dict of numpy arrays; either `(record)` (pure) or
+        `(record, rng: np.random.Generator)` (run through grain's random_map: rng is a pure function of
+        seed and position, so resume and every worker count give the same examples).
       per_process_batch: examples per batch on this host (the global batch / process count).
-      seed: shuffle seed; each epoch reshuffles deterministically.
-      process_index, process_count: this host's shard of every epoch.
-      worker_count: grain worker processes for prefetching (0: in the main process).
+      seed: shuffle and transform seed; each epoch reshuffles deterministically.
+      process_index, process_count: this host's shard: element k of the global stream goes to host
+        k % process_count.
+      worker_count: grain worker processes (mp_prefetch) reading, transforming and batching (0: in the
+        main process).
+      strict: raise the first RecordError (it names the file) instead of skipping and counting.
+      random_transform: force the (record, rng) form (True) or the (record) form (False); default: from
+        the transform's signature.
+      worker_buffer_size: batches each worker prepares ahead.
+    Returns: a grain DatasetIterator (checkpointable with grain's handler) with an extra attribute
+      `skipped`: SkipCounter of records skipped since it was created.
     """
-    dataset = (
-        grain.MapDataset.source(source)
-        .seed(seed)
-        .shuffle()
-        .repeat()[process_index::process_count]
-        .map(transform)
-        .batch(per_process_batch, drop_remainder=True)
-        .to_iter_dataset()
-    )
-    if worker_count > 0:
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return iter(dataset)
+    counter = SkipCounter()
+    dataset = make_dataset(source, transform, per_process_batch=per_process_batch, seed=seed,
+                           process_index=process_index, process_count=process_count, worker_count=worker_count,
+                           strict=strict, random_transform=random_transform, worker_buffer_size=worker_buffer_size)
+    iterator = iter(dataset.map(counter.add))
+    iterator.skipped = counter
+    return iterator
+
+
+def _absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; mark them parsed when the program did not use absl.app."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

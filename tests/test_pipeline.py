@@ -1,0 +1,175 @@
+"""grain pipeline: exact resume, shards partition each epoch, bad records skipped and counted or raised,
+seeded transforms, weighted mixtures, worker processes, and the real sources end to end."""
+
+import json
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+
+from input_pipeline.pipeline import SKIPPED_KEY, make_iterator, mix_sources, takes_rng
+from input_pipeline.records import RecordError
+from input_pipeline.sources import coco, synthetic, video
+from input_pipeline.sources.shapes import ShapesSource
+
+
+class Numbers:
+    """Records {"i": i}; indices in `bad` raise RecordError when read."""
+
+    def __init__(self, n, bad=()):
+        self.n, self.bad = n, set(bad)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            raise RecordError(f"/data/{i}.jpg", "unreadable")
+        return {"i": i}
+
+
+def ident(record):
+    return {"i": np.int64(record["i"])}
+
+
+def noisy(record, rng):
+    return {"i": np.int64(record["i"]), "u": np.float64(rng.random())}
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _close(*iterators):
+    for iterator in iterators:
+        getattr(iterator, "close", lambda: None)()
+
+
+def test_resume_continues_exact_sequence():
+    it = make_iterator(Numbers(13), noisy, per_process_batch=3, seed=5)
+    _take(it, 2)
+    state = it.get_state()
+    json.dumps(state)  # the trainer's checkpoint handler writes it as JSON
+    expected = _take(it, 6)  # crosses the epoch boundary (13 records, batches of 3)
+    resumed = make_iterator(Numbers(13), noisy, per_process_batch=3, seed=5)
+    resumed.set_state(state)
+    for got, want in zip(_take(resumed, 6), expected):
+        np.testing.assert_array_equal(got["i"], want["i"])
+        np.testing.assert_array_equal(got["u"], want["u"])
+
+
+def test_shards_partition_every_epoch():
+    n, hosts = 24, 3
+    streams = []
+    for host in range(hosts):
+        it = make_iterator(Numbers(n), ident, per_process_batch=2, seed=1, process_index=host, process_count=hosts)
+        streams.append(np.concatenate([b["i"] for b in _take(it, n // hosts)]))  # two epochs per host
+    for epoch in range(2):
+        part = [s[epoch * (n // hosts):(epoch + 1) * (n // hosts)] for s in streams]
+        assert sorted(np.concatenate(part).tolist()) == list(range(n))  # disjoint and complete
+    assert not np.array_equal(streams[0][:8], streams[0][8:])  # each epoch reshuffled
+    with pytest.raises(ValueError, match="process_index=3 in"):
+        make_iterator(Numbers(n), ident, per_process_batch=2, seed=1, process_index=3, process_count=3)
+
+
+def test_bad_records_skipped_and_counted():
+    def transform(record, rng):  # a filter failure inside the transform
+        if record["i"] == 4:
+            raise RecordError(f"/data/{record['i']}.jpg", "mask too small")
+        return noisy(record, rng)
+
+    bad = {2, 4, 9}
+    order = np.concatenate([b["i"] for b in _take(make_iterator(Numbers(12), ident, per_process_batch=1, seed=3),
+                                                  24)])
+    it = make_iterator(Numbers(12, bad={2, 9}), transform, per_process_batch=1, seed=3)
+    got = []
+    for _ in range(15):
+        batch = next(it)
+        assert set(batch) == {"i", "u"}  # bookkeeping key popped
+        got.append(int(batch["i"][0]))
+    # the same stream with the bad records left out, and as many skipped as were passed over
+    good = np.array([i not in bad for i in order.tolist()])
+    last = int(np.flatnonzero(np.cumsum(good) == 15)[0])  # stream position of the 15th good element
+    assert got == order[:last + 1][good[:last + 1]].tolist()
+    assert it.skipped.count == int((~good[:last + 1]).sum()) >= 3
+
+
+def test_strict_raises_naming_the_file():
+    it = make_iterator(Numbers(6, bad={0, 1, 2, 3, 4, 5}), ident, per_process_batch=2, seed=0, strict=True)
+    with pytest.raises(RecordError, match=r"/data/\d\.jpg: unreadable"):
+        next(it)
+
+
+def test_transform_forms_and_seeding():
+    assert takes_rng(noisy) and not takes_rng(ident) and takes_rng(lambda r, g: r) and not takes_rng(len)
+    first = _take(make_iterator(Numbers(10), noisy, per_process_batch=5, seed=0), 2)
+    again = _take(make_iterator(Numbers(10), noisy, per_process_batch=5, seed=0), 2)
+    other = _take(make_iterator(Numbers(10), noisy, per_process_batch=5, seed=1), 2)
+    np.testing.assert_array_equal(first[1]["u"], again[1]["u"])
+    assert not np.array_equal(first[0]["u"], other[0]["u"])
+    u = np.concatenate([b["u"] for b in first])
+    assert len(set(u.tolist())) == 10  # each element draws its own numbers
+    # the one-argument form, as the denoise method's transform
+    batch = next(make_iterator(ShapesSource(4, 8), lambda r: {"image": r["image"]}, per_process_batch=2, seed=0))
+    assert batch["image"].shape == (2, 8, 8, 3) and batch["image"].dtype == np.float32
+    # forcing the form: a callable with two parameters used as a one-argument transform
+    forced = next(make_iterator(Numbers(4), lambda record, unused=None: ident(record), per_process_batch=4, seed=0,
+                                random_transform=False))
+    assert sorted(forced["i"].tolist()) == [0, 1, 2, 3]
+
+
+def test_mixture_weights_and_prepare():
+    letters = [{"s": "a"}] * 10
+    words = [{"s": "b", "k": k} for k in range(40)]
+
+    def tag(record, rng):
+        return {**record, "r": float(rng.random())}
+
+    mix = mix_sources([(letters, 0.25, tag), (words, 0.75)], seed=0)
+    assert abs(len(mix) - 54) <= 1  # covers `words` once at 75%: ceil(40 / 0.75) = 54 elements
+    elements = [mix[i] for i in range(len(mix))]
+    counts = Counter(e["s"] for e in elements)
+    assert abs(counts["b"] - 40) <= 1 and abs(counts["a"] - 14) <= 1  # 54 * 0.25 = 13.5
+    seen = [e["k"] for e in elements if e["s"] == "b"]
+    assert len(set(seen)) == len(seen)  # no record of `words` twice in one mixture epoch
+    assert all("r" in e for e in elements if e["s"] == "a") and not any("r" in e for e in elements if e["s"] == "b")
+    it = make_iterator(mix, lambda r: {"b": np.int64(r["s"] == "b")}, per_process_batch=20, seed=0)
+    share = np.mean(np.concatenate([b["b"] for b in _take(it, 20)]))
+    assert abs(share - 0.75) < 0.03
+    with pytest.raises(ValueError, match="weights must be > 0"):
+        mix_sources([(letters, 0.0)], seed=0)
+
+
+def test_worker_processes_resume_and_skip():
+    it = make_iterator(Numbers(20, bad={5, 6}), noisy, per_process_batch=2, seed=2, worker_count=2)
+    _take(it, 2)
+    state = it.get_state()
+    expected = _take(it, 8)  # past one epoch: both bad records have been met
+    assert not {5, 6} & set(np.concatenate([b["i"] for b in expected]).tolist())
+    assert it.skipped.count == 2
+    resumed = make_iterator(Numbers(20, bad={5, 6}), noisy, per_process_batch=2, seed=2, worker_count=2)
+    resumed.set_state(state)
+    for got, want in zip(_take(resumed, 8), expected):
+        np.testing.assert_array_equal(got["i"], want["i"])
+        np.testing.assert_array_equal(got["u"], want["u"])
+    _close(it, resumed)
+
+
+def test_real_sources_anydoor_style_mix(tmp_path):
+    truth = synthetic.write_synthetic(tmp_path, num_images=4, num_videos=2, num_frames=6, image_size=(64, 96))
+    clips = video.VideoSource(truth.youtube_vos_dir)
+    images = coco.CocoSource(truth.coco_dir / "images", truth.coco_dir / "annotations" / "instances.json")
+    mix = mix_sources([(clips, 2.0, video.sample_pair), (images, 1.0, coco.image_pair)], seed=0)
+
+    def to_example(pair):  # a stand-in method transform: fixed 32x32 shapes
+        resize = lambda a: cv2.resize(a, (32, 32), interpolation=cv2.INTER_NEAREST)
+        return {"reference": resize(pair["reference_image"]), "target_mask": resize(pair["target_mask"]),
+                "dynamic": np.bool_(pair["dynamic"])}
+
+    it = make_iterator(mix, to_example, per_process_batch=4, seed=0)
+    batches = _take(it, 6)
+    assert batches[0]["reference"].shape == (4, 32, 32, 3) and SKIPPED_KEY not in batches[0]
+    dynamic = np.concatenate([b["dynamic"] for b in batches])
+    assert 0 < dynamic.mean() < 1
+    assert all(b["target_mask"].reshape(4, -1).max(axis=1).min() == 1 for b in batches)  # objects present
