@@ -187,3 +187,28 @@ def make_transform(
         }
 
     return transform
+
+
+def paste_back(generated: np.ndarray, target_image: np.ndarray, crop_box, sizes, *, margin: int = 5) -> np.ndarray:
+    """Put a generated square back into the full target image (the released `crop_back`).
+
+    Args:
+      generated: uint8 (S, S, 3), the model output for an example's `target` square.
+      target_image: uint8 (H, W, 3), the full target image the example was cut from.
+      crop_box, sizes: the example's `crop_box` (y0, y1, x0, x1) and `sizes` [H1, W1, H2, W2].
+      margin: pixels along the crop border left untouched (5 in run_inference.py, 3 in the demo).
+    Returns:
+      uint8 (H, W, 3): a copy of target_image with the crop (minus the margin) replaced by the
+      generated square resized to H2 x W2 with its square padding removed.
+    """
+    h1, w1, h2, w2 = (int(v) for v in sizes)
+    y0, y1, x0, x1 = (int(v) for v in crop_box)
+    if (y1 - y0, x1 - x0) != (h1, w1) or max(h1, w1) != h2 or h2 != w2:
+        raise ValueError(f"crop_box {tuple(crop_box)} and sizes {tuple(sizes)} do not describe one squared crop")
+    square = imaging.resize(generated, (h2, w2))
+    top, left = (h2 - h1) // 2, (w2 - w1) // 2  # pad_to_square puts the odd pixel after
+    crop = square[top : top + h1, left : left + w1]
+    out = target_image.copy()
+    m = margin
+    out[y0 + m : y1 - m, x0 + m : x1 - m] = crop[m : h1 - m, m : w1 - m]
+    return out

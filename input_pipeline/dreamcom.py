@@ -107,3 +107,61 @@ def make_transform(
         }
 
     return transform
+
+
+def _check_background(record: dict) -> tuple[str, np.ndarray, imaging.Box]:
+    source = str(record.get("source", "<background record>"))
+    image, box = record.get("image"), record.get("box")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise RecordError(source, f"field 'image' must be uint8 (H, W, 3) RGB, got {got}")
+    h, w = image.shape[:2]
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise RecordError(source, f"field 'box' must be (x0, y0, x1, y1) ints, got {box!r}") from None
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise RecordError(source, f"field 'box' {box!r} is empty or outside the {w}x{h} image (x0, y0, x1, y1)")
+    return source, image, (y0, y1, x0, x1)
+
+
+def inference_inputs(record: dict, *, size: int = 512, do_crop: bool = True) -> dict:
+    """Inpainting inputs for one `background` record (the released `test.py`, `--do_crop`).
+
+    With `do_crop`, a box smaller than a quarter of the image is grown by half its height/width on
+    each side (clipped) and only that region is inpainted; otherwise the whole image is. The region
+    is resized to size x size (Lanczos; the box mask nearest), aspect ratio not kept, as released.
+
+    Returns:
+      image: float32 (S, S, 3) in [-1, 1]; mask: float32 (S, S, 1) {0, 1}, the box;
+      masked_image: float32 (S, S, 3), image with the box set to 0;
+      region: int32 (4,) (y0, y1, x0, x1) of the background that was resized (for `paste_region`).
+    """
+    _, image, box = _check_background(record)
+    h, w = image.shape[:2]
+    y0, y1, x0, x1 = box
+    region = (0, h, 0, w)
+    if do_crop and (y1 - y0) * (x1 - x0) * 4 < h * w:
+        dy, dx = int(0.5 * (y1 - y0)), int(0.5 * (x1 - x0))
+        region = (max(0, y0 - dy), min(h, y1 + dy), max(0, x0 - dx), min(w, x1 + dx))
+    box_in = imaging.box_in_box(box, region)
+    crop_h, crop_w = region[1] - region[0], region[3] - region[2]
+    img = imaging.to_signed(imaging.resize(imaging.crop(image, region), (size, size), lanczos=True))
+    mask = imaging.resize(imaging.box_mask((crop_h, crop_w), box_in), (size, size), nearest=True)
+    mask = mask.astype(np.float32)[..., None]
+    return {
+        "image": img,
+        "mask": mask,
+        "masked_image": np.where(mask > 0, np.float32(0.0), img),
+        "region": np.asarray(region, np.int32),
+    }
+
+
+def paste_region(generated: np.ndarray, background: np.ndarray, region) -> np.ndarray:
+    """Resize a generated uint8 (S, S, 3) square back to `region` (y0, y1, x0, x1) and paste it into
+    a copy of the uint8 background, without blending (as released; the released code keeps the
+    512 x 512 output when the region is the whole image, this always restores the background size)."""
+    y0, y1, x0, x1 = (int(v) for v in region)
+    out = background.copy()
+    out[y0:y1, x0:x1] = imaging.resize(generated, (y1 - y0, x1 - x0), lanczos=True)
+    return out

@@ -33,15 +33,15 @@ def to_signed(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / 127.5 - 1.0
 
 
-def resize(image: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
-    """Resize to `size = (height, width)` with `cv2.resize` (bilinear, or nearest for label maps).
+def resize(image: np.ndarray, size: tuple[int, int], *, nearest: bool = False, lanczos: bool = False) -> np.ndarray:
+    """Resize to `size = (height, width)` with `cv2.resize`: bilinear, nearest (label maps) or Lanczos-4.
 
     Works for (H, W) and (H, W, C) arrays (C <= 4); the dtype is kept.
     """
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
         raise ValueError(f"resize target must be at least 1x1, got {size}")
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LANCZOS4 if lanczos else cv2.INTER_LINEAR
     out = cv2.resize(image, (w, h), interpolation=interp)
     if image.ndim == 3 and out.ndim == 2:  # cv2 drops a trailing channel axis of size 1
         out = out[..., None]

@@ -417,3 +417,56 @@ def test_transforms_batch_through_grain_pipeline():
     batch = next(it)
     assert batch["collage"].shape == (2, 128, 128, 4) and batch["reference"].shape == (2, 56, 56, 3)
     assert sorted(batch["dynamic"].tolist()) == [0, 1]
+
+
+def test_anydoor_paste_back_round_trip():
+    """Pasting the example's own target square back reproduces the target image (up to resampling)."""
+    rng = np.random.default_rng(6)
+    rec = _rect_pair(rng, 200, 300, (60, 140, 20, 100), flat=False)  # near the border: the crop is clipped
+    rec["target_image"] = np.full((200, 300, 3), 90, np.uint8)
+    rec["target_image"][:, 150:] = 180  # piecewise-flat, so resampling is exact away from the step
+    ex = anydoor.make_transform(augment=False)(rec, rng)
+    h1, w1, h2, w2 = ex["sizes"]
+    assert h1 != w1  # the crop hit the image border, so there is square padding to strip
+    square = np.rint((ex["target"] + 1) * 127.5).astype(np.uint8)
+    out = anydoor.paste_back(255 - square, rec["target_image"], ex["crop_box"], ex["sizes"], margin=0)
+    y0, y1, x0, x1 = ex["crop_box"]
+    inside = np.zeros((200, 300), bool)
+    inside[y0:y1, x0:x1] = True
+    np.testing.assert_array_equal(out[~inside], rec["target_image"][~inside])
+    # Inverted colours inside the crop, away from the 90/180 step and from the crop border (where the
+    # black square padding blends in); the 8-bit round trip may round one level off.
+    cols = np.abs(np.arange(300) - 150) > 3
+    sel = ndimage.binary_erosion(inside, np.ones((5, 5))) & cols[None, :]
+    diff = np.abs(out[sel].astype(int) - (255 - rec["target_image"][sel].astype(int)))
+    assert sel.sum() > 5000 and diff.max() <= 1
+    with pytest.raises(ValueError, match="do not describe"):
+        anydoor.paste_back(square, rec["target_image"], ex["crop_box"], [h1 + 1, w1, h2, w2])
+
+
+def test_dreamcom_inference_inputs_crop_rule_and_paste():
+    from input_pipeline import dreamcom
+
+    rng = np.random.default_rng(0)
+    bg = _background(rng, 200, 300)
+    small = {"image": bg, "box": (100, 80, 140, 120), "source": "mem://bg"}  # 40 x 40 of 200 x 300
+    ex = dreamcom.inference_inputs(small, size=64)
+    # Box grown by half its size on each side: rows 60..140, columns 80..160 (80 x 80).
+    assert tuple(ex["region"]) == (60, 140, 80, 160)
+    m = ex["mask"][..., 0]
+    ys, xs = np.nonzero(m)
+    assert (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) == (16, 48, 16, 48)  # the middle half
+    assert (ex["masked_image"][m > 0] == 0).all()
+    np.testing.assert_array_equal(ex["masked_image"][m == 0], ex["image"][m == 0])
+    # Big box or do_crop=False: the whole image, squashed to S x S.
+    big = {"image": bg, "box": (0, 0, 200, 150), "source": "mem://bg"}
+    assert tuple(dreamcom.inference_inputs(big, size=64)["region"]) == (0, 200, 0, 300)
+    assert tuple(dreamcom.inference_inputs(small, size=64, do_crop=False)["region"]) == (0, 200, 0, 300)
+    gen = np.full((64, 64, 3), 7, np.uint8)
+    out = dreamcom.paste_region(gen, bg, ex["region"])
+    assert (out[60:140, 80:160] == 7).all()
+    keep = np.ones((200, 300), bool)
+    keep[60:140, 80:160] = False
+    np.testing.assert_array_equal(out[keep], bg[keep])
+    with pytest.raises(RecordError, match="mem://bg: field 'box'"):
+        dreamcom.inference_inputs(dict(small, box=(10, 10, 400, 20)))
