@@ -103,6 +103,9 @@ def make_transform(
       region_rule: 'any' or 'both' (see `_region_ok`).
       hf_thresh: Sobel magnitude threshold of the HF map.
 
+    Inference as in the released run_inference.py: augment=False, ref_expand_tenths=(12, 13) (1.2),
+    crop_expand_tenths=(15, 30); the filters still apply.
+
     The returned transform raises `RecordError(source, reason)` for a record that fails a filter and
     returns:
       reference: float32 (ref_size, ref_size, 3) in [-1, 1], the object on white (DINOv2 input).
@@ -119,7 +122,9 @@ def make_transform(
 
     def transform(record: dict, rng: np.random.Generator) -> dict:
         source, ref, ref_mask, tar, tar_mask = _check_pair(record)
-        dynamic = _dynamic(record.get("dynamic", False), source)
+        if "dynamic" not in record:
+            raise RecordError(source, "missing field 'dynamic' (bool: True for a video pair, False for an image)")
+        dynamic = _dynamic(record["dynamic"], source)
 
         # Filters (the released asserts); checked before any work.
         score = imaging.mask_concentration(ref_mask)

@@ -179,6 +179,10 @@ def test_anydoor_filters_raise_record_error():
     with pytest.raises(RecordError, match="'target_mask' must be uint8"):
         t(bad, rng)
     bad = _rect_pair(rng)
+    del bad["dynamic"]
+    with pytest.raises(RecordError, match="missing field 'dynamic'"):
+        t(bad, rng)
+    bad = _rect_pair(rng)
     bad["dynamic"] = "video"
     with pytest.raises(RecordError, match="'dynamic'"):
         t(bad, rng)
@@ -470,3 +474,41 @@ def test_dreamcom_inference_inputs_crop_rule_and_paste():
     np.testing.assert_array_equal(out[keep], bg[keep])
     with pytest.raises(RecordError, match="mem://bg: field 'box'"):
         dreamcom.inference_inputs(dict(small, box=(10, 10, 400, 20)))
+
+
+def test_transforms_on_synthetic_dataset_files(tmp_path):
+    """Readers -> record builders -> transforms on the project's synthetic COCO / YouTube-VOS files."""
+    from input_pipeline import anyscene
+    from input_pipeline.sources import coco, synthetic, video
+
+    syn = synthetic.write_synthetic(tmp_path, num_images=3, num_videos=2, num_frames=6, image_size=(96, 128), seed=1)
+    images = coco.CocoSource(
+        syn.coco_dir / "images",
+        syn.coco_dir / "annotations" / "instances.json",
+        syn.coco_dir / "annotations" / "captions.json",
+    )
+    clips = video.VideoSource(syn.youtube_vos_dir)
+    scene = anyscene.make_transform(size=64)
+    door = anydoor.make_transform(size=64, ref_size=56)
+    made = {"anyscene": 0, "image pair": 0, "video pair": 0}
+    for i in range(len(images)):
+        rng = np.random.default_rng(i)
+        record = images[i]
+        ex = scene(record, rng)
+        assert ex["image"].shape == (64, 64, 3) and ex["caption"] in record["captions"]
+        made["anyscene"] += 1
+        try:
+            ex = door(coco.image_pair(record, rng), rng)
+        except RecordError:
+            continue
+        assert ex["collage"].shape == (64, 64, 4) and int(ex["dynamic"]) == 0
+        made["image pair"] += 1
+    for i in range(len(clips)):
+        rng = np.random.default_rng(i)
+        try:
+            ex = door(video.sample_pair(clips[i], rng), rng)
+        except RecordError:
+            continue
+        assert ex["target"].shape == (64, 64, 3) and int(ex["dynamic"]) == 1
+        made["video pair"] += 1
+    assert made["anyscene"] == 3 and made["image pair"] >= 1 and made["video pair"] >= 1, made
