@@ -173,3 +173,26 @@ def test_real_sources_anydoor_style_mix(tmp_path):
     dynamic = np.concatenate([b["dynamic"] for b in batches])
     assert 0 < dynamic.mean() < 1
     assert all(b["target_mask"].reshape(4, -1).max(axis=1).min() == 1 for b in batches)  # objects present
+
+
+def test_data_benchmark_measures_a_known_cost():
+    import time
+
+    from input_pipeline.benchmark import format_report, run_data_benchmark, workers_needed
+
+    def factory():
+        def slow(record, rng):  # a transform of known cost: 20 ms per example
+            time.sleep(0.02)
+            return noisy(record, rng)
+        return slow
+
+    result = run_data_benchmark(factory, Numbers(16, bad={3}), per_process_batch=2, num_batches=4, num_direct=5,
+                                steps_per_s=10.0, per_host_batch=8)
+    assert 18 <= result["direct"]["transform_ms"] < 40 and result["direct"]["skipped"] == 1
+    (pipeline,) = result["pipelines"]
+    assert 25 < pipeline["per_worker"] <= 50  # at most 1 / 20 ms
+    # 10 steps/s x 8 examples = 80 examples/s at <= 50 per worker: at least 2 workers
+    assert result["workers_needed"] == workers_needed(result["examples_per_s_per_worker"], 10.0, 8) >= 2
+    assert workers_needed(50.0, 10.0, 8) == 2 and workers_needed(40.0, 10.0, 8) == 2
+    assert workers_needed(39.9, 10.0, 8) == 3
+    assert "per worker process" in format_report(result)
