@@ -140,6 +140,17 @@ def test_mixture_weights_and_prepare():
     with pytest.raises(ValueError, match="weights must be > 0"):
         mix_sources([(letters, 0.0)], seed=0)
 
+    def picky(record, rng):  # a record-to-pair step that rejects some records (as sample_pair may)
+        if record["k"] % 10 == 0:
+            raise RecordError(f"/words/{record['k']}", "object absent")
+        return record
+
+    it = make_iterator(mix_sources([(words, 1.0, picky)], seed=0), lambda r: {"k": np.int64(r["k"])},
+                       per_process_batch=4, seed=0)
+    ks = np.concatenate([b["k"] for b in _take(it, 10)]).tolist()
+    assert sorted(ks[:36]) == [k for k in range(40) if k % 10]  # the first epoch, rejected ones left out
+    assert it.skipped.count >= 4
+
 
 def test_worker_processes_resume_and_skip():
     it = make_iterator(Numbers(20, bad={5, 6}), noisy, per_process_batch=2, seed=2, worker_count=2)

@@ -298,7 +298,7 @@ def test_sa1b_reader(syn, tmp_path):
     assert len(source) == 2
     record = source[1]
     truth = syn.images[1]
-    order = np.argsort([-m.sum() for m in truth["masks"]], kind="stable")  # the reader sorts by area
+    order = np.argsort([-int(m.sum()) for m in truth["masks"]], kind="stable")  # the reader sorts by area
     np.testing.assert_array_equal(record["masks"], truth["masks"][order])
     assert record["labels"] == [""] * len(order) and record["captions"] == []
     areas = sorted((int(m.sum()) for m in truth["masks"]), reverse=True)
