@@ -194,7 +194,7 @@ def test_coco_filters(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- video
 
-def test_youtube_vos_reader_and_meta(syn):
+def test_youtube_vos_reader_and_meta(syn, tmp_path):
     source = video.VideoSource(syn.youtube_vos_dir)
     assert len(source) == 2 * len(syn.videos)
     for record in source:
@@ -206,9 +206,12 @@ def test_youtube_vos_reader_and_meta(syn):
         assert record["min_gap"] == len(present) // 10
         if record["object_id"] == 2:
             assert present[0] == 2  # the second object enters at frame 2
-    # scanning the PNGs (MOSE-style, no meta.json) finds the same index
+    # scanning the PNGs (MOSE-style, no meta.json) finds the same index, and saves it for next time
     scanned = video.VideoSource(syn.youtube_vos_dir, "mose")
     assert [r for r in scanned] == [r for r in source]
+    cache = tmp_path / "mose_meta.json"
+    cache.write_text(json.dumps(scanned.index_meta()))
+    assert [r for r in video.VideoSource(syn.youtube_vos_dir, "mose", meta_json=cache)] == [r for r in source]
 
 
 def test_sample_pair_gap_and_masks(syn):

@@ -34,12 +34,14 @@ class VideoSource:
       resolution: DAVIS resolution folder ("480p" or "Full-Resolution").
       gap_divisor: K of the min-gap rule (min_gap = n_frames // K); default per layout.
       use_meta: read root/meta.json when present (youtube_vos); False scans the annotation PNGs.
+      meta_json: a meta.json in the YouTube-VOS format to read instead (any layout), e.g. one written
+        from `index_meta()` of an earlier scan: scanning MOSE's ~100k PNGs takes minutes, reading it does not.
     Records: {"frame_paths", "mask_paths" (same length, frames where the object is annotated),
               "object_id": int, "min_gap": int, "source": video frame folder}.
     """
 
     def __init__(self, root: str | Path, layout: str = "youtube_vos", *, resolution: str = "480p",
-                 gap_divisor: int | None = None, use_meta: bool = True):
+                 gap_divisor: int | None = None, use_meta: bool = True, meta_json: str | Path | None = None):
         if layout not in GAP_DIVISOR:
             raise ValueError(f"VideoSource layout={layout!r}: expected one of {sorted(GAP_DIVISOR)}")
         root = Path(root)
@@ -51,7 +53,12 @@ class VideoSource:
                                           "input_pipeline/sources/video.py)")
         divisor = gap_divisor or GAP_DIVISOR[layout]
         meta_path = root / "meta.json"
-        meta = self._read_meta(meta_path) if use_meta and layout == "youtube_vos" and meta_path.is_file() else None
+        if meta_json is not None:
+            meta = self._read_meta(Path(meta_json))
+        elif use_meta and layout == "youtube_vos" and meta_path.is_file():
+            meta = self._read_meta(meta_path)
+        else:
+            meta = None
         self.records = []
         for video_dir in sorted(p for p in frame_root.iterdir() if p.is_dir()):
             video = video_dir.name
@@ -91,6 +98,16 @@ class VideoSource:
                     raise RecordError(path, f"field '{where}.frames': expected a list of frame names (strings)")
                 out[video][object_id] = frames
         return out
+
+    def index_meta(self) -> dict:
+        """The index as a YouTube-VOS meta.json dict ({"videos": {video: {"objects": {id: {"frames"}}}}}),
+        to save with json.dump and pass back as `meta_json`."""
+        videos: dict = {}
+        for record in self.records:
+            video = Path(record["source"]).name
+            frames = [Path(p).stem for p in record["frame_paths"]]
+            videos.setdefault(video, {"objects": {}})["objects"][str(record["object_id"])] = {"frames": frames}
+        return {"videos": videos}
 
     def __len__(self) -> int:
         return len(self.records)
