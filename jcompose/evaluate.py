@@ -1,0 +1,401 @@
+"""Evaluation: `python -m jcompose.evaluate --config=configs/eval/<benchmark>.py --config.generated=DIR ...`.
+
+Streams a folder of generated images (and a folder of reference images paired by file name;
+optionally prompts) through jit-compiled feature extractors, batch-sharded over all devices, and
+writes `scores.json` (every metric with its convention and counts, plus per-image values) and
+`report.html` + `examples.png` (a grid of reference / generated pairs) into `config.out`.
+
+Metrics (`config.metrics`): fid, kid (generated vs reference folder or `fid.reference_stats`),
+clip_score (generated vs prompt), clip_i, dino, lpips, ssim (generated vs its paired reference),
+aesthetic (generated). See `jcompose/metrics/` for each definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcompose import parallel
+from jcompose.metrics import aesthetic, clip_score, dino, fid, inception, lpips, preprocess, ssim
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+METRICS = ("fid", "kid", "clip_score", "clip_i", "dino", "lpips", "ssim", "aesthetic")
+PAIRED = ("clip_i", "dino", "lpips", "ssim")
+
+
+# ------------------------------------------------------------------------------------------ input
+
+
+def list_images(folder: str | Path, what: str) -> list[Path]:
+    """Image files of a folder, sorted by name; errors name the config field."""
+    folder = Path(folder)
+    if not str(folder) or not folder.is_dir():
+        raise FileNotFoundError(f"config.{what}: {folder!s} is not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f"config.{what}: {folder} holds no images ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{path}: unreadable image ({err})") from None
+
+
+def read_prompts(path: str | Path) -> dict[str, str]:
+    """Prompts by image file stem: a JSON object {"name": "prompt"} or lines `name<TAB>prompt`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config.prompts: {path} not found")
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ValueError(f"{path}: config.prompts JSON must be an object of file name -> prompt string")
+        return {Path(k).stem: v for k, v in data.items()}
+    prompts = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            if "\t" not in line:
+                raise ValueError(f"{path}:{n}: expected 'name<TAB>prompt'")
+            name, prompt = line.split("\t", 1)
+            prompts[Path(name).stem] = prompt
+    return prompts
+
+
+# ------------------------------------------------------------------------------------ extractors
+
+
+@dataclasses.dataclass
+class Extractor:
+    """One jit'd network: host `prepare(uint8 image) -> array`, device `apply(params, batch) -> out`."""
+
+    name: str
+    prepare: Callable[[np.ndarray], np.ndarray]
+    apply: Callable
+    params: Any
+
+
+def _pytorch_fid_prepare(size: int) -> Callable:
+    def prepare(image):
+        if image.shape[:2] != (size, size):
+            # In-graph resize needs one input size per batch: resize on the host the same way.
+            image = np.asarray(fid.resize_bilinear(jnp.asarray(image[None], jnp.float32), size)[0])
+            return (image / 127.5 - 1.0).astype(np.float32)
+        return (image.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+    return prepare
+
+
+def _random_params(module, *inputs) -> dict:
+    """Random weights without running an init forward (smoke runs, benchmarks); BN variances and
+    LPIPS heads are kept positive."""
+    from jcompose.models import tiny
+
+    abstract = jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)["params"]
+    params = tiny.random_params(abstract, seed=0)
+
+    def positive(path, x):
+        key = jax.tree_util.keystr(path)
+        if key.endswith("['var']"):
+            return np.abs(x) + 1.0
+        return np.abs(x) if "lin_" in key else x
+
+    return jax.tree_util.tree_map_with_path(positive, params)
+
+
+def build_extractors(config) -> dict[str, Extractor]:
+    """The networks the requested metrics need, loaded from the config's weight paths."""
+    wanted = set(config.metrics)
+    unknown = wanted - set(METRICS)
+    if unknown:
+        raise ValueError(f"config.metrics: unknown {sorted(unknown)}; choose from {METRICS}")
+    out: dict[str, Extractor] = {}
+    if wanted & {"fid", "kid"}:
+        if config.fid.weights == "random":  # smoke tests / benchmarks only: not a real FID
+            module = inception.InceptionV3FID()
+            params = _random_params(module, jnp.zeros((1, 299, 299, 3)))
+        else:
+            module, params = inception.load_inception(config.fid.weights or None)
+        mode = config.fid.mode
+        prep = (lambda im: fid.clean_fid_input(im)) if mode == "clean" else _pytorch_fid_prepare(inception.IMAGE_SIZE)
+        out["inception"] = Extractor("inception", prep, fid.feature_fn(module, mode), params)
+    if wanted & {"clip_score", "clip_i", "aesthetic"}:
+        clip = clip_score.load_clip(config.clip.model)
+        size = clip.config.get("vision_config", {}).get("image_size", 224)
+        out["clip"] = Extractor("clip", lambda im: preprocess.clip_input(im, size),
+                                lambda p, x: clip_score.image_embeddings(clip.module, p, x), clip.params)
+        out["clip"].loaded = clip
+    if "dino" in wanted:
+        vit = dino.load_dino(config.dino.model)
+        size = vit.config.get("image_size", 224)
+        out["dino"] = Extractor("dino", lambda im: preprocess.dino_input(im, resize=size * 256 // 224, size=size),
+                                lambda p, x: dino.dino_embeddings(vit.module, p, x), vit.params)
+    if "lpips" in wanted:
+        if config.lpips.weights == "random":  # smoke tests / benchmarks only
+            module = lpips.LPIPS(config.lpips.net)
+            zeros = jnp.zeros((1, 64, 64, 3))
+            params = _random_params(module, zeros, zeros)
+        else:
+            module, params = lpips.load_lpips(config.lpips.net, config.lpips.trunk or None, config.lpips.heads or None)
+        out["lpips"] = Extractor("lpips", None, lambda p, x, y: module.apply({"params": p}, x, y), params)
+    return out
+
+
+# ------------------------------------------------------------------------------------- streaming
+
+
+def _batches(items: list, prepare: Callable[[Any], dict], batch_size: int, workers: int) -> Iterator[tuple[dict, int]]:
+    """grain pipeline: prepare items in threads, batch; the last batch is padded (valid count given)."""
+    import grain
+
+    ds = grain.MapDataset.source(items).map(prepare).batch(batch_size, drop_remainder=False)
+    for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=max(workers, 1), prefetch_buffer_size=max(workers, 2))):
+        n = len(next(iter(batch.values())))
+        if n < batch_size:
+            batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in batch.items()}
+        yield batch, n
+
+
+def _pair_image(ref: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Reference resized (PIL bicubic) to the generated image's size for pixel-aligned metrics."""
+    if ref.shape[:2] == shape:
+        return ref
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(ref).resize((shape[1], shape[0]), resample=Image.BICUBIC))
+
+
+def evaluate(config, progress: bool = True) -> dict[str, Any]:
+    """Runs the configured metrics and writes scores.json and the report; returns the scores."""
+    from tqdm import tqdm
+
+    wanted = list(config.metrics)
+    generated = list_images(config.generated, "generated")
+    paired_needed = any(m in wanted for m in PAIRED)
+    refs: dict[str, Path] = {}
+    if config.reference:
+        refs = {p.stem: p for p in list_images(config.reference, "reference")}
+    if paired_needed:
+        missing = [p.name for p in generated if p.stem not in refs]
+        if missing:
+            raise FileNotFoundError(f"config.reference: no reference image named like generated {missing[:5]} "
+                                    f"(paired metrics {[m for m in wanted if m in PAIRED]} pair files by name)")
+    prompts = read_prompts(config.prompts) if "clip_score" in wanted else {}
+    if "clip_score" in wanted:
+        missing = [p.name for p in generated if p.stem not in prompts]
+        if missing:
+            raise ValueError(f"config.prompts: no prompt for {missing[:5]}")
+
+    extractors = build_extractors(config)
+    mesh = parallel.make_mesh()
+    devices = jax.device_count()
+    batch_size = -(-config.batch_size // devices) * devices
+    params = {k: parallel.put_replicated(e.params, mesh) for k, e in extractors.items()}
+    pair_size = config.pair_size
+
+    def prepare(path: Path) -> dict[str, np.ndarray]:
+        image = read_image(path)
+        out: dict[str, np.ndarray] = {}
+        if "inception" in extractors:
+            out["inception"] = extractors["inception"].prepare(image)
+        if "clip" in extractors:
+            out["clip"] = extractors["clip"].prepare(image)
+        if path.stem in refs and paired_needed:
+            ref = read_image(refs[path.stem])
+            if "clip_i" in wanted:
+                out["clip_ref"] = extractors["clip"].prepare(ref)
+            if "dino" in extractors:
+                out["dino"] = extractors["dino"].prepare(image)
+                out["dino_ref"] = extractors["dino"].prepare(ref)
+            if "lpips" in wanted or "ssim" in wanted:
+                from PIL import Image
+
+                shape = (pair_size, pair_size) if pair_size else image.shape[:2]
+                gen = image if image.shape[:2] == shape else np.asarray(
+                    Image.fromarray(image).resize((shape[1], shape[0]), resample=Image.BICUBIC))
+                out["pix"] = gen.astype(np.float32) / 127.5 - 1.0
+                out["pix_ref"] = _pair_image(ref, shape).astype(np.float32) / 127.5 - 1.0
+        return out
+
+    @jax.jit
+    def step(params, batch):
+        res = {}
+        if "inception" in params:
+            res["inception"] = extractors["inception"].apply(params["inception"], batch["inception"])
+        if "clip" in params:
+            res["clip"] = extractors["clip"].apply(params["clip"], batch["clip"])
+            if "clip_ref" in batch:
+                res["clip_ref"] = extractors["clip"].apply(params["clip"], batch["clip_ref"])
+        if "dino" in params:
+            res["dino"] = extractors["dino"].apply(params["dino"], batch["dino"])
+            res["dino_ref"] = extractors["dino"].apply(params["dino"], batch["dino_ref"])
+        if "lpips" in params:
+            res["lpips"] = extractors["lpips"].apply(params["lpips"], batch["pix"], batch["pix_ref"])
+        if "ssim" in wanted:
+            res["ssim"] = ssim.ssim(batch["pix"], batch["pix_ref"], data_range=2.0)
+        return res
+
+    keep = "kid" in wanted
+    gen_stats = fid.FeatureStats(inception.FEATURES, keep_features=keep)
+    per_image: dict[str, list] = {k: [] for k in ("clip", "clip_ref", "dino", "dino_ref", "lpips", "ssim")}
+    bar = tqdm(total=len(generated), desc="generated", disable=not progress)
+    for batch, n in _batches(generated, prepare, batch_size, config.workers):
+        res = jax.device_get(step(params, parallel.global_batch(batch, mesh)))
+        if "inception" in res:
+            gen_stats.update(res["inception"][:n])
+        for key, values in per_image.items():
+            if key in res:
+                values.append(np.asarray(res[key][:n]))
+        bar.update(n)
+    bar.close()
+    cat = {k: np.concatenate(v) for k, v in per_image.items() if v}
+
+    scores: dict[str, Any] = {"n_generated": len(generated)}
+    per: dict[str, list] = {"file": [p.name for p in generated]}
+    if "fid" in wanted or "kid" in wanted:
+        scores.update(_fid_scores(config, wanted, gen_stats, extractors["inception"], params["inception"], mesh,
+                                  batch_size, progress))
+    if "clip_score" in wanted:
+        scores["clip_score"] = _clip_text_scores(config, extractors["clip"], generated, prompts, cat["clip"], per)
+    if "clip_i" in wanted:
+        cos = clip_score.paired_cosine(cat["clip"], cat["clip_ref"])
+        scores["clip_i"] = {"mean": float(cos.mean()), "definition": "mean cosine of CLIP image embeddings"}
+        per["clip_i"] = cos.tolist()
+    if "dino" in wanted:
+        cos = clip_score.paired_cosine(cat["dino"], cat["dino_ref"])
+        scores["dino"] = {"mean": float(cos.mean()), "definition": "mean cosine of DINO CLS embeddings"}
+        per["dino"] = cos.tolist()
+    if "lpips" in wanted:
+        scores["lpips"] = {"mean": float(cat["lpips"].mean()), "net": config.lpips.net, "version": "0.1"}
+        per["lpips"] = cat["lpips"].tolist()
+    if "ssim" in wanted:
+        scores["ssim"] = {"mean": float(cat["ssim"].mean()), "window": "gaussian 11, sigma 1.5"}
+        per["ssim"] = cat["ssim"].tolist()
+    if "aesthetic" in wanted:
+        head = aesthetic.load_head(config.aesthetic.head)
+        values = np.asarray(aesthetic.score(head, jnp.asarray(cat["clip"])))
+        scores["aesthetic"] = {"mean": float(values.mean()), "head": str(config.aesthetic.head)}
+        per["aesthetic"] = values.tolist()
+    scores["per_image"] = per
+    write_outputs(config, scores, generated, refs)
+    return scores
+
+
+def _fid_scores(config, wanted, gen_stats, extractor, params, mesh, batch_size, progress) -> dict:
+    from tqdm import tqdm
+
+    out: dict[str, Any] = {}
+    if config.fid.reference_stats:
+        if "kid" in wanted:
+            raise ValueError("config.metrics: kid needs reference images (config.reference), not fid.reference_stats")
+        ref_mu, ref_sigma = fid.load_stats(config.fid.reference_stats)
+        n_ref = None
+    else:
+        ref_files = list_images(config.reference, "reference")
+        ref_stats = fid.FeatureStats(inception.FEATURES, keep_features="kid" in wanted)
+        apply = jax.jit(extractor.apply)
+        bar = tqdm(total=len(ref_files), desc="reference", disable=not progress)
+        for batch, n in _batches(ref_files, lambda p: {"x": extractor.prepare(read_image(p))}, batch_size,
+                                 config.workers):
+            ref_stats.update(np.asarray(apply(params, parallel.global_batch(batch, mesh)["x"]))[:n])
+            bar.update(n)
+        bar.close()
+        ref_mu, ref_sigma = ref_stats.mean_cov()
+        n_ref = ref_stats.n
+        if config.fid.save_reference_stats:
+            fid.save_stats(config.fid.save_reference_stats, ref_mu, ref_sigma)
+    if "fid" in wanted:
+        mu, sigma = gen_stats.mean_cov()
+        out["fid"] = {"value": fid.frechet_distance(mu, sigma, ref_mu, ref_sigma), "mode": config.fid.mode,
+                      "n_generated": gen_stats.n, "n_reference": n_ref,
+                      "weights": "random (not a real FID)" if config.fid.weights == "random" else "FID Inception 2015-12-05"}
+    if "kid" in wanted:
+        mean, std = fid.kernel_inception_distance(gen_stats.features, ref_stats.features,
+                                                  subset_size=config.fid.kid_subset_size)
+        out["kid"] = {"mean": mean, "std": std, "subset_size": min(config.fid.kid_subset_size, gen_stats.n, n_ref)}
+    return out
+
+
+def _clip_text_scores(config, extractor, generated, prompts, image_emb, per) -> dict:
+    from jcompose.models import loading
+
+    clip = extractor.loaded
+    tokenizer = loading.load_tokenizer(config.clip.tokenizer or config.clip.model)
+    texts = [prompts[p.stem] for p in generated]
+    max_len = clip.config.get("text_config", {}).get("max_position_embeddings", clip_score.MAX_TEXT_TOKENS)
+    embs = []
+    fn = jax.jit(lambda p, ids, mask: clip_score.text_embeddings(clip.module, p, ids, mask))
+    for start in range(0, len(texts), config.batch_size):
+        tok = clip_score.tokenize(tokenizer, texts[start:start + config.batch_size], max_len)
+        embs.append(np.asarray(fn(clip.params, tok["input_ids"], tok["attention_mask"])))
+    cos = clip_score.paired_cosine(image_emb, np.concatenate(embs))
+    per["clip_score_cos"] = cos.tolist()
+    return {"value": clip_score.clip_score(cos, config.clip.convention), "convention": config.clip.convention,
+            "mean_cosine": float(cos.mean())}
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def write_outputs(config, scores: dict, generated: list[Path], refs: dict[str, Path]) -> None:
+    """scores.json, examples.png (reference | generated rows) and report.html in config.out."""
+    from PIL import Image
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    thumb = config.report.thumb
+    rows = generated[: config.report.examples]
+    cols = 2 if refs else 1
+    grid = Image.new("RGB", (cols * thumb, max(len(rows), 1) * thumb), "white")
+    for r, path in enumerate(rows):
+        pair = ([refs[path.stem]] if path.stem in refs else [None] * (cols - 1)) + [path]
+        for c, p in enumerate(pair[-cols:]):
+            if p is not None:
+                grid.paste(Image.fromarray(read_image(p)).resize((thumb, thumb)), (c * thumb, r * thumb))
+    grid.save(out / "examples.png")
+    summary = {k: v for k, v in scores.items() if k != "per_image"}
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(json.dumps(v))}</code></td></tr>"
+                    for k, v in summary.items())
+    (out / "report.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>jcompose evaluation</title>"
+        f"<h1>jcompose evaluation</h1><p>generated: {html.escape(str(config.generated))}<br>"
+        f"reference: {html.escape(str(config.reference))}</p><table border=1>{table}</table>"
+        f"<h2>Examples ({'reference | generated' if refs else 'generated'})</h2><img src='examples.png'>\n")
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv):
+    from absl import flags
+
+    del argv
+    config = flags.FLAGS.config
+    if not config.out:
+        raise ValueError("config.out: set an output folder (--config.out=DIR)")
+    scores = evaluate(config)
+    print(json.dumps({k: v for k, v in scores.items() if k != "per_image"}, indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "configs/eval/<benchmark>.py[:variant]", lock_config=True)
+    app.run(main)
+    sys.exit(0)

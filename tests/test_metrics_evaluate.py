@@ -1,0 +1,113 @@
+"""End-to-end `jcompose.evaluate` on a few generated PNGs with tiny random networks."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.eval.base import base_config
+from jcompose import evaluate
+from jcompose.models import loading, tiny
+
+
+def _write_images(folder, seed, n=5, size=48):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        image = np.full((size, size, 3), rng.integers(0, 255, 3), np.uint8)
+        cy, cx, r = rng.integers(10, size - 10, 2).tolist() + [int(rng.integers(5, 12))]
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 255, 3)
+        Image.fromarray(image).save(folder / f"img_{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from transformers import CLIPConfig, FlaxCLIPModel, FlaxViTModel, ViTConfig
+
+    root = tmp_path_factory.mktemp("eval_models")
+    vocab = tiny.write_tokenizer(root / "clip")
+    clip_config = CLIPConfig(
+        text_config={"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                     "num_attention_heads": 4, "max_position_embeddings": 77, "eos_token_id": vocab - 1,
+                     "bos_token_id": vocab - 2},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16)
+    clip = FlaxCLIPModel(clip_config, _do_init=False)
+    loading.export_transformers(clip, tiny.random_params(clip.params_shape_tree, 0), root / "clip", ("msgpack",))
+    vit = FlaxViTModel(ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                                 image_size=32, patch_size=8), _do_init=False, add_pooling_layer=False)
+    loading.export_transformers(vit, tiny.random_params(vit.params_shape_tree, 1), root / "dino")
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(2)
+    save_file({"weight": rng.normal(size=(1, 16)).astype(np.float32), "bias": np.array([5.0], np.float32)},
+              str(root / "aesthetic.safetensors"))
+    return root
+
+
+def _config(models, generated, reference, out, prompts):
+    c = base_config()
+    c.metrics = ("fid", "kid", "clip_score", "clip_i", "dino", "lpips", "ssim", "aesthetic")
+    c.generated, c.reference, c.out, c.prompts = str(generated), str(reference), str(out), str(prompts)
+    c.batch_size, c.workers, c.pair_size = 4, 2, 32
+    c.fid.weights, c.fid.kid_subset_size = "random", 4
+    c.clip.model, c.dino.model = str(models / "clip"), str(models / "dino")
+    c.lpips.weights = "random"
+    c.aesthetic.head = str(models / "aesthetic.safetensors")
+    return c
+
+
+def test_evaluate_end_to_end(tmp_path, models):
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    generated = _write_images(tmp_path / "gen", 0)
+    reference = _write_images(tmp_path / "ref", 1)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({f"img_{i}.png": f"a red circle {i}" for i in range(5)}))
+
+    # generated against copies of itself: every paired metric at its identity value
+    identity = _config(models, generated, generated, tmp_path / "same", prompts)
+    identity.metrics = ("clip_i", "dino", "lpips", "ssim")
+    same = evaluate.evaluate(identity, progress=False)
+    assert same["ssim"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert same["lpips"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert same["clip_i"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert same["dino"]["mean"] == pytest.approx(1.0, abs=1e-5)
+
+    scores = evaluate.evaluate(_config(models, generated, reference, tmp_path / "out", prompts), progress=False)
+    out = tmp_path / "out"
+    assert json.loads((out / "scores.json").read_text())["n_generated"] == 5
+    assert (out / "report.html").read_text().count("<tr>") >= 8
+    assert Image.open(out / "examples.png").size == (256, 5 * 128)
+    assert scores["fid"]["value"] > 0 and scores["fid"]["n_reference"] == 5
+    assert np.isfinite(scores["kid"]["mean"]) and np.isfinite(scores["aesthetic"]["mean"])
+    assert scores["clip_score"]["convention"] == "torchmetrics"
+    assert len(scores["per_image"]["clip_score_cos"]) == 5
+    # SSIM per image equals scikit-image (Wang settings) on the same pairs (48 px -> 32 px PIL bicubic)
+    for i, value in enumerate(scores["per_image"]["ssim"]):
+        a, b = (np.asarray(Image.open(d / f"img_{i}.png").convert("RGB").resize((32, 32), Image.BICUBIC))
+                .astype(np.float64) / 127.5 - 1 for d in (generated, reference))
+        ref = skimage_metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5, data_range=2.0,
+                                                    use_sample_covariance=False, channel_axis=-1)
+        assert value == pytest.approx(ref, abs=1e-4)
+
+
+def test_bad_inputs_are_named(tmp_path, models):
+    generated = _write_images(tmp_path / "gen", 0, n=2)
+    reference = _write_images(tmp_path / "ref", 1, n=1)
+    c = _config(models, generated, reference, tmp_path / "out", tmp_path / "none.json")
+    c.metrics = ("ssim",)
+    with pytest.raises(FileNotFoundError, match=r"config.reference: no reference image named like generated \['img_1"):
+        evaluate.evaluate(c, progress=False)
+    c.metrics = ("clip_score",)
+    with pytest.raises(FileNotFoundError, match="config.prompts"):
+        evaluate.evaluate(c, progress=False)
+    c.metrics = ("psnr",)
+    with pytest.raises(ValueError, match="config.metrics: unknown"):
+        evaluate.evaluate(c, progress=False)
+    c.generated = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="config.generated"):
+        evaluate.evaluate(c, progress=False)
