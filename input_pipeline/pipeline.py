@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -123,40 +124,37 @@ def takes_rng(transform: Callable) -> bool:
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
 
 
-def mix_sources(components: Sequence[tuple[Any, float] | tuple[Any, float, Callable | None]], *, seed: int,
-                epoch_length: int | None = None) -> grain.MapDataset:
-    """A weighted mixture of sources as one finite grain MapDataset (one "epoch" of the mix).
+def mix_sources(components: Sequence[tuple[Any, float] | tuple[Any, float, Callable | None]], *,
+                seed: int) -> grain.MapDataset:
+    """A weighted mixture of sources as one endless grain MapDataset (AnyDoor's training mix).
 
     Args:
-      components: (source, weight) or (source, weight, prepare) per dataset; `prepare(record, rng)`
-        turns the source's record into the common record kind (e.g. `video.sample_pair` for clips,
-        `coco.image_pair` for instances, for AnyDoor's pair transform). Weights need not sum to 1.
-      seed: base seed; each component is shuffled with its own seed and reshuffled when it repeats.
-      epoch_length: elements per mixture epoch; default: the smallest length in which every source is
-        seen completely at its weight (max over sources of len / normalised weight).
-    Component i contributes about epoch_length * w_i elements per epoch, in a random order, repeating
-    (reshuffled) a source smaller than its share. Pass the result to `make_iterator` as the source.
+      components: (source, weight) or (source, weight, prepare) per dataset; `prepare(record, rng)` (or
+        `prepare(record)`) turns the source's record into the common record kind (e.g. `video.sample_pair`
+        for clips, `coco.image_pair` for instances, for AnyDoor's pair transform). Weights need not sum to 1.
+      seed: base seed; each component gets its own.
+    Each component is an endless stream of its source, reshuffled on every pass, and the streams are
+    interleaved by weight (grain `MapDataset.mix`), so any window of the mix holds each source at its
+    weight and a source of n records is seen completely once per n / weight mixed elements. Endless,
+    so `prepare` draws new randomness (new frame pairs) on every pass: its rng is a pure function of
+    the seed and the element's position in its stream. Pass the result to `make_iterator` as the
+    source (it is then sharded as is, not shuffled again).
     """
     if not components:
         raise ValueError("mix_sources: no components")
     weights = np.array([float(c[1]) for c in components])
     if (weights <= 0).any():
         raise ValueError(f"mix_sources: weights must be > 0, got {weights.tolist()}")
-    weights = weights / weights.sum()
-    lengths = [len(c[0]) for c in components]
-    if min(lengths) == 0:
-        raise ValueError(f"mix_sources: component {lengths.index(0)} has no records")
-    if epoch_length is None:
-        epoch_length = int(np.ceil(max(n / w for n, w in zip(lengths, weights))))
     datasets = []
     for i, component in enumerate(components):
         source, prepare = component[0], component[2] if len(component) > 2 else None
+        if len(source) == 0:
+            raise ValueError(f"mix_sources: component {i} ({type(source).__name__}) has no records")
         dataset = grain.MapDataset.source(source).seed(seed + 1000003 * (i + 1)).shuffle().repeat()
-        dataset = dataset[:max(1, round(epoch_length * weights[i]))]
         if prepare is not None:
             dataset = dataset.random_map(prepare) if takes_rng(prepare) else dataset.map(prepare)
         datasets.append(dataset)
-    return grain.MapDataset.mix(datasets, weights.tolist())
+    return grain.MapDataset.mix(datasets, (weights / weights.sum()).tolist())
 
 
 def make_dataset(source: Any, transform: Callable, *, per_process_batch: int, seed: int, process_index: int = 0,
@@ -169,7 +167,9 @@ def make_dataset(source: Any, transform: Callable, *, per_process_batch: int, se
                          f"in [0, process_count={process_count})")
     base = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
     # One global shuffled stream per epoch, dealt round-robin to processes: N shards partition each epoch.
-    dataset = base.seed(seed).shuffle().repeat()[process_index::process_count]
+    # An endless dataset (e.g. mix_sources) is already a shuffled stream: it is only dealt out.
+    endless = len(base) >= sys.maxsize
+    dataset = (base.seed(seed) if endless else base.seed(seed).shuffle().repeat())[process_index::process_count]
     random = takes_rng(transform) if random_transform is None else random_transform
     dataset = dataset.random_map(transform) if random else dataset.map(transform)
     if not strict:
@@ -199,8 +199,8 @@ def make_iterator(
     """Endless iterator of host-local batches (dicts of stacked numpy arrays, leading axis per_process_batch).
 
     Args:
-      source: a random-access source (len + getitem) of raw records, or a grain MapDataset (e.g. from
-        `mix_sources`).
+      source: a random-access source (len + getitem) of raw records, or a grain MapDataset: a finite one
+        is shuffled and repeated like a source, an endless one (e.g. from `mix_sources`) only sharded.
       transform: raw record -> fixed-shape example dict of numpy arrays; either `(record)` (pure) or
         `(record, rng: np.random.Generator)` (run through grain's random_map: rng is a pure function of
         seed and position, so resume and every worker count give the same examples).

@@ -120,23 +120,36 @@ def test_transform_forms_and_seeding():
 
 
 def test_mixture_weights_and_prepare():
-    letters = [{"s": "a"}] * 10
+    letters = [{"s": "a", "k": k} for k in range(10)]
     words = [{"s": "b", "k": k} for k in range(40)]
 
     def tag(record, rng):
         return {**record, "r": float(rng.random())}
 
     mix = mix_sources([(letters, 0.25, tag), (words, 0.75)], seed=0)
-    assert abs(len(mix) - 54) <= 1  # covers `words` once at 75%: ceil(40 / 0.75) = 54 elements
-    elements = [mix[i] for i in range(len(mix))]
-    counts = Counter(e["s"] for e in elements)
-    assert abs(counts["b"] - 40) <= 1 and abs(counts["a"] - 14) <= 1  # 54 * 0.25 = 13.5
-    seen = [e["k"] for e in elements if e["s"] == "b"]
-    assert len(set(seen)) == len(seen)  # no record of `words` twice in one mixture epoch
-    assert all("r" in e for e in elements if e["s"] == "a") and not any("r" in e for e in elements if e["s"] == "b")
+    elements = [mix[i] for i in range(160)]
+    for window in (elements[:40], elements[40:80]):
+        counts = Counter(e["s"] for e in window)
+        assert abs(counts["b"] - 30) <= 1 and abs(counts["a"] - 10) <= 1  # the weights in any window
+    b_stream = [e["k"] for e in elements if e["s"] == "b"]
+    a_stream = [e for e in elements if e["s"] == "a"]
+    assert sorted(b_stream[:40]) == list(range(40)) and sorted(b_stream[40:80]) == list(range(40))  # full passes
+    assert b_stream[:40] != b_stream[40:80]  # reshuffled each pass
+    assert all("r" in e for e in a_stream) and not any("r" in e for e in elements if e["s"] == "b")
+    # the same letter on its next pass gets a new random draw (a video clip: a new frame pair)
+    first, second = a_stream[:10], a_stream[10:20]
+    by_k = {e["k"]: e["r"] for e in first}
+    assert all(by_k[e["k"]] != e["r"] for e in second)
     it = make_iterator(mix, lambda r: {"b": np.int64(r["s"] == "b")}, per_process_batch=20, seed=0)
-    share = np.mean(np.concatenate([b["b"] for b in _take(it, 20)]))
-    assert abs(share - 0.75) < 0.03
+    share = np.mean(np.concatenate([b["b"] for b in _take(it, 10)]))
+    assert abs(share - 0.75) < 0.01
+    # two hosts deal the endless stream between them: together they see exactly the one-host stream
+    key = lambda r: {"key": np.int64(100 * (r["s"] == "b") + r["k"])}
+    whole = np.concatenate([b["key"] for b in _take(make_iterator(mix, key, per_process_batch=4, seed=0), 10)])
+    hosts = [np.concatenate([b["key"] for b in _take(make_iterator(mix, key, per_process_batch=4, seed=0,
+                                                                   process_index=h, process_count=2), 5)])
+             for h in range(2)]
+    np.testing.assert_array_equal(np.stack(hosts, axis=1).reshape(-1), whole)
     with pytest.raises(ValueError, match="weights must be > 0"):
         mix_sources([(letters, 0.0)], seed=0)
 
@@ -148,7 +161,7 @@ def test_mixture_weights_and_prepare():
     it = make_iterator(mix_sources([(words, 1.0, picky)], seed=0), lambda r: {"k": np.int64(r["k"])},
                        per_process_batch=4, seed=0)
     ks = np.concatenate([b["k"] for b in _take(it, 10)]).tolist()
-    assert sorted(ks[:36]) == [k for k in range(40) if k % 10]  # the first epoch, rejected ones left out
+    assert sorted(ks[:36]) == [k for k in range(40) if k % 10]  # the first pass, rejected ones left out
     assert it.skipped.count >= 4
 
 
