@@ -449,3 +449,19 @@ def test_tfds_directory_source(tmp_path):
         TfdsSource(builder.data_dir, "test")
     with pytest.raises(RecordError, match="not a prepared TFDS dataset directory"):
         TfdsSource(tmp_path, "train")
+
+
+def test_synthetic_cli_writes_both_layouts(tmp_path, capsys):
+    synthetic.main(["--out", str(tmp_path), "--num_images", "2", "--num_videos", "1", "--num_frames", "3",
+                    "--height", "48", "--width", "64"])
+    assert "wrote 2 images" in capsys.readouterr().out
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert names == ["coco/annotations/captions.json", "coco/annotations/instances.json", "coco/images/000000.jpg",
+                     "coco/images/000001.jpg", "youtube_vos/Annotations/video000/00000.png",
+                     "youtube_vos/Annotations/video000/00001.png", "youtube_vos/Annotations/video000/00002.png",
+                     "youtube_vos/JPEGImages/video000/00000.jpg", "youtube_vos/JPEGImages/video000/00001.jpg",
+                     "youtube_vos/JPEGImages/video000/00002.jpg", "youtube_vos/meta.json"]
+    with Image.open(tmp_path / "youtube_vos/Annotations/video000/00002.png") as png:
+        assert png.mode == "P" and set(np.unique(np.array(png))) == {0, 1, 2}  # both objects by frame 2
+    with pytest.raises(ValueError, match="image_size >= 32"):
+        synthetic.write_synthetic(tmp_path / "small", image_size=(16, 16))
