@@ -3,9 +3,11 @@
 Record kinds (what sources yield, what method transforms read; arrays are numpy):
   instances: {"image": uint8 (H, W, 3) RGB, "masks": uint8 (N, H, W) {0,1}, "labels": list[str],
               "captions": list[str], "source": str}
-  clip:      {"frame_paths": list[str], "mask_paths": list[str], "object_id": int, "min_gap": int, "source": str}
+  clip:      {"frame_paths": list[str], "mask_paths": list[str], "object_id": int, "min_gap": int,
+              "dynamic": bool | int (copied to its pairs), "source": str}
   pair:      {"reference_image": uint8 (H, W, 3), "reference_mask": uint8 (H, W), "target_image": uint8 (H', W', 3),
-              "target_mask": uint8 (H', W'), "dynamic": bool, "source": str}
+              "target_mask": uint8 (H', W'), "dynamic": bool (video True, image False) or AnyDoor's int label
+              (2 = multi-view high quality, MOSE), "source": str}
   reference: {"image": uint8 (H, W, 3), "mask": uint8 (H, W), "source": str}
   background:{"image": uint8 (H, W, 3), "box": (x0, y0, x1, y1) int, half-open pixel bounds, "source": str}
 """

@@ -208,10 +208,11 @@ def test_youtube_vos_reader_and_meta(syn, tmp_path):
             assert present[0] == 2  # the second object enters at frame 2
     # scanning the PNGs (MOSE-style, no meta.json) finds the same index, and saves it for next time
     scanned = video.VideoSource(syn.youtube_vos_dir, "mose")
-    assert [r for r in scanned] == [r for r in source]
+    assert [{**r, "dynamic": True} for r in scanned] == [r for r in source]
+    assert {r["dynamic"] for r in scanned} == {2} and {r["dynamic"] for r in source} == {True}
     cache = tmp_path / "mose_meta.json"
     cache.write_text(json.dumps(scanned.index_meta()))
-    assert [r for r in video.VideoSource(syn.youtube_vos_dir, "mose", meta_json=cache)] == [r for r in source]
+    assert [r for r in video.VideoSource(syn.youtube_vos_dir, "mose", meta_json=cache)] == [r for r in scanned]
 
 
 def test_sample_pair_gap_and_masks(syn):

@@ -23,6 +23,9 @@ import numpy as np
 from input_pipeline.records import RecordError, field, load_json, read_image, read_label_png
 
 GAP_DIVISOR = {"youtube_vos": 10, "mose": 10, "davis": 10}
+# AnyDoor's data-type label for adaptive timesteps: 1 (True) multi-view low quality, 2 multi-view high
+# quality; the released loaders give YouTube-VOS 1 and MOSE 2 (DAVIS is not in its mix: 1 here).
+DYNAMIC = {"youtube_vos": True, "mose": 2, "davis": True}
 
 
 class VideoSource:
@@ -34,14 +37,16 @@ class VideoSource:
       resolution: DAVIS resolution folder ("480p" or "Full-Resolution").
       gap_divisor: K of the min-gap rule (min_gap = n_frames // K); default per layout.
       use_meta: read root/meta.json when present (youtube_vos); False scans the annotation PNGs.
+      dynamic: the pairs' `dynamic` label (default per layout, see DYNAMIC).
       meta_json: a meta.json in the YouTube-VOS format to read instead (any layout), e.g. one written
         from `index_meta()` of an earlier scan: scanning MOSE's ~100k PNGs takes minutes, reading it does not.
     Records: {"frame_paths", "mask_paths" (same length, frames where the object is annotated),
-              "object_id": int, "min_gap": int, "source": video frame folder}.
+              "object_id": int, "min_gap": int, "dynamic": bool | int, "source": video frame folder}.
     """
 
     def __init__(self, root: str | Path, layout: str = "youtube_vos", *, resolution: str = "480p",
-                 gap_divisor: int | None = None, use_meta: bool = True, meta_json: str | Path | None = None):
+                 gap_divisor: int | None = None, use_meta: bool = True, meta_json: str | Path | None = None,
+                 dynamic: bool | int | None = None):
         if layout not in GAP_DIVISOR:
             raise ValueError(f"VideoSource layout={layout!r}: expected one of {sorted(GAP_DIVISOR)}")
         root = Path(root)
@@ -52,6 +57,7 @@ class VideoSource:
                 raise RecordError(folder, f"folder not found (expected the {layout} layout, see "
                                           "input_pipeline/sources/video.py)")
         divisor = gap_divisor or GAP_DIVISOR[layout]
+        dynamic = DYNAMIC[layout] if dynamic is None else dynamic
         meta_path = root / "meta.json"
         if meta_json is not None:
             meta = self._read_meta(Path(meta_json))
@@ -79,7 +85,7 @@ class VideoSource:
                 self.records.append({
                     "frame_paths": [str(video_dir / f"{s}.jpg") for s in frames],
                     "mask_paths": [str(masks[s]) for s in frames], "object_id": object_id,
-                    "min_gap": len(frames) // divisor, "source": str(video_dir)})
+                    "min_gap": len(frames) // divisor, "dynamic": dynamic, "source": str(video_dir)})
 
     @staticmethod
     def _read_meta(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -119,7 +125,8 @@ class VideoSource:
 
 def sample_pair(record: dict, rng: np.random.Generator) -> dict:
     """`clip` record -> `pair` record: frames i < j with j - i >= min_gap, both uniform over what the gap
-    allows, reference = frame i, target = frame j, masks = (annotation == object_id), `dynamic=True`.
+    allows, reference = frame i, target = frame j, masks = (annotation == object_id), `dynamic` from the
+    record (True when absent; 2 for MOSE, AnyDoor's label).
 
     Raises RecordError naming the file when a frame or mask is unreadable, their sizes differ, or the
     object is absent from a chosen frame.
@@ -130,7 +137,7 @@ def sample_pair(record: dict, rng: np.random.Generator) -> dict:
                                             f"{gap} frames apart")
     start = int(rng.integers(0, n - gap))
     end = int(rng.integers(start + gap, n))
-    out = {"dynamic": True, "source": record["source"]}
+    out = {"dynamic": record.get("dynamic", True), "source": record["source"]}
     for role, k in (("reference", start), ("target", end)):
         image = read_image(record["frame_paths"][k])
         mask_path = record["mask_paths"][k]
