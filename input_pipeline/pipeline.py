@@ -178,7 +178,8 @@ def make_dataset(source: Any, transform: Callable, *, per_process_batch: int, se
     if worker_count > 0:
         _absl_flags_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                                   per_worker_buffer_size=worker_buffer_size))
+                                                                   per_worker_buffer_size=worker_buffer_size),
+                                      worker_init_fn=single_threaded_worker)
     return dataset
 
 
@@ -228,6 +229,16 @@ def make_iterator(
     iterator = iter(dataset.map(counter.add))
     iterator.skipped = counter
     return iterator
+
+
+def single_threaded_worker(worker_index: int, worker_count: int) -> None:
+    """grain worker start-up: OpenCV single-threaded, so N workers load N cores rather than N x cores."""
+    del worker_index, worker_count
+    try:
+        import cv2
+    except ImportError:
+        return
+    cv2.setNumThreads(1)
 
 
 def _absl_flags_parsed() -> None:

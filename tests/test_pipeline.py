@@ -165,14 +165,19 @@ def test_mixture_weights_and_prepare():
     assert it.skipped.count >= 4
 
 
+def noisy_threads(record, rng):
+    return {**noisy(record, rng), "cv_threads": np.int64(cv2.getNumThreads())}
+
+
 def test_worker_processes_resume_and_skip():
-    it = make_iterator(Numbers(20, bad={5, 6}), noisy, per_process_batch=2, seed=2, worker_count=2)
-    _take(it, 2)
+    it = make_iterator(Numbers(20, bad={5, 6}), noisy_threads, per_process_batch=2, seed=2, worker_count=2)
+    assert next(it)["cv_threads"].tolist() == [1, 1]  # workers run OpenCV single-threaded
+    _take(it, 1)
     state = it.get_state()
     expected = _take(it, 8)  # past one epoch: both bad records have been met
     assert not {5, 6} & set(np.concatenate([b["i"] for b in expected]).tolist())
     assert it.skipped.count == 2
-    resumed = make_iterator(Numbers(20, bad={5, 6}), noisy, per_process_batch=2, seed=2, worker_count=2)
+    resumed = make_iterator(Numbers(20, bad={5, 6}), noisy_threads, per_process_batch=2, seed=2, worker_count=2)
     resumed.set_state(state)
     for got, want in zip(_take(resumed, 8), expected):
         np.testing.assert_array_equal(got["i"], want["i"])
