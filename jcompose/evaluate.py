@@ -6,8 +6,12 @@ writes `scores.json` (every metric with its convention and counts, plus per-imag
 `report.html` + `examples.png` (a grid of reference / generated pairs) into `config.out`.
 
 Metrics (`config.metrics`): fid, kid (generated vs reference folder or `fid.reference_stats`),
-clip_score (generated vs prompt), clip_i, dino, lpips, ssim (generated vs its paired reference),
-aesthetic (generated). See `jcompose/metrics/` for each definition.
+clip_score (generated vs prompt), clip_i, dino (generated vs its paired `reference`), lpips, ssim
+(generated vs its paired `background`, else `reference`), aesthetic (generated). With
+`config.masks` (a mask per generated image, white = inserted object), clip_i / dino see the
+mask's bounding box of the generated image, and lpips / ssim blank the mask in both images (the
+DreamCom protocol: object fidelity on the foreground, preservation of the background).
+See `jcompose/metrics/` for each definition.
 """
 
 from __future__ import annotations
@@ -170,13 +174,59 @@ def _batches(items: list, prepare: Callable[[Any], dict], batch_size: int, worke
         yield batch, n
 
 
-def _pair_image(ref: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Reference resized (PIL bicubic) to the generated image's size for pixel-aligned metrics."""
-    if ref.shape[:2] == shape:
-        return ref
+def _by_stem(folder: str, what: str, generated: list[Path], needed_by: list[str]) -> dict[str, Path]:
+    """Files of `config.<what>` by stem; every generated image needs one when `needed_by` is non-empty."""
+    if not needed_by:
+        return {p.stem: p for p in list_images(folder, what)} if folder else {}
+    if not folder:
+        raise ValueError(f"config.{what}: {needed_by} need a folder of images paired with the generated ones by name")
+    files = {p.stem: p for p in list_images(folder, what)}
+    missing = [p.name for p in generated if p.stem not in files]
+    if missing:
+        raise FileNotFoundError(f"config.{what}: no image named like generated {missing[:5]} "
+                                f"({needed_by} pair files by name)")
+    return files
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool foreground mask (pixels > 127 of the grey image), resized (nearest) to `shape`."""
     from PIL import Image
 
-    return np.asarray(Image.fromarray(ref).resize((shape[1], shape[0]), resample=Image.BICUBIC))
+    try:
+        with Image.open(path) as image:
+            grey = image.convert("L")
+            if grey.size != (shape[1], shape[0]):
+                grey = grey.resize((shape[1], shape[0]), resample=Image.NEAREST)
+            return np.asarray(grey) > 127
+    except OSError as err:
+        raise ValueError(f"{path}: unreadable mask ({err})") from None
+
+
+def crop_to_mask(image: np.ndarray, mask: np.ndarray, source: Path | None = None) -> np.ndarray:
+    """The bounding box of the mask's foreground in `image`."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise ValueError(f"{source}: mask has no foreground pixels (> 127)")
+    return image[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def _pair_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """1 on background, 0 on the foreground, at the metric's resolution."""
+    from PIL import Image
+
+    if mask.shape != shape:
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]),
+                                                                             resample=Image.NEAREST)) > 127
+    return (~mask).astype(np.float32)
+
+
+def _pair_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An image resized (PIL bicubic) to `shape` for pixel-aligned metrics."""
+    if image.shape[:2] == shape:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), resample=Image.BICUBIC))
 
 
 def evaluate(config, progress: bool = True) -> dict[str, Any]:
@@ -185,15 +235,11 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
 
     wanted = list(config.metrics)
     generated = list_images(config.generated, "generated")
-    paired_needed = any(m in wanted for m in PAIRED)
-    refs: dict[str, Path] = {}
-    if config.reference:
-        refs = {p.stem: p for p in list_images(config.reference, "reference")}
-    if paired_needed:
-        missing = [p.name for p in generated if p.stem not in refs]
-        if missing:
-            raise FileNotFoundError(f"config.reference: no reference image named like generated {missing[:5]} "
-                                    f"(paired metrics {[m for m in wanted if m in PAIRED]} pair files by name)")
+    refs = _by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("clip_i", "dino")])
+    backgrounds = (_by_stem(config.background, "background", generated, [m for m in wanted if m in ("lpips", "ssim")])
+                   if config.background else
+                   _by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("lpips", "ssim")]))
+    masks = _by_stem(config.masks, "masks", generated, ["masks"]) if config.masks else {}
     prompts = read_prompts(config.prompts) if "clip_score" in wanted else {}
     if "clip_score" in wanted:
         missing = [p.name for p in generated if p.stem not in prompts]
@@ -209,26 +255,29 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
 
     def prepare(path: Path) -> dict[str, np.ndarray]:
         image = read_image(path)
+        mask = read_mask(masks[path.stem], image.shape[:2]) if masks else None
+        # DINO / CLIP-I look at the inserted object: the mask's bounding box of the generated image.
+        fg = crop_to_mask(image, mask, masks.get(path.stem)) if mask is not None else image
         out: dict[str, np.ndarray] = {}
         if "inception" in extractors:
             out["inception"] = extractors["inception"].prepare(image)
         if "clip" in extractors:
             out["clip"] = extractors["clip"].prepare(image)
-        if path.stem in refs and paired_needed:
-            ref = read_image(refs[path.stem])
-            if "clip_i" in wanted:
-                out["clip_ref"] = extractors["clip"].prepare(ref)
-            if "dino" in extractors:
-                out["dino"] = extractors["dino"].prepare(image)
-                out["dino_ref"] = extractors["dino"].prepare(ref)
-            if "lpips" in wanted or "ssim" in wanted:
-                from PIL import Image
-
-                shape = (pair_size, pair_size) if pair_size else image.shape[:2]
-                gen = image if image.shape[:2] == shape else np.asarray(
-                    Image.fromarray(image).resize((shape[1], shape[0]), resample=Image.BICUBIC))
-                out["pix"] = gen.astype(np.float32) / 127.5 - 1.0
-                out["pix_ref"] = _pair_image(ref, shape).astype(np.float32) / 127.5 - 1.0
+        if "clip_i" in wanted:
+            out["clip_fg"] = extractors["clip"].prepare(fg)
+            out["clip_ref"] = extractors["clip"].prepare(read_image(refs[path.stem]))
+        if "dino" in wanted:
+            out["dino"] = extractors["dino"].prepare(fg)
+            out["dino_ref"] = extractors["dino"].prepare(read_image(refs[path.stem]))
+        if "lpips" in wanted or "ssim" in wanted:
+            shape = (pair_size, pair_size) if pair_size else image.shape[:2]
+            gen = _pair_image(image, shape).astype(np.float32) / 127.5 - 1.0
+            target = _pair_image(read_image(backgrounds[path.stem]), shape).astype(np.float32) / 127.5 - 1.0
+            if mask is not None:
+                # Background metrics: the inserted region is blanked (0 = mid grey) in both images.
+                keep = _pair_mask(mask, shape)[..., None]
+                gen, target = gen * keep, target * keep
+            out["pix"], out["pix_ref"] = gen, target
         return out
 
     @jax.jit
@@ -239,6 +288,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         if "clip" in params:
             res["clip"] = extractors["clip"].apply(params["clip"], batch["clip"])
             if "clip_ref" in batch:
+                res["clip_fg"] = extractors["clip"].apply(params["clip"], batch["clip_fg"])
                 res["clip_ref"] = extractors["clip"].apply(params["clip"], batch["clip_ref"])
         if "dino" in params:
             res["dino"] = extractors["dino"].apply(params["dino"], batch["dino"])
@@ -251,7 +301,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
 
     keep = "kid" in wanted
     gen_stats = fid.FeatureStats(inception.FEATURES, keep_features=keep)
-    per_image: dict[str, list] = {k: [] for k in ("clip", "clip_ref", "dino", "dino_ref", "lpips", "ssim")}
+    per_image: dict[str, list] = {k: [] for k in ("clip", "clip_fg", "clip_ref", "dino", "dino_ref", "lpips", "ssim")}
     bar = tqdm(total=len(generated), desc="generated", disable=not progress)
     for batch, n in _batches(generated, prepare, batch_size, config.workers):
         res = jax.device_get(step(params, parallel.global_batch(batch, mesh)))
@@ -272,7 +322,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     if "clip_score" in wanted:
         scores["clip_score"] = _clip_text_scores(config, extractors["clip"], generated, prompts, cat["clip"], per)
     if "clip_i" in wanted:
-        cos = clip_score.paired_cosine(cat["clip"], cat["clip_ref"])
+        cos = clip_score.paired_cosine(cat["clip_fg"], cat["clip_ref"])
         scores["clip_i"] = {"mean": float(cos.mean()), "definition": "mean cosine of CLIP image embeddings"}
         per["clip_i"] = cos.tolist()
     if "dino" in wanted:
@@ -291,7 +341,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         scores["aesthetic"] = {"mean": float(values.mean()), "head": str(config.aesthetic.head)}
         per["aesthetic"] = values.tolist()
     scores["per_image"] = per
-    write_outputs(config, scores, generated, refs)
+    write_outputs(config, scores, generated, refs or backgrounds)
     return scores
 
 

@@ -100,7 +100,7 @@ def test_bad_inputs_are_named(tmp_path, models):
     reference = _write_images(tmp_path / "ref", 1, n=1)
     c = _config(models, generated, reference, tmp_path / "out", tmp_path / "none.json")
     c.metrics = ("ssim",)
-    with pytest.raises(FileNotFoundError, match=r"config.reference: no reference image named like generated \['img_1"):
+    with pytest.raises(FileNotFoundError, match=r"config.reference: no image named like generated \['img_1"):
         evaluate.evaluate(c, progress=False)
     c.metrics = ("clip_score",)
     with pytest.raises(FileNotFoundError, match="config.prompts"):
@@ -111,3 +111,36 @@ def test_bad_inputs_are_named(tmp_path, models):
     c.generated = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="config.generated"):
         evaluate.evaluate(c, progress=False)
+
+
+def test_dreamcom_protocol_with_masks(tmp_path, models):
+    """Object pasted into a box of a background: foreground metrics see the box, background ones
+    blank it, so an exact paste of the reference object scores identity on all four."""
+    rng = np.random.default_rng(5)
+    for name in ("gen", "bg", "obj", "mask"):
+        (tmp_path / name).mkdir()
+    for i in range(3):
+        background = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        obj = rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)
+        top, left = 5 + 3 * i, 30 - 4 * i
+        composite = background.copy()
+        composite[top:top + 20, left:left + 16] = obj
+        mask = np.zeros((48, 64), np.uint8)
+        mask[top:top + 20, left:left + 16] = 255
+        Image.fromarray(composite).save(tmp_path / "gen" / f"{i}.png")
+        Image.fromarray(background).save(tmp_path / "bg" / f"{i}.png")
+        Image.fromarray(obj).save(tmp_path / "obj" / f"{i}.png")
+        Image.fromarray(mask).save(tmp_path / "mask" / f"{i}.png")
+    c = _config(models, tmp_path / "gen", tmp_path / "obj", tmp_path / "out", "")
+    c.metrics = ("clip_i", "dino", "lpips", "ssim")
+    c.background, c.masks, c.pair_size = str(tmp_path / "bg"), str(tmp_path / "mask"), 0
+    scores = evaluate.evaluate(c, progress=False)
+    assert scores["ssim"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["lpips"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert scores["clip_i"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert scores["dino"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    # without the masks the same files are far from identity
+    c.masks = ""
+    c.out = str(tmp_path / "out2")
+    unmasked = evaluate.evaluate(c, progress=False)
+    assert unmasked["ssim"]["mean"] < 0.9 and unmasked["dino"]["mean"] < 0.999

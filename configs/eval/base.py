@@ -9,6 +9,8 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.generated = ""        # folder of generated images
     c.reference = ""        # folder of reference images, paired with generated ones by file name
+    c.background = ""       # lpips / ssim targets paired by name (default: the reference folder)
+    c.masks = ""            # per generated image, white = inserted object (foreground crop / background blank)
     c.prompts = ""          # JSON {name: prompt} or `name<TAB>prompt` lines (clip_score)
     c.out = ""              # writes scores.json, report.html, examples.png here
     c.metrics = ("fid", "clip_score")
