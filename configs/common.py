@@ -21,14 +21,18 @@ def base_config() -> ml_collections.ConfigDict:
         ema_decay=0.0,         # 0 disables the EMA copy of the params
         log_every=10,
         ckpt_every=100,
-        keep=3,                # checkpoints kept
+        keep=3,                # newest checkpoints kept
+        keep_best=0,           # plus the best by best_metric (logged mean over log_every steps)
+        best_metric="loss",
+        best_mode="min",
         sample_every=0,        # 0: a sample grid only at the end
         sample_count=4,
     ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-5, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, clip_norm=1.0,
     ))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # Devices = data x fsdp; fsdp > 1 splits params/optimizer state of >= fsdp_min_size elements.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
     c.sample = ml_collections.ConfigDict(dict(steps=25, guidance_scale=7.5))
     return c
 
@@ -48,6 +52,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.steps > 0, "train.steps", "a positive integer")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "in [0, 1)")
     need(t.ckpt_every > 0 and t.log_every > 0, "train.ckpt_every", "positive (and train.log_every too)")
+    need(t.keep > 0 and t.keep_best >= 0, "train.keep", "a positive count (and train.keep_best >= 0)")
+    need(t.best_mode in ("min", "max"), "train.best_mode", "'min' or 'max'")
+    need(config.mesh.fsdp >= 1, "mesh.fsdp", "a positive integer")
     need(config.optim.lr > 0, "optim.lr", "a positive float")
     need(config.optim.schedule in ("constant", "cosine"), "optim.schedule", "'constant' or 'cosine'")
     need(config.data.image_size % 8 == 0, "data.image_size", "a multiple of 8 (the VAE factor)")

@@ -52,3 +52,38 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
+
+
+def fsdp_shardings(tree: Any, mesh: Mesh, min_size: int = 2**18) -> Any:
+    """A sharding per leaf: arrays of at least `min_size` elements split over the 'fsdp' axis.
+
+    Each large array is split along its largest dimension that the fsdp axis size divides (so
+    optimizer moments, which have their parameter's shape, shard the same way); small arrays,
+    scalars and arrays with no divisible dimension stay replicated. With fsdp = 1 everything is
+    replicated (plain data parallelism). XLA inserts the all-gathers where the forward pass needs
+    whole weights and reduce-scatters the gradients.
+    """
+    fsdp = mesh.shape["fsdp"]
+
+    def sharding(leaf) -> NamedSharding:
+        shape = tuple(getattr(leaf, "shape", ()))
+        if fsdp == 1 or not shape or int(np.prod(shape)) < min_size:
+            return replicated(mesh)
+        for axis in sorted(range(len(shape)), key=lambda i: -shape[i]):
+            if shape[axis] % fsdp == 0:
+                spec = [None] * len(shape)
+                spec[axis] = "fsdp"
+                return NamedSharding(mesh, P(*spec))
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map(sharding, tree)
+
+
+def bytes_per_device(tree: Any) -> tuple[int, int]:
+    """(total bytes of the arrays in `tree`, the most bytes any one device holds of them)."""
+    total, per_device = 0, {}
+    for leaf in jax.tree_util.tree_leaves(tree):
+        total += leaf.nbytes
+        for shard in leaf.addressable_shards:
+            per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+    return total, max(per_device.values(), default=0)

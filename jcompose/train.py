@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from configs.common import validate
@@ -95,24 +95,39 @@ def make_train_step(method, tx, config):
     return step
 
 
-def _write_grid(images: np.ndarray, path: Path) -> np.ndarray:
+def _write_grid(images: np.ndarray, path: epath.Path) -> np.ndarray:
     """(N, H, W, 3) in [-1, 1] -> one row of uint8 tiles, saved as PNG; returns the grid (H, N*W, 3)."""
     from PIL import Image
 
     grid = np.concatenate(list(((np.asarray(images) + 1) * 127.5).clip(0, 255).astype(np.uint8)), axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    with path.open("wb") as f:
+        Image.fromarray(grid).save(f, format="PNG")
     return grid
 
 
-def train(config, workdir: str | Path) -> dict[str, Any]:
-    """Runs (or resumes) training in `workdir`; returns the last logged metrics and the final step."""
+class _NullWriter:
+    """Stands in for the TensorBoard writer on hosts other than process 0."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def _mean_metrics(window: list[dict]) -> dict[str, float]:
+    """Per-key means of the step metrics since the last log (one device->host transfer)."""
+    host = jax.device_get(window)
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def train(config, workdir) -> dict[str, Any]:
+    """Runs (or resumes) training in `workdir` (local or gs://); returns the last logged metrics and step."""
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
     validate(config)
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    chief = jax.process_index() == 0  # writes logs and sample grids
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     if config.train.batch_size % (jax.device_count() * config.train.grad_accum):
         raise ValueError(f"config.train.batch_size = {config.train.batch_size}: must divide into "
@@ -125,30 +140,36 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
              "rng": jax.random.PRNGKey(config.seed), "nonfinite": jnp.array(0, jnp.int32)}
     if config.train.ema_decay:
         state["ema"] = params
-    state = parallel.put_replicated(state, mesh)
-    frozen = parallel.put_replicated(frozen, mesh)
+    # Params, optimizer moments, EMA and frozen modules: replicated, or split over 'fsdp'.
+    state_shardings = parallel.fsdp_shardings(state, mesh, config.mesh.fsdp_min_size)
+    state = jax.device_put(state, state_shardings)
+    frozen = jax.device_put(frozen, parallel.fsdp_shardings(frozen, mesh, config.mesh.fsdp_min_size))
+    total, most = parallel.bytes_per_device((state, frozen))
+    print(f"mesh {dict(mesh.shape)}: params, optimizer state and frozen modules {total / 2**20:.1f} MiB, "
+          f"at most {most / 2**20:.1f} MiB per device", flush=True)
 
     data = make_iterator(method.make_source(), method.make_transform(),
                          per_process_batch=config.train.batch_size // jax.process_count(), seed=config.data.seed,
                          process_index=jax.process_index(), process_count=jax.process_count(),
                          worker_count=config.data.worker_count)
-    checkpoints = Checkpointer(workdir, keep=config.train.keep)
-    restored = checkpoints.restore_latest(abstract_like(state))
+    checkpoints = Checkpointer(workdir, keep=config.train.keep, keep_best=config.train.keep_best,
+                               best_metric=config.train.best_metric, best_mode=config.train.best_mode)
+    restored = checkpoints.restore_latest(abstract_like(state), data)
     if restored is not None:
-        step0, state, data_state = restored
-        data.set_state(data_state)
+        step0, state = restored
         print(f"resuming from {checkpoints.directory} at step {step0}", flush=True)
     start = int(state["step"])
 
     train_step = jax.jit(make_train_step(method, tx, config), donate_argnums=(0,),
-                         out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)))
+                         out_shardings=(state_shardings, parallel.replicated(mesh)))
     sample_fn = jax.jit(method.sample)
-    writer = SummaryWriter(str(workdir / "tb"))
+    writer = SummaryWriter(str(workdir / "tb")) if chief else _NullWriter()
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     peak = parallel.peak_flops()
     flops_per_step = compiled = None
     metrics: dict[str, float] = {}
+    window: list[dict] = []  # device-side step metrics since the last log
     last_saved = start if restored is not None else None
 
     # A fixed batch of conditions for sample grids, separate from the training stream.
@@ -158,7 +179,9 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
 
     def save(step: int) -> None:
         nonlocal last_saved
-        checkpoints.save(step, state, data.get_state(), force=True)
+        ranked = {config.train.best_metric: metrics[config.train.best_metric]} if (
+            config.train.best_metric in metrics) else None
+        checkpoints.save(step, state, data, metrics=ranked, force=True)
         last_saved = step
 
     def check_finite(step: int) -> None:
@@ -171,6 +194,8 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
 
     def write_samples(step: int) -> None:
         images = sample_fn(state["params"], frozen, sample_batch, jax.random.PRNGKey(step))
+        if not chief:
+            return
         grid = _write_grid(images, workdir / "samples" / f"step_{step:07d}.png")
         writer.add_image("samples", grid, step, dataformats="HWC")
 
@@ -187,15 +212,17 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
                 flops_per_step = float((analysis or {}).get("flops", 0.0)) or None
                 tick = time.perf_counter()
             state, step_metrics = compiled(state, frozen, batch)
+            window.append(step_metrics)
             done = step + 1
             if done % config.train.log_every == 0 or done == config.train.steps:
                 check_finite(done)
-                metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                metrics, window = _mean_metrics(window), []
                 elapsed = time.perf_counter() - tick
                 metrics["img_per_s"] = (done - tick_step) * config.train.batch_size / max(elapsed, 1e-9)
                 metrics["lr"] = float(lr_schedule(done))
                 if flops_per_step and peak:
-                    metrics["mfu"] = flops_per_step * (done - tick_step) / max(elapsed, 1e-9) / (peak * jax.device_count())
+                    achieved = flops_per_step * (done - tick_step) / max(elapsed, 1e-9)
+                    metrics["mfu"] = achieved / (peak * jax.device_count())
                 for key, value in metrics.items():
                     writer.add_scalar(f"train/{key}", value, done)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")

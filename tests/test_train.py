@@ -1,6 +1,7 @@
 """Training engine reliability: exact resume, SIGTERM, damaged checkpoints, data-parallel equivalence."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,25 +90,41 @@ def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
     ckpt.close()
 
 
+def _numbers():
+    return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+
 def test_damaged_checkpoints_fall_back_or_fail_clearly(tmp_path):
     state = {"step": jnp.array(0), "w": jnp.arange(6.0).reshape(2, 3)}
     ckpt = Checkpointer(tmp_path, keep=5, async_save=False)
+    data = _numbers()
     for step in (1, 2):
-        ckpt.save(step, dict(state, step=jnp.array(step)), {"next_index": step})
+        next(data)
+        ckpt.save(step, dict(state, step=jnp.array(step)), data)
     ckpt.close()
     for f in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):  # damage the newest
         if f.is_file():
             f.write_bytes(b"garbage")
     ckpt = Checkpointer(tmp_path)
-    step, restored, data = ckpt.restore_latest(abstract_like(state))
-    assert step == 1 and int(restored["step"]) == 1 and data == {"next_index": 1}
+    data = _numbers()
+    step, restored = ckpt.restore_latest(abstract_like(state), data)
+    assert step == 1 and int(restored["step"]) == 1 and next(data) == 1  # the iterator resumes after 1 item
     for f in (tmp_path / "checkpoints" / "1" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"checkpoints: no readable checkpoint among steps \[1, 2\]"):
-        ckpt.restore_latest(abstract_like(state))
+        ckpt.restore_latest(abstract_like(state), _numbers())
     ckpt.close()
-    assert Checkpointer(tmp_path / "empty").restore_latest(abstract_like(state)) is None
+    assert Checkpointer(tmp_path / "empty").restore_latest(abstract_like(state), _numbers()) is None
+
+
+def test_keeps_newest_and_best_checkpoints(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=2, keep_best=2, best_metric="loss", best_mode="min", async_save=False)
+    losses = {1: 5.0, 2: 1.0, 3: 4.0, 4: 0.5, 5: 3.0, 6: 6.0}
+    for step, loss in losses.items():
+        ckpt.save(step, {"w": jnp.full(3, loss)}, _numbers(), metrics={"loss": loss})
+    ckpt.close()
+    assert Checkpointer(tmp_path).steps() == [2, 4, 5, 6]  # best two (0.5, 1.0) + newest two
 
 
 _DP_SCRIPT = textwrap.dedent(
@@ -127,27 +145,37 @@ _DP_SCRIPT = textwrap.dedent(
     config.train.grad_accum = int(sys.argv[1])
     tx, _ = train.make_optimizer(config)
     rng = np.random.default_rng(0)
-    batch = {"x": rng.normal(size=(8, 5)).astype(np.float32), "y": rng.normal(size=(8, 3)).astype(np.float32)}
-    params = {"w": jnp.asarray(rng.normal(size=(5, 3)).astype(np.float32))}
+    batch = {"x": rng.normal(size=(8, 6)).astype(np.float32), "y": rng.normal(size=(8, 4)).astype(np.float32)}
+    params = {"w": jnp.asarray(rng.normal(size=(6, 4)).astype(np.float32))}
     results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = Mesh(np.array(devices).reshape(len(devices), 1), parallel.BATCH_AXES)
-        state = parallel.put_replicated({"step": jnp.array(0), "params": params, "opt_state": tx.init(params),
-                                         "rng": jax.random.PRNGKey(0), "nonfinite": jnp.array(0)}, mesh)
-        step = jax.jit(train.make_train_step(Linear(), tx, config))
-        new, metrics = step(state, parallel.put_replicated({"b": jnp.ones(3)}, mesh), parallel.global_batch(batch, mesh))
-        assert len(new["params"]["w"].sharding.device_set) == len(devices)
-        results.append((np.asarray(new["params"]["w"]), float(metrics["loss"])))
-    (w1, l1), (w4, l4) = results
-    print("DIFF", float(np.abs(w1 - w4).max()), abs(l1 - l4), len(jax.devices()))
+    for data, fsdp in ((1, 1), (4, 1), (2, 2)):
+        mesh = Mesh(np.array(jax.devices()[: data * fsdp]).reshape(data, fsdp), parallel.BATCH_AXES)
+        state = {"step": jnp.array(0), "params": params, "opt_state": tx.init(params),
+                 "rng": jax.random.PRNGKey(0), "nonfinite": jnp.array(0)}
+        shardings = parallel.fsdp_shardings(state, mesh, min_size=1)
+        state = jax.device_put(state, shardings)
+        step = jax.jit(train.make_train_step(Linear(), tx, config), out_shardings=(shardings, None))
+        frozen = parallel.put_replicated({"b": jnp.ones(4)}, mesh)
+        new, metrics = step(state, frozen, parallel.global_batch(batch, mesh))
+        w = new["params"]["w"]
+        assert len(w.sharding.device_set) == data * fsdp
+        if fsdp > 1:  # split over fsdp along the first dimension (6 rows -> 3 per device), moments too
+            assert w.sharding.spec == jax.P("fsdp", None), w.sharding.spec
+            assert {s.data.shape for s in w.addressable_shards} == {(3, 4)}
+            mu = new["opt_state"][1][0].mu["w"]
+            assert mu.sharding.spec == jax.P("fsdp", None), mu.sharding.spec
+        results.append((np.asarray(w), float(metrics["loss"])))
+    (w1, l1), *others = results
+    print("DIFF", max(float(np.abs(w1 - w).max()) for w, _ in others), max(abs(l1 - l) for _, l in others),
+          len(jax.devices()))
     """
 )
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_data_parallel_step_equals_single_device(grad_accum):
+def test_data_parallel_and_fsdp_steps_equal_single_device(grad_accum):
     run = subprocess.run([sys.executable, "-c", _DP_SCRIPT, str(grad_accum)], cwd=REPO, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     _, param_diff, loss_diff, devices = run.stdout.strip().splitlines()[-1].split()
     assert int(devices) == 4
@@ -157,7 +185,8 @@ def test_data_parallel_step_equals_single_device(grad_accum):
 def test_config_errors_name_the_field():
     config = get_config("tiny")
     config.train.grad_accum = 3
-    with pytest.raises(ValueError, match=r"config.train.grad_accum = 3: expected a positive divisor of train.batch_size \(8\)"):
+    expected = r"config.train.grad_accum = 3: expected a positive divisor of train.batch_size \(8\)"
+    with pytest.raises(ValueError, match=expected):
         common.validate(config)
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
         get_config("huge")
@@ -185,3 +214,45 @@ def test_non_finite_step_is_not_applied():
     for a, b in zip(jax.tree_util.tree_leaves(before["params"]), jax.tree_util.tree_leaves(state["params"])):
         np.testing.assert_array_equal(a, np.asarray(b))
     np.testing.assert_array_equal(before["ema"]["w"], np.asarray(state["ema"]["w"]))
+
+
+_FSDP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    from configs.denoise import get_config
+    from jcompose import train
+    config = get_config("tiny")
+    config.data.image_size = 32
+    config.train.update(batch_size=4, steps=2, log_every=1, ckpt_every=2, sample_count=2)
+    config.sample.steps = 2
+    config.mesh.update(fsdp=2, fsdp_min_size=1024)  # the tiny UNet's kernels are small
+    train.train(config, sys.argv[1])
+    """
+)
+
+
+def test_fsdp_run_resumes_on_another_device_count(tmp_path, capsys):
+    """2 steps on 4 devices (data 2 x fsdp 2, params split), then resumed on this 1-device process."""
+    workdir = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-c", _FSDP_SCRIPT, str(workdir)], cwd=REPO, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    mesh_line = next(line for line in run.stdout.splitlines() if line.startswith("mesh "))
+    total, most = (float(x) for x in re.findall(r"([\d.]+) MiB", mesh_line))
+    assert "'data': 2, 'fsdp': 2" in mesh_line and most < 0.75 * total, mesh_line  # really sharded
+
+    ckpt = Checkpointer(workdir)
+    saved, data_state = ckpt.read(2)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(-1, 1), ("data", "fsdp"))
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, jax.P())), saved)
+    step, restored = ckpt.restore_latest(target, _numbers())
+    ckpt.close()
+    assert step == 2 and len(jax.devices()) == 1
+    for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # resharded 4 -> 1 device, bit for bit
+
+    resumed = train.train(_small(4), workdir)
+    assert "at step 2" in capsys.readouterr().out
+    assert resumed["step"] == 4 and np.isfinite(resumed["loss"])
