@@ -11,6 +11,7 @@ and the run stops with a message naming the last good checkpoint.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from typing import Any
@@ -223,8 +224,13 @@ def train(config, workdir) -> dict[str, Any]:
                 if flops_per_step and peak:
                     achieved = flops_per_step * (done - tick_step) / max(elapsed, 1e-9)
                     metrics["mfu"] = achieved / (peak * jax.device_count())
+                skipped = getattr(data, "skipped", None)  # records the input pipeline dropped (RecordError)
+                if skipped is not None:
+                    metrics["skipped_records"] = float(skipped.count)
                 for key, value in metrics.items():
                     writer.add_scalar(f"train/{key}", value, done)
+                if chief:  # the latest logged metrics, for sweeps and scripts (history is in TensorBoard)
+                    (workdir / "metrics.json").write_text(json.dumps({"step": done, **metrics}))
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
                 tick, tick_step = time.perf_counter(), done
             if done % config.train.ckpt_every == 0 or done == config.train.steps:
