@@ -21,7 +21,8 @@ def test_grid_and_zip_expand_as_written():
     assert sweep.zip_runs(**{"a.x": [1, 2], "b": ["p", "q"]}) == [{"a.x": 1, "b": "p"}, {"a.x": 2, "b": "q"}]
     with pytest.raises(ValueError, match="same length"):
         sweep.zip_runs(a=[1], b=[1, 2])
-    assert sweep.run_name({"optim.lr": 1e-4, "model.base": "tiny:sd15", "flag": True}) == "lr=0.0001,base=tiny_sd15,flag=True"
+    name = sweep.run_name({"optim.lr": 1e-4, "model.base": "tiny:sd15", "flag": True})
+    assert name == "lr=0.0001,base=tiny_sd15,flag=True"
     assert sweep.train_flags("configs/denoise.py:tiny", {"optim.lr": 3e-5, "model.base": "/m/sd"}) == [
         "--config=configs/denoise.py:tiny", "--config.optim.lr=3e-05", "--config.model.base=/m/sd"]
 
@@ -35,7 +36,8 @@ def _sweep_file(tmp_path, body):
 @pytest.mark.parametrize("body, message", [
     ("x = 1\n", "defines no get_sweep"),
     ("def get_sweep(arg):\n    return {'config': 'configs/denoise.py', 'runs': []}\n", "at least one run"),
-    ("def get_sweep(arg):\n    return {'config': 'configs/nope.py', 'runs': [{'seed': 1}]}\n", "no such file configs/nope.py"),
+    ("def get_sweep(arg):\n    return {'config': 'configs/nope.py', 'runs': [{'seed': 1}]}\n",
+     "no such file configs/nope.py"),
     ("def get_sweep(arg):\n    return {'config': 'configs/denoise.py', 'runs': [{'seed': 1}, {'seed': 1}]}\n",
      r"same overrides: \['seed=1'\]"),
 ])
