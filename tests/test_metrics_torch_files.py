@@ -99,6 +99,7 @@ def test_torch_save_roundtrip(tmp_path, zipped):
     expected = {"f32": "float32", "f64": "float64", "f16": "float16", "bf16": "bfloat16", "i64": "int64",
                 "i8": "int8", "u8": "uint8", "bool": "bool", "param": "float32"}
     assert {k: out[k].dtype.name for k in expected} == expected
+    assert all(v.flags.writeable and v.flags.c_contiguous for v in out.values())
 
 
 @pytest.mark.parity

@@ -108,11 +108,11 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_unused):
         raise TorchFileError(f"tensor view (offset {storage_offset}, size {size}, stride {stride}) "
                              f"outside its storage of {flat.size} elements")
     if not size:  # as_strided treats an empty shape as "keep the input's"
-        return np.array(flat[storage_offset])
+        return np.array(flat[storage_offset])  # 0-d copy
     itemsize = flat.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(flat[storage_offset:], shape=size,
                                            strides=tuple(s * itemsize for s in stride), writeable=False)
-    return np.ascontiguousarray(view)
+    return np.array(view, order="C")  # a writable copy: the storage buffer is read-only
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *_unused):
