@@ -65,3 +65,17 @@ def _get(config, dotted: str):
     for part in dotted.split("."):
         value = value[part]
     return value
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """`configs/<method>.py[:variant]` -> its get_config(variant), as `--config=` would load it."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config {spec!r}: no such file {path} (expected configs/<method>.py[:variant])")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg)

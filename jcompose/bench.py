@@ -1,5 +1,10 @@
-"""Benchmarks: `python -m jcompose.bench sample [--model tiny|sd15] ...`.
+"""Benchmarks: `python -m jcompose.bench sample|train [--model tiny|sd15] ...`.
 
+`train --config=configs/<method>.py`: the method's jit train step (after compile) on one fixed batch:
+step time, img/s, MFU from XLA-counted FLOPs, peak device memory, compile time, and for the denoise
+method the equivalent diffusers PyTorch training step in the same run (ratio).
+
+`sample`:
 Reports seconds per image of a full CFG sampling run (default 50 DDIM steps + VAE decode) for
 jcompose and, in the same process on the same weights, for diffusers' PyTorch
 `StableDiffusionPipeline`, with their ratio; the overhead of each attention control relative to
@@ -183,6 +188,112 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _torch_denoise_step_seconds(folder: Path, batch: dict, lr: float, repeats: int) -> float | None:
+    """Seconds per optimizer step of the equivalent diffusers PyTorch training step (UNet trained,
+    VAE/text encoder frozen, AdamW, clip 1.0; bf16 autocast on GPU), or None without torch."""
+    try:
+        import diffusers
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae").to(device).requires_grad_(False)
+    text = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).requires_grad_(False)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").to(device).train()
+    scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
+    images = torch.from_numpy(np.asarray(batch["image"])).permute(0, 3, 1, 2).contiguous().to(device)
+    ids = torch.from_numpy(np.asarray(batch["input_ids"]).astype(np.int64)).to(device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+            with torch.no_grad():
+                latents = vae.encode(images).latent_dist.sample() * vae.config.scaling_factor
+                context = text(ids)[0]
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+            pred = unet(scheduler.add_noise(latents, noise, t), t, context).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        return loss
+
+    step()  # warm-up (allocator, cuDNN autotuning)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Times the method's jit train step (after compile) on one fixed batch; see `main`."""
+    from configs import common
+    from input_pipeline.pipeline import make_iterator
+    from jcompose import methods, train
+
+    config = common.load(args.config)
+    on_accelerator = jax.default_backend() != "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model == "sd15":
+            folder = _full_size_folder(Path(tmp) / "sd15")
+            config.data.image_size = args.size or 512
+        else:  # the tiny base, written here with safetensors too so PyTorch can read it
+            folder = tiny.write_tiny_base(Path(tmp) / "tiny", "sd15", formats=("msgpack", "safetensors"),
+                                          controlnet=True)
+            config.data.image_size = args.size or 64
+        config.model.base = str(folder)
+        if args.batch:
+            config.train.batch_size = args.batch
+        config.train.grad_accum = 1
+        if on_accelerator and args.model == "sd15":
+            config.compute_dtype = "bfloat16"
+        common.validate(config)
+        mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+        method = methods.build(config)
+        state, frozen, tx, _ = train.init_state(config, method, mesh, tmp)
+        local = next(make_iterator(method.make_source(), method.make_transform(),
+                                   per_process_batch=config.train.batch_size, seed=0))
+        batch = parallel.global_batch(local, mesh)
+        step = jax.jit(train.make_train_step(method, tx, config), donate_argnums=(0,))
+        start = time.perf_counter()
+        compiled = step.lower(state, frozen, batch).compile()
+        compile_s = time.perf_counter() - start
+        analysis = compiled.cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list) else analysis
+        flops = float((analysis or {}).get("flops", 0.0))
+        state, metrics = compiled(state, frozen, batch)  # warm-up
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for _ in range(args.repeats):  # dispatch back to back, as the training loop does
+            state, metrics = compiled(state, frozen, batch)
+        jax.block_until_ready((state, metrics))
+        seconds = (time.perf_counter() - start) / args.repeats
+        peak = parallel.peak_flops()
+        memory = jax.devices()[0].memory_stats() or {}
+        report: dict[str, Any] = {
+            "config": args.config, "method": config.method, "model": args.model, "backend": jax.default_backend(),
+            "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "dtype": config.compute_dtype,
+            "size": config.data.image_size, "batch": config.train.batch_size, "compile_s": compile_s,
+            "step_s": seconds, "img_per_s": config.train.batch_size / seconds,
+            "tflop_per_step": flops / 1e12, "mfu": flops / seconds / (peak * jax.device_count()) if peak else None,
+            "peak_memory_gib": memory["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in memory else None,
+        }
+        if not args.no_torch and config.method == "denoise":
+            torch_s = _torch_denoise_step_seconds(folder, local, config.optim.lr, args.repeats)
+            report["diffusers_torch_step_s"] = torch_s
+            report["speedup_vs_diffusers"] = torch_s / seconds if torch_s else None
+        elif not args.no_torch:
+            report["diffusers_torch_step_s"] = None  # no PyTorch reference step for this method yet
+        report["note"] = "" if on_accelerator or args.model == "tiny" else "full-size model timed off-accelerator"
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jcompose.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -195,10 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch reference")
     s.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
+    t = sub.add_parser("train", help="train step: img/s, MFU, peak memory, compile time vs diffusers PyTorch")
+    t.add_argument("--config", default="configs/denoise.py", help="configs/<method>.py[:variant]")
+    t.add_argument("--model", choices=("tiny", "sd15"), default=None,
+                   help="tiny (default on CPU) or the full SD 1.5 architecture with random weights")
+    t.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
+    t.add_argument("--size", type=int, default=None, help="image size (default: tiny 64, sd15 512)")
+    t.add_argument("--repeats", type=int, default=5)
+    t.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch reference step")
+    t.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
     args = parser.parse_args(argv)
     if args.model is None:
         args.model = "tiny" if jax.default_backend() == "cpu" else "sd15"
-    report = bench_sample(args)
+    report = bench_sample(args) if args.what == "sample" else bench_train(args)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

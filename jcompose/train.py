@@ -120,6 +120,23 @@ def _mean_metrics(window: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+def init_state(config, method, mesh, workdir: str):
+    """The method's models as a fresh train state and frozen tree, placed on the mesh.
+
+    Returns (state, frozen, tx, lr_schedule). state = {step, params, opt_state, rng, nonfinite[, ema]};
+    params, optimizer moments, EMA and frozen modules are replicated, or split over 'fsdp'.
+    """
+    params, frozen = method.init(workdir)
+    tx, lr_schedule = make_optimizer(config)
+    state = {"step": jnp.array(0, jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.PRNGKey(config.seed), "nonfinite": jnp.array(0, jnp.int32)}
+    if config.train.ema_decay:
+        state["ema"] = params
+    state = jax.device_put(state, parallel.fsdp_shardings(state, mesh, config.mesh.fsdp_min_size))
+    frozen = jax.device_put(frozen, parallel.fsdp_shardings(frozen, mesh, config.mesh.fsdp_min_size))
+    return state, frozen, tx, lr_schedule
+
+
 def train(config, workdir) -> dict[str, Any]:
     """Runs (or resumes) training in `workdir` (local or gs://); returns the last logged metrics and step."""
     from tensorboardX import SummaryWriter
@@ -135,16 +152,8 @@ def train(config, workdir) -> dict[str, Any]:
                          f"{jax.device_count()} devices x {config.train.grad_accum} micro-batches")
 
     method = methods.build(config)
-    params, frozen = method.init(str(workdir))
-    tx, lr_schedule = make_optimizer(config)
-    state = {"step": jnp.array(0, jnp.int32), "params": params, "opt_state": tx.init(params),
-             "rng": jax.random.PRNGKey(config.seed), "nonfinite": jnp.array(0, jnp.int32)}
-    if config.train.ema_decay:
-        state["ema"] = params
-    # Params, optimizer moments, EMA and frozen modules: replicated, or split over 'fsdp'.
-    state_shardings = parallel.fsdp_shardings(state, mesh, config.mesh.fsdp_min_size)
-    state = jax.device_put(state, state_shardings)
-    frozen = jax.device_put(frozen, parallel.fsdp_shardings(frozen, mesh, config.mesh.fsdp_min_size))
+    state, frozen, tx, lr_schedule = init_state(config, method, mesh, str(workdir))
+    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     total, most = parallel.bytes_per_device((state, frozen))
     print(f"mesh {dict(mesh.shape)}: params, optimizer state and frozen modules {total / 2**20:.1f} MiB, "
           f"at most {most / 2**20:.1f} MiB per device", flush=True)
