@@ -144,6 +144,21 @@ def test_torchscript_archive(tmp_path):
 
 
 @pytest.mark.parity
+def test_frozen_torchscript_constants(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    frozen = torch.jit.freeze(torch.jit.script(torch.nn.Sequential(conv).eval()))
+    torch.jit.save(frozen, tmp_path / "frozen.pt")
+    tree = torch_files.load(tmp_path / "frozen.pt")
+    got = sorted((c for c in tree.constants if isinstance(c, np.ndarray)), key=lambda a: a.size)
+    want = sorted((conv.bias.detach().numpy(), conv.weight.detach().numpy()), key=lambda a: a.size)
+    assert len(got) == 2
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parity
 def test_published_lpips_heads_equal_torch_load():
     """The legacy-format v0.1 LPIPS heads shipped in the `lpips` wheel read as torch reads them."""
     torch = pytest.importorskip("torch")

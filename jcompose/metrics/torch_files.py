@@ -65,10 +65,13 @@ class TorchFileError(ValueError):
 class ScriptModule(dict):
     """A TorchScript module's attributes (sub-modules, tensors, ints, ...) by name.
 
-    `type_name` is the scripted class, e.g. ``__torch__.inceptionv3.Conv2dLayer``.
+    `type_name` is the scripted class, e.g. ``__torch__.inceptionv3.Conv2dLayer``; the root
+    module of an archive also has `constants`, the archive's tensor constants in order (frozen
+    modules keep their weights there).
     """
 
     type_name = ""
+    constants: tuple = ()
 
     def __setstate__(self, state):
         # TorchScript pickles a module as NEWOBJ + BUILD(dict of attributes).
@@ -193,24 +196,32 @@ def _load_zip(path: Path) -> Any:
         order = "little"
         if f"{root}/byteorder" in names:
             order = archive.read(f"{root}/byteorder").decode().strip()
-        cache: dict[str, _Storage] = {}
+        cache: dict[tuple[str, str], _Storage] = {}
 
-        def load_storage(args):
-            storage_type, key, _location, numel = args[:4]
-            dtype = _storage_dtype(storage_type)
-            if key not in cache:
-                member = f"{root}/data/{key}"
-                if member not in names:
-                    raise TorchFileError(f"{source}: storage {member} missing from the archive")
-                raw = np.frombuffer(archive.read(member), dtype=dtype.newbyteorder("<" if order == "little" else ">"))
-                cache[key] = _Storage(dtype, raw.astype(dtype, copy=False))
-            storage = cache[key]
-            if storage.data.size < int(numel):
-                raise TorchFileError(f"{source}: storage {key} has {storage.data.size} elements, header says {numel}")
-            return storage
+        def unpickle(pkl_name: str, data_dir: str):
+            def load_storage(args):
+                storage_type, key, _location, numel = args[:4]
+                dtype = _storage_dtype(storage_type)
+                if (data_dir, key) not in cache:
+                    member = f"{root}/{data_dir}/{key}"
+                    if member not in names:
+                        raise TorchFileError(f"{source}: storage {member} missing from the archive")
+                    raw = np.frombuffer(archive.read(member),
+                                        dtype=dtype.newbyteorder("<" if order == "little" else ">"))
+                    cache[(data_dir, key)] = _Storage(dtype, raw.astype(dtype, copy=False))
+                storage = cache[(data_dir, key)]
+                if storage.data.size < int(numel):
+                    raise TorchFileError(f"{source}: storage {key} has {storage.data.size} elements, header says {numel}")
+                return storage
 
-        with archive.open(pkl) as handle:
-            return _Unpickler(io.BytesIO(handle.read()), f"{source} ({pkl})", load_storage).load()
+            with archive.open(pkl_name) as handle:
+                return _Unpickler(io.BytesIO(handle.read()), f"{source} ({pkl_name})", load_storage).load()
+
+        obj = unpickle(pkl, "data")
+        if isinstance(obj, ScriptModule) and f"{root}/constants.pkl" in names:
+            # TorchScript constants (e.g. the weights of a frozen module), stored under constants/.
+            obj.constants = tuple(unpickle(f"{root}/constants.pkl", "constants"))
+        return obj
 
 
 # ------------------------------------------------------------------------------------ legacy
