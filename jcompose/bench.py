@@ -4,6 +4,10 @@
 step time, img/s, MFU from XLA-counted FLOPs, peak device memory, compile time, and for the denoise
 method the equivalent diffusers PyTorch training step in the same run (ratio).
 
+`data --method=<m>`: the method's input pipeline (synthetic or given COCO/video data -> transform ->
+grain batches): examples/s per worker process and the worker processes one host needs at a train
+step rate (`--steps-per-s`, from `train`).
+
 `sample`:
 Reports seconds per image of a full CFG sampling run (default 50 DDIM steps + VAE decode) for
 jcompose and, in the same process on the same weights, for diffusers' PyTorch
@@ -148,8 +152,8 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
         variants = {
             "none": (),
             "masked cross-attention": (attention.MaskedCrossAttention(mask),),
-            "masked self-attention (last 5 decoder)": (
-                attention.MaskedSelfAttention(mask, attention.decoder_self_attention_layers(calls, min(5, len(decoder)))),),
+            "masked self-attention (last 5 decoder)": (attention.MaskedSelfAttention(
+                mask, attention.decoder_self_attention_layers(calls, min(5, len(decoder)))),),
             "layout control": (attention.LayoutControl(mask, tokens=(5,)),),
         }
         report: dict[str, Any] = {
@@ -159,7 +163,7 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
         times = {}
         for name, controls in variants.items():
             generate = sampling.make_generator(pipe, args.steps, controls=controls)
-            first, seconds = _timed(lambda: generate(context, uncond, latents, rng), args.repeats)
+            first, seconds = _timed(lambda g=generate: g(context, uncond, latents, rng), args.repeats)
             times[name] = seconds / args.batch
             if name == "none":
                 report["compile_s"] = first - seconds
@@ -294,6 +298,50 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+class _FirstInstanceAsReference:
+    """instances records -> DreamCom `reference` records (the image and its first object mask)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        record = self.source[index]
+        return {"image": record["image"], "mask": record["masks"][0], "source": record["source"]}
+
+
+def bench_data(args: argparse.Namespace) -> dict[str, Any]:
+    """Examples/s per worker process of a method's input pipeline (source -> transform -> batches)."""
+    from input_pipeline import anydoor, anyscene, benchmark, dreamcom
+    from input_pipeline.pipeline import mix_sources
+    from input_pipeline.sources import coco, synthetic, video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.coco_instances:
+            images = coco.CocoSource(args.coco_images, args.coco_instances, args.coco_captions)
+        else:  # synthetic photos at a COCO-like resolution
+            synthetic.write_synthetic(Path(tmp), num_images=16, num_videos=4, num_frames=8, image_size=(480, 640))
+            images = coco.CocoSource(Path(tmp) / "coco" / "images", Path(tmp) / "coco" / "annotations" /
+                                     "instances.json", Path(tmp) / "coco" / "annotations" / "captions.json")
+        if args.method == "anyscene":
+            source, factory = images, lambda: anyscene.make_transform(size=args.size)
+        elif args.method == "dreamcom":
+            source = _FirstInstanceAsReference(images)
+            factory = lambda: dreamcom.make_transform(class_noun="object", size=args.size)  # noqa: E731
+        else:  # AnyDoor's mixture: video frame pairs and same-image pairs
+            clips = video.VideoSource(args.video_root or Path(tmp) / "youtube_vos")
+            source = mix_sources([(clips, 1.0, video.sample_pair), (images, 1.0, coco.image_pair)], seed=0)
+            factory = lambda: anydoor.make_transform(size=args.size)  # noqa: E731
+        result = benchmark.run_data_benchmark(
+            factory, source, worker_counts=args.workers, per_process_batch=args.batch, num_batches=args.batches,
+            steps_per_s=args.steps_per_s, per_host_batch=args.host_batch)
+    print(benchmark.format_report(result), file=sys.stderr)
+    return {"method": args.method, "size": args.size, "data": "coco" if args.coco_instances else "synthetic",
+            **result}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jcompose.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -315,7 +363,28 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--repeats", type=int, default=5)
     t.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch reference step")
     t.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
+    d = sub.add_parser("data", help="input pipeline: examples/s per worker process, workers needed per host")
+    d.add_argument("--method", choices=("anyscene", "anydoor", "dreamcom"), required=True)
+    d.add_argument("--size", type=int, default=512)
+    d.add_argument("--workers", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2],
+                   help="comma-separated grain worker counts to time (0: main process)")
+    d.add_argument("--batch", type=int, default=8, help="per-process batch of the timed pipeline")
+    d.add_argument("--batches", type=int, default=6, help="timed batches per worker count")
+    d.add_argument("--steps-per-s", type=float, default=None, help="train step rate to feed (from bench train)")
+    d.add_argument("--host-batch", type=int, default=None, help="per-host batch of that train step")
+    d.add_argument("--coco-images", help="real COCO-layout data instead of synthetic: image folder")
+    d.add_argument("--coco-instances", help="...its instances JSON")
+    d.add_argument("--coco-captions", help="...its captions JSON")
+    d.add_argument("--video-root", help="a YouTube-VOS-layout folder (AnyDoor)")
+    d.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
     args = parser.parse_args(argv)
+    if args.what == "data":
+        report = bench_data(args)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return 0
     if args.model is None:
         args.model = "tiny" if jax.default_backend() == "cpu" else "sd15"
     report = bench_sample(args) if args.what == "sample" else bench_train(args)
