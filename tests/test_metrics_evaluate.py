@@ -77,7 +77,11 @@ def test_evaluate_end_to_end(tmp_path, models):
     assert same["clip_i"]["mean"] == pytest.approx(1.0, abs=1e-5)
     assert same["dino"]["mean"] == pytest.approx(1.0, abs=1e-5)
 
-    scores = evaluate.evaluate(_config(models, generated, reference, tmp_path / "out", prompts), progress=False)
+    config = _config(models, generated, reference, tmp_path / "out", prompts)
+    config.fid.save_reference_stats = str(tmp_path / "ref_stats.npz")
+    scores = evaluate.evaluate(config, progress=False)
+    with np.load(tmp_path / "ref_stats.npz") as stats:  # pytorch-fid's fields
+        assert stats["mu"].shape == (2048,) and stats["sigma"].shape == (2048, 2048)
     out = tmp_path / "out"
     assert json.loads((out / "scores.json").read_text())["n_generated"] == 5
     assert (out / "report.html").read_text().count("<tr>") >= 8
