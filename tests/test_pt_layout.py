@@ -61,3 +61,10 @@ def test_missing_unexpected_and_mismatched_tensors_are_named():
                                      expected, "f.safetensors")
     with pytest.raises(pt_layout.LayoutError, match=r"(?s)f\.safetensors: .*wrong shape:\n    conv_in\.weight: shape \(32, 9, 3, 3\)"):
         pt_layout.state_dict_to_flax({**good, "conv_in.weight": np.zeros((32, 9, 3, 3))}, expected, "f.safetensors")
+
+
+def test_scalar_parameters_stay_scalars():
+    # e.g. CLIP's logit_scale: a 0-d tensor in PyTorch checkpoints
+    out = pt_layout.transformers_state_dict({"logit_scale": np.float32(2.5), "proj": {"kernel": np.ones((2, 3))}})
+    assert out["logit_scale"].shape == () and out["proj.weight"].shape == (3, 2)
+    assert pt_layout.flax_to_state_dict({"norm": {"scale": np.float32(1.0)}})["norm.weight"].shape == ()

@@ -169,8 +169,8 @@ def flax_to_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """
     out = {}
     for flax_key, value in flatten_dict(dict(params)).items():
-        array = np.asarray(value)
-        out[pytorch_keys(flax_key)[0]] = np.ascontiguousarray(to_pytorch_layout(flax_key, array))
+        array = np.asarray(value)  # np.array, not ascontiguousarray: 0-d stays 0-d
+        out[pytorch_keys(flax_key)[0]] = np.array(to_pytorch_layout(flax_key, array), order="C")
     return out
 
 
@@ -185,6 +185,6 @@ def _listing(title: str, keys: list[str], limit: int = 12) -> str:
 def transformers_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """transformers Flax params -> PyTorch state dict (inverse of loading with `transformers_keys`)."""
     return {
-        transformers_keys(flax_key)[0]: np.ascontiguousarray(to_pytorch_layout(flax_key, np.asarray(value)))
+        transformers_keys(flax_key)[0]: np.array(to_pytorch_layout(flax_key, np.asarray(value)), order="C")
         for flax_key, value in flatten_dict(dict(params)).items()
     }
