@@ -8,6 +8,9 @@ method the equivalent diffusers PyTorch training step in the same run (ratio).
 grain batches): examples/s per worker process and the worker processes one host needs at a train
 step rate (`--steps-per-s`, from `train`).
 
+`eval`: images/s of each evaluation feature extractor (Inception, CLIP, DINO, LPIPS) against its
+PyTorch reference in the same run (`jcompose/metrics/benchmark.py`).
+
 `sample`:
 Reports seconds per image of a full CFG sampling run (default 50 DDIM steps + VAE decode) for
 jcompose and, in the same process on the same weights, for diffusers' PyTorch
@@ -377,7 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--coco-captions", help="...its captions JSON")
     d.add_argument("--video-root", help="a YouTube-VOS-layout folder (AnyDoor)")
     d.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
+    from jcompose.metrics import benchmark as eval_benchmark
+
+    e = sub.add_parser("eval", help="evaluation feature extractors: images/s vs their PyTorch references")
+    eval_benchmark.add_arguments(e)
     args = parser.parse_args(argv)
+    if args.what == "eval":
+        report = eval_benchmark.bench_eval(args)
+        print(json.dumps(report, indent=2))
+        return 0
     if args.what == "data":
         report = bench_data(args)
         text = json.dumps(report, indent=2)
