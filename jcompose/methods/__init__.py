@@ -9,4 +9,8 @@ def build(config) -> Method:
         from jcompose.methods.denoise import DenoiseMethod
 
         return DenoiseMethod(config)
+    if config.method == "anyscene":
+        from jcompose.methods.anyscene import AnySceneMethod
+
+        return AnySceneMethod(config)
     raise ValueError(f"config.method = {config.method!r}: unknown; available: 'denoise'")

@@ -1,0 +1,254 @@
+"""Compose images with a trained method: `python -m jcompose.compose <method> ...`.
+
+AnyScene (generate a scene around composited foregrounds)::
+
+    python -m jcompose.compose anyscene --base /models/stable-diffusion-v1-5 --checkpoint RUN_DIR \
+        --foreground dog.png --mask dog_mask.png --prompt "a dog on a beach" --words dog --out result.png
+
+`--checkpoint` is a training workdir (its newest checkpoint) or one step folder
+(`RUN_DIR/checkpoints/<step>`). Each `--foreground` is an RGB image with a `--mask` of the same size
+(white = object), or an RGBA composite whose alpha is the mask; several are stacked on one canvas
+in order (later ones on top). Width and height must be multiples of 8. `--words` picks prompt words
+for layout control (their cross-attention kept inside the mask); `--blend` puts the original
+foreground back (Poisson by default); `--show-attention` also writes `<out>_attention.png`: the
+result, then each word's cross-attention map (layout-controlled, averaged over heads, layers and
+three timesteps) over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BLENDS = ("poisson", "paste", "none")
+
+
+class InputError(ValueError):
+    """A user input (file, flag) is unusable; the message names it and what was expected."""
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def _read(path: Path, what: str) -> np.ndarray:
+    import cv2
+
+    if not path.is_file():
+        raise InputError(f"{what} {path}: no such file")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"{what} {path}: not a readable image (PNG/JPEG/...)")
+    if image.dtype != np.uint8:
+        raise InputError(f"{what} {path}: expected 8-bit channels, got {image.dtype}")
+    return image
+
+
+def read_foregrounds(foregrounds: list[str], masks: list[str], canvas_value: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground files (+ masks) -> (composite float32 (H, W, 3) in [-1, 1], mask float32 (H, W, 1) {0, 1}).
+
+    Each foreground is RGB with the mask at the same index of `masks` (white > 127 = object), or
+    RGBA (alpha > 127 = object) when no mask is given for it. Raises InputError naming the file for
+    a missing mask, a size mismatch (both sizes), an empty mask or sizes not multiples of 8.
+    """
+    import cv2
+
+    if not foregrounds:
+        raise InputError("--foreground: give at least one foreground image")
+    if len(masks) > len(foregrounds):
+        raise InputError(f"--mask: {len(masks)} masks for {len(foregrounds)} foregrounds")
+    canvas = union = None
+    for i, name in enumerate(foregrounds):
+        image = _read(Path(name), "--foreground")
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        if i < len(masks):
+            mask_image = _read(Path(masks[i]), "--mask")
+            mask = (mask_image if mask_image.ndim == 2 else mask_image[..., :3].max(axis=-1)) > 127
+            mask_name = masks[i]
+        elif image.shape[2] == 4:
+            mask, mask_name = image[..., 3] > 127, f"{name} (alpha)"
+        else:
+            raise InputError(f"--foreground {name}: RGB without alpha and no --mask for it; give --mask (white = "
+                             "object) or an RGBA composite")
+        rgb = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+        if mask.shape != rgb.shape[:2]:
+            raise InputError(f"--mask {mask_name} is {mask.shape[1]}x{mask.shape[0]} (WxH) but --foreground {name} "
+                             f"is {rgb.shape[1]}x{rgb.shape[0]}; they must be the same size")
+        if not mask.any():
+            raise InputError(f"--mask {mask_name}: empty foreground (no pixel > 127) for --foreground {name}")
+        if canvas is None:
+            h, w = rgb.shape[:2]
+            if h % 8 or w % 8:
+                raise InputError(f"--foreground {name} is {w}x{h} (WxH); width and height must be multiples of 8 "
+                                 "(the VAE factor): resize or pad it")
+            canvas = np.full((h, w, 3), canvas_value, np.uint8)
+            union = np.zeros((h, w), bool)
+        elif rgb.shape[:2] != canvas.shape[:2]:
+            raise InputError(f"--foreground {name} is {rgb.shape[1]}x{rgb.shape[0]} but {foregrounds[0]} is "
+                             f"{canvas.shape[1]}x{canvas.shape[0]}; all foregrounds share one canvas")
+        canvas = np.where(mask[..., None], rgb, canvas)
+        union |= mask
+    composite = canvas.astype(np.float32) / 127.5 - 1.0
+    return composite, union[..., None].astype(np.float32)
+
+
+def resolve_checkpoint(path: str) -> tuple[Path, int]:
+    """A training workdir (-> newest step) or `<workdir>/checkpoints/<step>` -> (workdir, step)."""
+    from jcompose.checkpoint import Checkpointer
+
+    p = Path(path)
+    if p.name.isdigit() and p.parent.name == "checkpoints" and p.is_dir():
+        return p.parent.parent, int(p.name)
+    if (p / "checkpoints").is_dir():
+        steps = Checkpointer(p).steps()
+        if steps:
+            return p, max(steps)
+    raise InputError(f"--checkpoint {path}: neither a training workdir with checkpoints/<step> folders nor a "
+                     "<workdir>/checkpoints/<step> folder")
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.round((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _write(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise InputError(f"--out {path}: could not write the image (extension .png/.jpg?)")
+
+
+def attention_grid(result: np.ndarray, maps: np.ndarray, words: list[str]) -> np.ndarray:
+    """uint8 (H, W, 3) result + float (h, w, K) per-word maps -> uint8 (H, (K+1) W, 3): the result, then
+    each map (normalised to its max, JET colours) blended over it."""
+    import cv2
+
+    h, w = result.shape[:2]
+    tiles = [result]
+    for k in range(len(words)):
+        m = maps[..., k]
+        m = m / max(float(m.max()), 1e-12)
+        heat = cv2.resize((m * 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+        tiles.append((0.5 * result + 0.5 * colour).astype(np.uint8))
+    return np.concatenate(tiles, axis=1)
+
+
+# ---------------------------------------------------------------------------------- anyscene
+
+
+def compose_anyscene(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from configs.anyscene import get_config
+    from jcompose import blending
+    from jcompose.checkpoint import Checkpointer
+    from jcompose.methods.anyscene import AnySceneMethod
+    from jcompose.tokens import token_positions
+
+    if args.blend not in BLENDS:
+        raise InputError(f"--blend {args.blend!r}: expected one of {BLENDS}")
+    composite, mask = read_foregrounds(args.foreground, args.mask or [])
+    words = [w.strip() for w in (args.words or "").split(",") if w.strip()]
+    if args.show_attention and not words:
+        raise InputError("--show-attention needs --words (the prompt words whose maps to show)")
+    workdir, step = resolve_checkpoint(args.checkpoint)
+    checkpointer = Checkpointer(workdir)
+    try:
+        state, _ = checkpointer.read(step)
+    finally:
+        checkpointer.close()
+    tree = state["ema"] if args.ema and "ema" in state else state["params"]
+    if "controlnet" not in tree:
+        raise InputError(f"--checkpoint {args.checkpoint}: step {step} holds {sorted(tree)}, not an AnyScene "
+                         "'controlnet'")
+
+    config = get_config("")
+    config.compute_dtype = args.dtype
+    method = AnySceneMethod(config)
+    method.load_models(args.base, controlnet_params=tree["controlnet"])
+    params = {"controlnet": method.controlnet_params}
+    frozen = {"unet": method.pipe.unet.params, "vae": method.pipe.vae.params,
+              "text_encoder": method.pipe.text_encoder.params}
+    context_length = method.pipe.tokenizer.model_max_length
+    per_word = [token_positions(method.pipe.tokenizer, args.prompt, [w], context_length) for w in words]
+    tokens = sorted({k for positions in per_word for k in positions})
+    batch = {"foreground": jnp.asarray(composite[None]), "mask": jnp.asarray(mask[None]),
+             "input_ids": jnp.asarray(method.tokenize([args.prompt]))}
+
+    def generate(params, frozen, batch, rng):
+        controls = method.layout_controls(batch, tokens) if args.layout else ()
+        return method.sample(params, frozen, batch, rng, controls=controls, num_steps=args.steps,
+                             guidance_scale=args.guidance)
+
+    rng = jax.random.PRNGKey(args.seed)
+    generated = jax.jit(generate)(params, frozen, batch, rng)
+    if args.blend == "poisson":
+        result = jax.jit(lambda s, t, m: blending.poisson_blend(s, t, m, erode_kernel=config.sample.blend_erode,
+                                                                clip=(-1.0, 1.0)))(batch["foreground"], generated,
+                                                                                   batch["mask"])
+    elif args.blend == "paste":
+        result = blending.copy_paste(batch["foreground"], generated, batch["mask"])
+    else:
+        result = generated
+    image = _to_uint8(np.asarray(result[0]))
+    out = Path(args.out)
+    _write(out, image)
+    written = {"image": str(out), "step": step, "tokens": tokens}
+    if args.show_attention:
+        def maps_fn(params, frozen, batch, image, rng):
+            controls = method.layout_controls(batch, tokens) if args.layout else ()
+            return method.attention_maps(params, frozen, batch, image, rng, controls=controls, factor=1)
+
+        maps = np.asarray(jax.jit(maps_fn)(params, frozen, batch, result, jax.random.fold_in(rng, 1))[0])
+        per_word_maps = np.stack([maps[..., p].sum(-1) for p in per_word], axis=-1)
+        grid_path = out.with_name(out.stem + "_attention.png")
+        _write(grid_path, attention_grid(image, per_word_maps, words))
+        written["attention"] = str(grid_path)
+    return written
+
+
+# -------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jcompose.compose", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="method", required=True)
+    p = sub.add_parser("anyscene", help="generate a scene around composited foregrounds (AnyScene)")
+    p.add_argument("--base", required=True, help="SD 1.5 base-model folder (diffusers layout)")
+    p.add_argument("--checkpoint", required=True, help="training workdir or <workdir>/checkpoints/<step>")
+    p.add_argument("--foreground", action="append", required=True, help="RGB(A) image; repeat for several")
+    p.add_argument("--mask", action="append", help="mask of the foreground at the same position (white = object)")
+    p.add_argument("--prompt", required=True, help="scene description")
+    p.add_argument("--words", default="", help="comma-separated prompt words for layout control, e.g. 'dog,cat'")
+    p.add_argument("--no-layout", dest="layout", action="store_false", help="no layout control even with --words")
+    p.add_argument("--blend", default="poisson", help="poisson (default), paste or none")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params if it has them")
+    p.add_argument("--show-attention", action="store_true", help="also write <out>_attention.png")
+    p.add_argument("--out", required=True, help="output image (.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    try:
+        written = compose_anyscene(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {written['image']} (checkpoint step {written['step']})"
+          + (f" and {written['attention']}" if "attention" in written else ""))
+    return written
+
+
+if __name__ == "__main__":
+    main()
