@@ -176,7 +176,10 @@ def compose_anyscene(args) -> dict:
     frozen = {"unet": method.pipe.unet.params, "vae": method.pipe.vae.params,
               "text_encoder": method.pipe.text_encoder.params}
     context_length = method.pipe.tokenizer.model_max_length
-    per_word = [token_positions(method.pipe.tokenizer, args.prompt, [w], context_length) for w in words]
+    try:
+        per_word = [token_positions(method.pipe.tokenizer, args.prompt, [w], context_length) for w in words]
+    except ValueError as err:
+        raise InputError(f"--words: {err}") from None
     tokens = sorted({k for positions in per_word for k in positions})
     batch = {"foreground": jnp.asarray(composite[None]), "mask": jnp.asarray(mask[None]),
              "input_ids": jnp.asarray(method.tokenize([args.prompt]))}
