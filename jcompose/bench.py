@@ -1,8 +1,9 @@
 """Benchmarks: `python -m jcompose.bench sample|train [--model tiny|sd15] ...`.
 
 `train --config=configs/<method>.py`: the method's jit train step (after compile) on one fixed batch:
-step time, img/s, MFU from XLA-counted FLOPs, peak device memory, compile time, and for the denoise
-method the equivalent diffusers PyTorch training step in the same run (ratio).
+step time, img/s, MFU from XLA-counted FLOPs, peak device memory, compile time, and the equivalent
+diffusers PyTorch training step in the same run (ratio) for `denoise` (UNet fine-tuning) and
+`anyscene` (ControlNet with the VAE-decoded pixel losses).
 
 `data --method=<m>`: the method's input pipeline (synthetic or given COCO/video data -> transform ->
 grain batches): examples/s per worker process and the worker processes one host needs at a train
@@ -238,6 +239,77 @@ def _torch_denoise_step_seconds(folder: Path, batch: dict, lr: float, repeats: i
     return (time.perf_counter() - start) / repeats
 
 
+def _torch_anyscene_step_seconds(folder: Path, batch: dict, config, repeats: int) -> float | None:
+    """Seconds per optimizer step of AnyScene's training step written with diffusers PyTorch: a
+    ControlNet (copied from the UNet encoder) trained on frozen SD, denoising + content + gated edge
+    losses through the VAE decoder (same weights, terms and gate as the method; timing reference)."""
+    try:
+        import diffusers
+        import torch
+        import torch.nn.functional as F
+        import transformers
+    except ImportError:
+        return None
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    lc = config.loss
+    vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae").to(device).requires_grad_(False)
+    text = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).requires_grad_(False)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").to(device).requires_grad_(False)
+    controlnet = diffusers.ControlNetModel.from_unet(unet).to(device).train()
+    scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+    alphas = scheduler.alphas_cumprod.to(device)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=config.optim.lr)
+
+    def nchw(key):
+        return torch.from_numpy(np.asarray(batch[key], np.float32)).permute(0, 3, 1, 2).contiguous().to(device)
+
+    images, foreground, mask = nchw("image"), nchw("foreground"), nchw("mask")
+    cond = torch.where(mask > 0.5, (foreground + 1) / 2, torch.full_like(foreground, -1.0))
+    ids = torch.from_numpy(np.asarray(batch["input_ids"]).astype(np.int64)).to(device)
+    laplace = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]], device=device).expand(3, 1, 3, 3)
+    band = F.max_pool2d(mask, lc.dilate_kernel, 1, lc.dilate_kernel // 2) + F.max_pool2d(
+        -mask, lc.erode_kernel, 1, lc.erode_kernel // 2)  # dilate(M) - erode(M)
+
+    def masked_mean(err, weight):
+        return ((err * weight).sum((1, 2, 3)) / (weight.sum((1, 2, 3)) * err.shape[1]).clamp(min=1)).mean()
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+            with torch.no_grad():
+                latents = vae.encode(images).latent_dist.sample() * vae.config.scaling_factor
+                context = text(ids)[0]
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+            noisy = scheduler.add_noise(latents, noise, t)
+            down, mid = controlnet(noisy, t, context, controlnet_cond=cond, return_dict=False)
+            pred = unet(noisy, t, context, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid).sample.float()
+            loss = lc.denoise_weight * F.mse_loss(pred, noise.float())
+            if lc.content_weight > 0 or lc.edge_weight > 0:
+                a = alphas[t].view(-1, 1, 1, 1)
+                x0 = (noisy.float() - (1 - a).sqrt() * pred) / a.sqrt()
+                decoded = vae.decode(x0 / vae.config.scaling_factor).sample.float()
+                gate = (t < lc.alpha * scheduler.config.num_train_timesteps).float().view(-1, 1, 1, 1)
+                edge_err = (F.conv2d(F.pad(decoded, (1, 1, 1, 1), mode="reflect"), laplace, groups=3)
+                            - F.conv2d(F.pad(images, (1, 1, 1, 1), mode="reflect"), laplace, groups=3)) ** 2
+                loss = loss + lc.content_weight * masked_mean((decoded - images) ** 2, mask)
+                loss = loss + lc.edge_weight * masked_mean(edge_err * gate, band)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), config.optim.clip_norm or 1e9)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        return loss
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """Times the method's jit train step (after compile) on one fixed batch; see `main`."""
     from configs import common
@@ -291,12 +363,12 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
             "tflop_per_step": flops / 1e12, "mfu": flops / seconds / (peak * jax.device_count()) if peak else None,
             "peak_memory_gib": memory["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in memory else None,
         }
-        if not args.no_torch and config.method == "denoise":
-            torch_s = _torch_denoise_step_seconds(folder, local, config.optim.lr, args.repeats)
+        references = {"denoise": lambda: _torch_denoise_step_seconds(folder, local, config.optim.lr, args.repeats),
+                      "anyscene": lambda: _torch_anyscene_step_seconds(folder, local, config, args.repeats)}
+        if not args.no_torch:
+            torch_s = references[config.method]() if config.method in references else None
             report["diffusers_torch_step_s"] = torch_s
             report["speedup_vs_diffusers"] = torch_s / seconds if torch_s else None
-        elif not args.no_torch:
-            report["diffusers_torch_step_s"] = None  # no PyTorch reference step for this method yet
         report["note"] = "" if on_accelerator or args.model == "tiny" else "full-size model timed off-accelerator"
     return report
 
