@@ -141,22 +141,12 @@ def attention_grid(result: np.ndarray, maps: np.ndarray, words: list[str]) -> np
 # ---------------------------------------------------------------------------------- anyscene
 
 
-def compose_anyscene(args) -> dict:
-    import jax
-    import jax.numpy as jnp
-
+def load_anyscene(args):
+    """(method, params, frozen, step) from --base, --checkpoint, --dtype, --ema."""
     from configs.anyscene import get_config
-    from jcompose import blending
     from jcompose.checkpoint import Checkpointer
     from jcompose.methods.anyscene import AnySceneMethod
-    from jcompose.tokens import token_positions
 
-    if args.blend not in BLENDS:
-        raise InputError(f"--blend {args.blend!r}: expected one of {BLENDS}")
-    composite, mask = read_foregrounds(args.foreground, args.mask or [])
-    words = [w.strip() for w in (args.words or "").split(",") if w.strip()]
-    if args.show_attention and not words:
-        raise InputError("--show-attention needs --words (the prompt words whose maps to show)")
     workdir, step = resolve_checkpoint(args.checkpoint)
     checkpointer = Checkpointer(workdir)
     try:
@@ -167,7 +157,6 @@ def compose_anyscene(args) -> dict:
     if "controlnet" not in tree:
         raise InputError(f"--checkpoint {args.checkpoint}: step {step} holds {sorted(tree)}, not an AnyScene "
                          "'controlnet'")
-
     config = get_config("")
     config.compute_dtype = args.dtype
     method = AnySceneMethod(config)
@@ -175,6 +164,39 @@ def compose_anyscene(args) -> dict:
     params = {"controlnet": method.controlnet_params}
     frozen = {"unet": method.pipe.unet.params, "vae": method.pipe.vae.params,
               "text_encoder": method.pipe.text_encoder.params}
+    return method, params, frozen, step
+
+
+def _blend(kind: str, foreground, generated, mask, erode: int):
+    import jax
+
+    from jcompose import blending
+
+    if kind == "poisson":
+        return jax.jit(lambda s, t, m: blending.poisson_blend(s, t, m, erode_kernel=erode, clip=(-1.0, 1.0)))(
+            foreground, generated, mask)
+    if kind == "paste":
+        return blending.copy_paste(foreground, generated, mask)
+    return generated
+
+
+def compose_anyscene(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from jcompose.tokens import token_positions
+
+    if args.blend not in BLENDS:
+        raise InputError(f"--blend {args.blend!r}: expected one of {BLENDS}")
+    if args.benchmark:
+        return compose_benchmark(args)
+    if not args.foreground or args.prompt is None:
+        raise InputError("give --foreground (with --mask, or RGBA) and --prompt, or --benchmark DIR")
+    composite, mask = read_foregrounds(args.foreground, args.mask or [])
+    words = [w.strip() for w in (args.words or "").split(",") if w.strip()]
+    if args.show_attention and not words:
+        raise InputError("--show-attention needs --words (the prompt words whose maps to show)")
+    method, params, frozen, step = load_anyscene(args)
     context_length = method.pipe.tokenizer.model_max_length
     try:
         per_word = [token_positions(method.pipe.tokenizer, args.prompt, [w], context_length) for w in words]
@@ -191,14 +213,7 @@ def compose_anyscene(args) -> dict:
 
     rng = jax.random.PRNGKey(args.seed)
     generated = jax.jit(generate)(params, frozen, batch, rng)
-    if args.blend == "poisson":
-        result = jax.jit(lambda s, t, m: blending.poisson_blend(s, t, m, erode_kernel=config.sample.blend_erode,
-                                                                clip=(-1.0, 1.0)))(batch["foreground"], generated,
-                                                                                   batch["mask"])
-    elif args.blend == "paste":
-        result = blending.copy_paste(batch["foreground"], generated, batch["mask"])
-    else:
-        result = generated
+    result = _blend(args.blend, batch["foreground"], generated, batch["mask"], method.config.sample.blend_erode)
     image = _to_uint8(np.asarray(result[0]))
     out = Path(args.out)
     _write(out, image)
@@ -216,6 +231,51 @@ def compose_anyscene(args) -> dict:
     return written
 
 
+def compose_benchmark(args) -> dict:
+    """Every pair of a benchmark folder (`python -m input_pipeline.anyscene_benchmark`) -> `--out`/<name>.png,
+    in batches of `--batch_size` (the last batch padded by repetition); image i uses key fold_in(seed, i)."""
+    import json
+
+    import jax
+    import jax.numpy as jnp
+
+    root = Path(args.benchmark)
+    prompts_path = root / "prompts.json"
+    if not prompts_path.is_file():
+        raise InputError(f"--benchmark {root}: no prompts.json (build it with python -m input_pipeline."
+                         "anyscene_benchmark)")
+    prompts = json.loads(prompts_path.read_text())
+    names = sorted(prompts)
+    if not names:
+        raise InputError(f"--benchmark {prompts_path}: no pairs")
+    method, params, frozen, step = load_anyscene(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def generate(params, frozen, batch, keys):
+        images = jax.vmap(lambda b, k: method.sample(params, frozen, jax.tree_util.tree_map(lambda x: x[None], b), k,
+                                                     num_steps=args.steps, guidance_scale=args.guidance)[0])(
+            batch, keys)
+        return _blend(args.blend, batch["foreground"], images, batch["mask"], method.config.sample.blend_erode)
+
+    run = jax.jit(generate)
+    size = max(1, args.batch_size)
+    for start in range(0, len(names), size):
+        chunk = names[start:start + size]
+        padded = chunk + [chunk[-1]] * (size - len(chunk))
+        pairs = [read_foregrounds([str(root / "foregrounds" / f"{n}.png")], [str(root / "masks" / f"{n}.png")])
+                 for n in padded]
+        batch = {"foreground": jnp.asarray(np.stack([p[0] for p in pairs])),
+                 "mask": jnp.asarray(np.stack([p[1] for p in pairs])),
+                 "input_ids": jnp.asarray(method.tokenize([prompts[n] for n in padded]))}
+        keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(args.seed), start + i) for i in range(size)])
+        images = np.asarray(run(params, frozen, batch, keys))
+        for name, image in zip(chunk, images, strict=False):
+            _write(out / f"{name}.png", _to_uint8(image))
+        print(f"{min(start + size, len(names))}/{len(names)}", flush=True)
+    return {"image": str(out), "step": step, "count": len(names)}
+
+
 # -------------------------------------------------------------------------------------- main
 
 
@@ -225,9 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("anyscene", help="generate a scene around composited foregrounds (AnyScene)")
     p.add_argument("--base", required=True, help="SD 1.5 base-model folder (diffusers layout)")
     p.add_argument("--checkpoint", required=True, help="training workdir or <workdir>/checkpoints/<step>")
-    p.add_argument("--foreground", action="append", required=True, help="RGB(A) image; repeat for several")
+    p.add_argument("--foreground", action="append", help="RGB(A) image; repeat for several")
     p.add_argument("--mask", action="append", help="mask of the foreground at the same position (white = object)")
-    p.add_argument("--prompt", required=True, help="scene description")
+    p.add_argument("--prompt", help="scene description")
+    p.add_argument("--benchmark", default="", help="a benchmark folder (foregrounds/, masks/, prompts.json): "
+                   "generate every pair into the --out folder instead")
+    p.add_argument("--batch_size", type=int, default=4, help="images per sampling call with --benchmark")
     p.add_argument("--words", default="", help="comma-separated prompt words for layout control, e.g. 'dog,cat'")
     p.add_argument("--no-layout", dest="layout", action="store_false", help="no layout control even with --words")
     p.add_argument("--blend", default="poisson", help="poisson (default), paste or none")
@@ -237,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params if it has them")
     p.add_argument("--show-attention", action="store_true", help="also write <out>_attention.png")
-    p.add_argument("--out", required=True, help="output image (.png)")
+    p.add_argument("--out", required=True, help="output image (.png), or a folder with --benchmark")
     return parser
 
 
@@ -248,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"wrote {written['image']} (checkpoint step {written['step']})"
+    what = f"{written['count']} images to " if "count" in written else ""
+    print(f"wrote {what}{written['image']} (checkpoint step {written['step']})"
           + (f" and {written['attention']}" if "attention" in written else ""))
     return written
 

@@ -248,6 +248,22 @@ def test_compose_end_to_end(trained, tmp_path):
     pasted = cv2.cvtColor(cv2.imread(written["image"]), cv2.COLOR_BGR2RGB)
     inside = mask > 127
     assert np.abs(pasted[inside].astype(int) - image[..., ::-1][inside]).max() <= 1  # cv2 wrote BGR
+    # A benchmark folder, generated in batches (3 pairs, batches of 2) under the names the evaluator pairs.
+    coco = trained / "data" / "coco"
+    anyscene_benchmark.main(["--image_dir", str(coco / "images"), "--instances_json",
+                             str(coco / "annotations/instances.json"), "--captions_json",
+                             str(coco / "annotations/captions.json"), "--num", "3", "--size", "64",
+                             "--out", str(tmp_path / "bench")])
+    written = compose.main(["anyscene", "--base", base, "--checkpoint", str(trained), "--benchmark",
+                            str(tmp_path / "bench"), "--batch_size", "2", "--steps", "2", "--blend", "paste",
+                            "--out", str(tmp_path / "generated")])
+    assert written["count"] == 3
+    for name in ("00000", "00001", "00002"):
+        image = cv2.imread(str(tmp_path / "generated" / f"{name}.png"))
+        fg = cv2.imread(str(tmp_path / "bench" / "foregrounds" / f"{name}.png"))
+        inside = cv2.imread(str(tmp_path / "bench" / "masks" / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 127
+        assert image.shape == (64, 64, 3)
+        np.testing.assert_array_equal(image[inside], fg[inside])
 
 
 # --------------------------------------------------------------------------------- benchmark set

@@ -102,3 +102,14 @@ def test_command_line_reports_input_errors_without_a_traceback(files, tmp_path):
 def test_checkpoint_path_must_be_a_run_or_step(tmp_path):
     with pytest.raises(compose.InputError, match="neither a training workdir"):
         compose.resolve_checkpoint(str(tmp_path))
+
+
+def test_benchmark_mode_needs_a_benchmark_folder(tmp_path):
+    args = compose.build_parser().parse_args(["anyscene", "--base", str(tmp_path), "--checkpoint", str(tmp_path),
+                                              "--benchmark", str(tmp_path), "--out", str(tmp_path / "gen")])
+    with pytest.raises(compose.InputError, match="no prompts.json"):
+        compose.compose_anyscene(args)
+    args = compose.build_parser().parse_args(["anyscene", "--base", str(tmp_path), "--checkpoint", str(tmp_path),
+                                              "--out", str(tmp_path / "o.png")])
+    with pytest.raises(compose.InputError, match="give --foreground"):
+        compose.compose_anyscene(args)
