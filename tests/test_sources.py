@@ -466,3 +466,9 @@ def test_synthetic_cli_writes_both_layouts(tmp_path, capsys):
         assert png.mode == "P" and set(np.unique(np.array(png))) == {0, 1, 2}  # both objects by frame 2
     with pytest.raises(ValueError, match="image_size >= 32"):
         synthetic.write_synthetic(tmp_path / "small", image_size=(16, 16))
+
+
+def test_synthetic_writer_without_videos(tmp_path):
+    truth = synthetic.write_synthetic(tmp_path, num_images=2, num_videos=0)
+    assert len(truth.images) == 2 and not truth.videos
+    assert json.loads((tmp_path / "youtube_vos" / "meta.json").read_text()) == {"videos": {}}

@@ -281,6 +281,7 @@ def write_youtube_vos(root: Path, truth: SyntheticTruth, num_videos: int, num_fr
                                             for i in (1, 2)}}
         truth.videos[name] = {"frames": frames, "annotations": pngs, "labels": np.stack(label_maps),
                               "objects": {i: objects[i - 1]["category"] for i in (1, 2)}}
+    root.mkdir(parents=True, exist_ok=True)  # also when num_videos == 0
     (root / "meta.json").write_text(json.dumps(meta, indent=1))
 
 

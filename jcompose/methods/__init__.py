@@ -13,4 +13,4 @@ def build(config) -> Method:
         from jcompose.methods.anyscene import AnySceneMethod
 
         return AnySceneMethod(config)
-    raise ValueError(f"config.method = {config.method!r}: unknown; available: 'denoise'")
+    raise ValueError(f"config.method = {config.method!r}: unknown; available: 'denoise', 'anyscene'")

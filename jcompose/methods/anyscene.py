@@ -125,11 +125,11 @@ class AnySceneMethod:
         if data.coco_root == "synthetic":  # COCO-layout synthetic data written into the workdir
             if self.workdir is None:
                 raise ValueError("config.data.coco_root = 'synthetic' needs init(workdir) first")
-            from input_pipeline.sources.synthetic import write_synthetic  # (num_videos=0 fails there: 1 is tiny)
+            from input_pipeline.sources.synthetic import write_synthetic
 
             root = self.workdir / "data" / "coco"
             if not (root / "annotations" / "instances.json").exists():
-                write_synthetic(self.workdir / "data", num_images=data.num_records, num_videos=1, num_frames=2,
+                write_synthetic(self.workdir / "data", num_images=data.num_records, num_videos=0,
                                 image_size=(data.image_size, data.image_size + data.image_size // 4),
                                 seed=data.seed)
             return root / "images", root / "annotations" / "instances.json", root / "annotations" / "captions.json"
