@@ -140,3 +140,11 @@ def test_bucket_env_gives_the_default_workdir(fake):
     result = fake("denoise", "--dry-run", JCOMPOSE_BUCKET="my-bucket")
     assert result.returncode == 0, result.stderr
     assert "--workdir=gs://my-bucket/jcompose/jcompose-denoise" in result.stdout
+
+
+def test_anyscene_dry_run_prints_the_pod_command(fake):
+    result = fake("anyscene", "--dry-run", "--accelerator", "v5p-64", "--workdir", "gs://b/anyscene")
+    assert result.returncode == 0, result.stderr
+    train = next(line for line in result.stdout.splitlines() if "jcompose.train" in line)
+    assert "--worker=all" in train and "--config=configs/anyscene.py" in train and "--multihost" in train
+    assert fake.calls() == []
