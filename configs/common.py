@@ -67,15 +67,20 @@ def _get(config, dotted: str):
     return value
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-    """`configs/<method>.py[:variant]` -> its get_config(variant), as `--config=` would load it."""
+def load_module(path: str, kind: str):
+    """Imports a Python file by path (configs and sweeps are code); `kind` names it in errors."""
     import importlib.util
     from pathlib import Path
 
-    path, _, arg = spec.partition(":")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"config {spec!r}: no such file {path} (expected configs/<method>.py[:variant])")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+        raise FileNotFoundError(f"{kind} {path}: no such file")
+    module_spec = importlib.util.spec_from_file_location(f"_{kind}_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """`configs/<method>.py[:variant]` -> its get_config(variant), as `--config=` would load it."""
+    path, _, arg = spec.partition(":")
+    return load_module(path, "config").get_config(arg)

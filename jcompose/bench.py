@@ -196,6 +196,16 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _seconds_per_step(step, repeats: int) -> float:
+    """Mean seconds of `repeats` calls of a synchronising `step()`, after one warm-up call
+    (allocator, cuDNN autotuning)."""
+    step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
 def _torch_denoise_step_seconds(folder: Path, batch: dict, lr: float, repeats: int) -> float | None:
     """Seconds per optimizer step of the equivalent diffusers PyTorch training step (UNet trained,
     VAE/text encoder frozen, AdamW, clip 1.0; bf16 autocast on GPU), or None without torch."""
@@ -232,11 +242,7 @@ def _torch_denoise_step_seconds(folder: Path, batch: dict, lr: float, repeats: i
             torch.cuda.synchronize()
         return loss
 
-    step()  # warm-up (allocator, cuDNN autotuning)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
+    return _seconds_per_step(step, repeats)
 
 
 def _torch_anyscene_step_seconds(folder: Path, batch: dict, config, repeats: int) -> float | None:
@@ -303,11 +309,7 @@ def _torch_anyscene_step_seconds(folder: Path, batch: dict, config, repeats: int
             torch.cuda.synchronize()
         return loss
 
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
+    return _seconds_per_step(step, repeats)
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,7 +17,6 @@ and a Markdown table on stdout). `tpu` prints one `launch_tpu.sh` command per ru
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import itertools
 import json
@@ -61,12 +60,12 @@ def run_name(overrides: dict[str, Any]) -> str:
 
 def load_sweep(spec: str) -> dict[str, Any]:
     """Loads `path.py[:arg]` and validates what its get_sweep returns; errors name the file."""
+    from configs.common import load_module
+
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
         raise FileNotFoundError(f"--sweep {path}: no such file (expected configs/sweeps/<name>.py[:arg])")
-    module_spec = importlib.util.spec_from_file_location(f"_sweep_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_module(path, "sweep")
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"{path}: defines no get_sweep(arg)")
     sweep = module.get_sweep(arg)
