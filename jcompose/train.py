@@ -127,11 +127,14 @@ def init_state(config, method, mesh, workdir: str):
     params, optimizer moments, EMA and frozen modules are replicated, or split over 'fsdp'.
     """
     params, frozen = method.init(workdir)
+    # The step donates the state's buffers: params and EMA get their own copies, so none aliases
+    # another state leaf or a frozen module (a method may hand out views of loaded weights).
+    params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
     tx, lr_schedule = make_optimizer(config)
     state = {"step": jnp.array(0, jnp.int32), "params": params, "opt_state": tx.init(params),
              "rng": jax.random.PRNGKey(config.seed), "nonfinite": jnp.array(0, jnp.int32)}
     if config.train.ema_decay:
-        state["ema"] = params
+        state["ema"] = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
     state = jax.device_put(state, parallel.fsdp_shardings(state, mesh, config.mesh.fsdp_min_size))
     frozen = jax.device_put(frozen, parallel.fsdp_shardings(frozen, mesh, config.mesh.fsdp_min_size))
     return state, frozen, tx, lr_schedule

@@ -36,7 +36,9 @@ def _compile_cache(tmp_path_factory):
 def _small(steps, **train):
     config = get_config("tiny")
     config.data.image_size = 32
-    config.train.update(batch_size=4, steps=steps, log_every=1, ckpt_every=2, sample_count=2, **train)
+    # EMA on: its state must survive donation, checkpoints and resume like the params.
+    config.train.update(batch_size=4, steps=steps, log_every=1, ckpt_every=2, sample_count=2, ema_decay=0.9,
+                        **train)
     config.sample.steps = 2
     return config
 
@@ -46,7 +48,8 @@ def _params(workdir):
     step = ckpt.steps()[-1]
     state, _ = ckpt.read(step)
     ckpt.close()
-    return step, {k: np.asarray(v) for k, v in flatten_dict(state["params"]).items()}
+    trained = {"params": state["params"], **({"ema": state["ema"]} if "ema" in state else {})}
+    return step, {k: np.asarray(v) for k, v in flatten_dict(trained).items()}
 
 
 def test_resume_is_exact(tmp_path):
@@ -61,6 +64,8 @@ def test_resume_is_exact(tmp_path):
     assert step_a == step_b == 4 and a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+    ema_kernel = next(k for k in a if k[0] == "ema" and k[-1] == "kernel")
+    assert not np.array_equal(a[ema_kernel], a[("params",) + ema_kernel[1:]])  # the EMA is tracked separately
     assert list((tmp_path / "a" / "tb").iterdir())  # TensorBoard event file
     assert list((tmp_path / "a" / "samples").glob("*.png"))
 
@@ -211,7 +216,8 @@ def test_non_finite_step_is_not_applied():
     state, metrics = step(state, {}, {"x": good["x"], "y": good["y"].at[0, 0].set(jnp.nan)})
     assert not np.isfinite(float(metrics["loss"]))
     assert int(state["nonfinite"]) == 1 and int(state["step"]) == 2
-    for a, b in zip(jax.tree_util.tree_leaves(before["params"]), jax.tree_util.tree_leaves(state["params"])):
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(before["params"]), leaves(state["params"]), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
     np.testing.assert_array_equal(before["ema"]["w"], np.asarray(state["ema"]["w"]))
 
@@ -224,7 +230,7 @@ _FSDP_SCRIPT = textwrap.dedent(
     from jcompose import train
     config = get_config("tiny")
     config.data.image_size = 32
-    config.train.update(batch_size=4, steps=2, log_every=1, ckpt_every=2, sample_count=2)
+    config.train.update(batch_size=4, steps=2, log_every=1, ckpt_every=2, sample_count=2, ema_decay=0.9)
     config.sample.steps = 2
     config.mesh.update(fsdp=2, fsdp_min_size=1024)  # the tiny UNet's kernels are small
     train.train(config, sys.argv[1])
