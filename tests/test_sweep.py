@@ -72,6 +72,7 @@ def get_sweep(arg):
 """
 
 
+@pytest.mark.slow
 def test_run_sweep_and_collect_the_table(tmp_path):
     root = tmp_path / "runs"
     command = [sys.executable, "-m", "jcompose.sweep", "run", f"--sweep={_sweep_file(tmp_path, SMALL)}",

@@ -52,6 +52,7 @@ def _params(workdir):
     return step, {k: np.asarray(v) for k, v in flatten_dict(trained).items()}
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     straight = train.train(_small(4), tmp_path / "a")
     first = train.train(_small(2), tmp_path / "b")
@@ -70,6 +71,7 @@ def test_resume_is_exact(tmp_path):
     assert list((tmp_path / "a" / "samples").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "jcompose.train", "--config=configs/denoise.py:tiny", f"--workdir={workdir}",
@@ -238,6 +240,7 @@ _FSDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fsdp_run_resumes_on_another_device_count(tmp_path, capsys):
     """2 steps on 4 devices (data 2 x fsdp 2, params split), then resumed on this 1-device process."""
     workdir = tmp_path / "run"
