@@ -24,16 +24,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from input_pipeline.records import RecordError
+from input_pipeline.records import RecordError, rgb_field
 from jcompose import imaging
 
 
 def _check_instances(record: dict) -> tuple[str, np.ndarray, np.ndarray, list, list]:
     source = str(record.get("source", "<instances record>"))
-    image, masks = record.get("image"), record.get("masks")
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise RecordError(source, f"field 'image' must be uint8 (H, W, 3) RGB, got {got}")
+    image = rgb_field(record, "image", source)
+    masks = record.get("masks")
     if not isinstance(masks, np.ndarray) or masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
         got = f"{masks.dtype} {masks.shape}" if isinstance(masks, np.ndarray) else type(masks).__name__
         raise RecordError(source, f"field 'masks' must be uint8 (N, {image.shape[0]}, {image.shape[1]}), got {got}")

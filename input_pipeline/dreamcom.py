@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from input_pipeline.records import RecordError
+from input_pipeline.records import RecordError, rgb_field
 from jcompose import imaging
 
 _PAD = 2  # mask label of zoom padding, as in the released code
@@ -27,10 +27,8 @@ _PAD = 2  # mask label of zoom padding, as in the released code
 
 def _check_reference(record: dict) -> tuple[str, np.ndarray, np.ndarray]:
     source = str(record.get("source", "<reference record>"))
-    image, mask = record.get("image"), record.get("mask")
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise RecordError(source, f"field 'image' must be uint8 (H, W, 3) RGB, got {got}")
+    image = rgb_field(record, "image", source)
+    mask = record.get("mask")
     if not isinstance(mask, np.ndarray) or mask.shape != image.shape[:2]:
         got = f"{mask.dtype} {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
         raise RecordError(source, f"field 'mask' must be uint8 {image.shape[:2]} in {{0, 1}}, got {got}")
@@ -111,10 +109,8 @@ def make_transform(
 
 def _check_background(record: dict) -> tuple[str, np.ndarray, imaging.Box]:
     source = str(record.get("source", "<background record>"))
-    image, box = record.get("image"), record.get("box")
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise RecordError(source, f"field 'image' must be uint8 (H, W, 3) RGB, got {got}")
+    image = rgb_field(record, "image", source)
+    box = record.get("box")
     h, w = image.shape[:2]
     try:
         x0, y0, x1, y1 = (int(v) for v in box)

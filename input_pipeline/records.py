@@ -124,3 +124,12 @@ def field(obj: Any, key: str, kind: type | tuple[type, ...], path: str | Path, w
         expected = " or ".join(k.__name__ for k in kinds)
         raise RecordError(path, f"field {name!r}: expected {expected}, got {type(value).__name__} {value!r:.60}")
     return value
+
+
+def rgb_field(record: dict, key: str, source: str) -> np.ndarray:
+    """record[key] as a uint8 (H, W, 3) RGB array, or RecordError naming the record and the field."""
+    image = record.get(key)
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise RecordError(source, f"field {key!r} must be uint8 (H, W, 3) RGB, got {got}")
+    return image

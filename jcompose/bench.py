@@ -206,21 +206,28 @@ def _seconds_per_step(step, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _torch_sd_modules(folder: Path, device: str):
+    """diffusers/transformers PyTorch VAE, CLIP text encoder, UNet (all frozen) and DDPM scheduler."""
+    import diffusers
+    import transformers
+
+    vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae").to(device).requires_grad_(False)
+    text = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).requires_grad_(False)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").to(device).requires_grad_(False)
+    return vae, text, unet, diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+
+
 def _torch_denoise_step_seconds(folder: Path, batch: dict, lr: float, repeats: int) -> float | None:
     """Seconds per optimizer step of the equivalent diffusers PyTorch training step (UNet trained,
     VAE/text encoder frozen, AdamW, clip 1.0; bf16 autocast on GPU), or None without torch."""
     try:
-        import diffusers
         import torch
-        import transformers
     except ImportError:
         return None
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae").to(device).requires_grad_(False)
-    text = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).requires_grad_(False)
-    unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").to(device).train()
-    scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+    vae, text, unet, scheduler = _torch_sd_modules(folder, device)
+    unet.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
     images = torch.from_numpy(np.asarray(batch["image"])).permute(0, 3, 1, 2).contiguous().to(device)
     ids = torch.from_numpy(np.asarray(batch["input_ids"]).astype(np.int64)).to(device)
@@ -253,17 +260,13 @@ def _torch_anyscene_step_seconds(folder: Path, batch: dict, config, repeats: int
         import diffusers
         import torch
         import torch.nn.functional as F
-        import transformers
     except ImportError:
         return None
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     lc = config.loss
-    vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae").to(device).requires_grad_(False)
-    text = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").to(device).requires_grad_(False)
-    unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "unet").to(device).requires_grad_(False)
+    vae, text, unet, scheduler = _torch_sd_modules(folder, device)
     controlnet = diffusers.ControlNetModel.from_unet(unet).to(device).train()
-    scheduler = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
     alphas = scheduler.alphas_cumprod.to(device)
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=config.optim.lr)
 

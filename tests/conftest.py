@@ -22,6 +22,17 @@ def tiny_dinov2(tmp_path_factory):
     return tiny.write_tiny_dinov2(tmp_path_factory.mktemp("dinov2") / "dinov2")
 
 
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for one test module: repeated programs compile once."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", None)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

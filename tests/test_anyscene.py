@@ -20,13 +20,8 @@ from jcompose import attention, methods
 from jcompose.tokens import token_positions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(tmp_path_factory):
-    # compose runs the same sampling program twice: the persistent cache makes the repeat cheap.
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
+# compose runs the same sampling program twice: the persistent cache makes the repeat cheap.
+pytestmark = pytest.mark.usefixtures("compile_cache")
 
 
 @pytest.fixture(scope="module")

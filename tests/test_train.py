@@ -24,13 +24,8 @@ from jcompose.checkpoint import CheckpointError, Checkpointer, abstract_like
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(tmp_path_factory):
-    # Runs of the same config compile the same programs: the persistent cache makes repeats cheap.
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
+# Runs of the same config compile the same programs: the persistent cache makes repeats cheap.
+pytestmark = pytest.mark.usefixtures("compile_cache")
 
 
 def _small(steps, **train):
