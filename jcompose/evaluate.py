@@ -98,7 +98,7 @@ def _pytorch_fid_prepare(size: int) -> Callable:
     def prepare(image):
         if image.shape[:2] != (size, size):
             # In-graph resize needs one input size per batch: resize on the host the same way.
-            image = np.asarray(fid.resize_bilinear(jnp.asarray(image[None], jnp.float32), size)[0])
+            image = fid.resize_bilinear_host(image, size)
             return (image / 127.5 - 1.0).astype(np.float32)
         return (image.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
     return prepare

@@ -84,6 +84,17 @@ def test_kid_matches_pairwise_reference(rng):
     np.testing.assert_allclose(mean, _kid_reference(x, y, 8), rtol=1e-10)
 
 
+def test_host_resize_matches_torch_bilinear(rng):
+    """The evaluation pipeline's numpy resize (any input size, no device program per size)."""
+    torch = pytest.importorskip("torch")
+    for shape in ((64, 80, 3), (512, 384, 3), (17, 600, 3)):  # up, down, mixed
+        image = rng.integers(0, 256, shape).astype(np.uint8)
+        ours = fid.resize_bilinear_host(image)
+        t = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
+        ref = torch.nn.functional.interpolate(t, size=(299, 299), mode="bilinear", align_corners=False)
+        np.testing.assert_allclose(ours, ref[0].permute(1, 2, 0).numpy(), atol=1e-4)  # of 255
+
+
 def test_resize_matches_torch_bilinear(rng):
     torch = pytest.importorskip("torch")
     import jax.numpy as jnp

@@ -37,6 +37,25 @@ def resize_bilinear(images: jax.Array, size: int = IMAGE_SIZE) -> jax.Array:
     return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "linear", antialias=False)
 
 
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) interpolation weights of PyTorch bilinear, align_corners=False, no antialias."""
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(n_out), hi), frac)
+    return weights
+
+
+def resize_bilinear_host(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """`resize_bilinear` of one (H, W, C) image on the host (numpy, float32): the input pipeline's
+    version, so images of any size need no device program per size."""
+    rows, cols = _bilinear_matrix(image.shape[0], size), _bilinear_matrix(image.shape[1], size)
+    return np.einsum("ih,hwc,jw->ijc", rows, image.astype(np.float64), cols).astype(np.float32)
+
+
 def pytorch_fid_input(images: jax.Array) -> jax.Array:
     """Images in [-1, 1] (any size) -> the Inception input of pytorch-fid (resize in-graph).
 
