@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config file, variant, override or field value that cannot be used; the message names it."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -12,7 +18,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.compute_dtype = "float32"  # or "bfloat16" (the papers trained SD in fp16)
     c.model = ml_collections.ConfigDict(dict(base=""))
-    c.data = ml_collections.ConfigDict(dict(num_records=1000, image_size=512, seed=0, worker_count=0))
+    c.data = ml_collections.ConfigDict(dict(
+        num_records=1000, image_size=512, seed=0, worker_count=0,
+        strict=False,                 # raise on the first bad record (naming its file) instead of skipping it
+        max_consecutive_skips=1000,   # stop with an error when this many records in a row are unusable
+    ))
     c.train = ml_collections.ConfigDict(dict(
         batch_size=8,          # global batch per optimizer step
         grad_accum=1,          # micro-batches per step (batch_size must divide)
@@ -38,10 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the field and the expected form."""
+    """Raises ConfigError naming the field and the expected form."""
     def need(ok: bool, field: str, expected: str):
         if not ok:
-            raise ValueError(f"config.{field} = {_get(config, field)!r}: expected {expected}")
+            raise ConfigError(f"config.{field} = {_get(config, field)!r}: expected {expected}")
 
     need(config.compute_dtype in ("float32", "bfloat16"), "compute_dtype", "'float32' or 'bfloat16'")
     need(bool(config.model.base), "model.base", "a base-model folder or 'tiny:<base>'")
@@ -57,7 +67,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.mesh.fsdp >= 1, "mesh.fsdp", "a positive integer")
     need(config.optim.lr > 0, "optim.lr", "a positive float")
     need(config.optim.schedule in ("constant", "cosine"), "optim.schedule", "'constant' or 'cosine'")
-    need(config.data.image_size % 8 == 0, "data.image_size", "a multiple of 8 (the VAE factor)")
+    need(config.optim.warmup_steps >= 0, "optim.warmup_steps", "a count >= 0")
+    need(t.sample_count > 0 and t.sample_every >= 0, "train.sample_count",
+         "a positive count (and train.sample_every >= 0)")
+    d = config.data
+    need(d.image_size > 0 and d.image_size % 8 == 0, "data.image_size", "a positive multiple of 8 (the VAE factor)")
+    need(d.worker_count >= 0, "data.worker_count", "a count >= 0 (0: read in the main process)")
+    need(d.max_consecutive_skips > 0, "data.max_consecutive_skips", "a positive count")
 
 
 def _get(config, dotted: str):
@@ -68,19 +84,57 @@ def _get(config, dotted: str):
 
 
 def load_module(path: str, kind: str):
-    """Imports a Python file by path (configs and sweeps are code); `kind` names it in errors."""
+    """Imports a Python file by path (configs and sweeps are code); `kind` names it in errors.
+
+    Raises ConfigError naming the file for a missing file, a syntax error (with its line) or an
+    error while importing it.
+    """
     import importlib.util
     from pathlib import Path
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{kind} {path}: no such file")
+    if not path or not Path(path).is_file():
+        raise ConfigError(f"{kind} {path or '(empty path)'}: no such file")
     module_spec = importlib.util.spec_from_file_location(f"_{kind}_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"{kind} {path}, line {err.lineno}: syntax error: {err.msg}") from err
+    except Exception as err:
+        raise ConfigError(f"{kind} {path}: importing it raised {type(err).__name__}: {err}") from err
     return module
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-    """`configs/<method>.py[:variant]` -> its get_config(variant), as `--config=` would load it."""
+def load(spec: str, flag: str = "--config") -> ml_collections.ConfigDict:
+    """`configs/<method>.py[:variant]` -> its get_config(variant), as `--config=` would load it.
+
+    Raises ConfigError naming the file (and `flag`) when it cannot be loaded, defines no
+    get_config, or get_config refuses the variant.
+    """
     path, _, arg = spec.partition(":")
-    return load_module(path, "config").get_config(arg)
+    module = load_module(path, "config")
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"{flag}={spec}: {path} defines no get_config(arg)")
+    try:
+        return module.get_config(arg)
+    except Exception as err:
+        text = str(err)
+        raise ConfigError(text if path in text else f"{flag}={spec}: {type(err).__name__}: {text}") from err
+
+
+def check_override(config: ml_collections.ConfigDict, dotted: str, flag: str = "--config") -> None:
+    """Raises ConfigError when `dotted` (e.g. "train.steps") names no field of `config`, with the
+    closest field names as a suggestion."""
+    node, walked = config, []
+    for part in dotted.split("."):
+        where = ".".join(["config", *walked])
+        if not isinstance(node, (ml_collections.ConfigDict, dict)):
+            raise ConfigError(f"{flag}.{dotted}: {where} is a {type(node).__name__} ({node!r:.40}), not a group "
+                              "of fields")
+        if part not in node:
+            keys = sorted(node.keys())
+            close = difflib.get_close_matches(part, keys, n=1, cutoff=0.6)
+            hint = f"; did you mean {'.'.join([*walked, close[0]])!r}?" if close else f"; fields: {', '.join(keys)}"
+            raise ConfigError(f"{flag}.{dotted}: {where} has no field {part!r}{hint}")
+        node = node[part]
+        walked.append(part)

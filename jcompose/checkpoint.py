@@ -8,6 +8,13 @@ so a run resumes on a different device count. `workdir` may be local or a `gs://
 
 Kept: the newest `keep` checkpoints, plus the `keep_best` with the best value of `best_metric`
 (passed to `save` as metrics) when `keep_best` > 0.
+
+Damage and mismatch. A checkpoint whose files cannot be read is damaged: `restore_latest` moves it
+to `<workdir>/checkpoints/damaged/<step>` (as it is, never deleted; a warning names the new place)
+and tries the previous one, so training redoes the lost steps once and saves them anew. A
+checkpoint that reads fine but whose tree differs from the state the config builds (another
+method, EMA switched on or off, another model size) is not damage: `CheckpointMismatch` lists
+every differing path and shape, and nothing is moved.
 """
 
 from __future__ import annotations
@@ -18,13 +25,77 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 
+DAMAGED = "damaged"  # sub-folder of the checkpoints directory holding the damaged steps
+
+
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint whose tree (paths, shapes, dtypes) differs from the restore target."""
+
+
+def _key(entry) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _leaves(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{"params.unet.conv_in.kernel": (shape, dtype name)} for arrays or orbax ArrayMetadata leaves."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {".".join(_key(k) for k in path): (tuple(leaf.shape), str(jax.numpy.dtype(leaf.dtype)))
+            for path, leaf in flat}
+
+
+def tree_differences(saved: Any, wanted: Any, limit: int = 12) -> list[str]:
+    """What differs between a checkpoint's tree and the restore target, one line per path.
+
+    Args: saved, wanted: pytrees with `.shape` / `.dtype` leaves (arrays, ShapeDtypeStructs or
+    orbax metadata). Returns at most `limit` lines (and a count of the rest); [] when they fit.
+    """
+    a, b = _leaves(saved), _leaves(wanted)
+    lines = []
+    for path in sorted(a.keys() | b.keys()):
+        if path not in b:
+            lines.append(f"{path}: only in the checkpoint")
+        elif path not in a:
+            lines.append(f"{path}: only in this config")
+        elif a[path] != b[path]:
+            (sa, da), (sb, db) = a[path], b[path]
+            lines.append(f"{path}: saved {sa} {da}, this config {sb} {db}")
+    # Summarise subtrees that are wholly on one side (e.g. "ema" with its hundreds of arrays).
+    lines = _collapse(lines, a, b)
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def _collapse(lines: list[str], saved: dict, wanted: dict) -> list[str]:
+    out: list[str] = []
+    for side, mine, other in (("only in the checkpoint", saved, wanted), ("only in this config", wanted, saved)):
+        paths = [line.split(": ", 1)[0] for line in lines if line.endswith(side)]
+        done: set[str] = set()
+        for path in paths:
+            if path in done:
+                continue
+            parts = path.split(".")
+            # The shortest prefix with nothing of it on the other side.
+            for n in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:n])
+                if not any(p == prefix or p.startswith(prefix + ".") for p in other):
+                    break
+            members = [p for p in paths if p == prefix or p.startswith(prefix + ".")]
+            done.update(members)
+            count = sum(1 for p in mine if p == prefix or p.startswith(prefix + "."))
+            out.append(f"{prefix}: {side}" + (f" ({count} arrays)" if count > 1 else ""))
+    return out + [line for line in lines if not line.endswith(("only in the checkpoint", "only in this config"))]
 
 
 def _directory(workdir: str | epath.PathLike) -> epath.Path:
@@ -79,39 +150,131 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | None:
         """(step, state) of the newest readable checkpoint, or None if there is none.
 
-        `data_iterator` is moved to the saved position. A checkpoint that fails to read
-        (corrupt, half-written) is logged and skipped in favour of the previous one; if none can
-        be read, `CheckpointError` names the directory and each failure.
+        `data_iterator` is moved to the saved position. A damaged checkpoint (unreadable, half
+        written) is moved to `checkpoints/damaged/<step>` with a warning naming it, and the previous
+        one is tried; `CheckpointError` when every one was damaged. A readable checkpoint that does
+        not fit `abstract_state` raises `CheckpointMismatch` listing the differences (nothing moved).
         """
         steps = self.steps()
         if not steps:
             return None
-        errors = []
+        damaged = []
         for step in reversed(steps):
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator)))
-                if errors:
-                    logging.warning("checkpoints %s unreadable; resumed from step %d", errors, step)
-                return step, restored["state"]
+                saved = self.manager.item_metadata(step)["state"]
+                _leaves(saved)
             except Exception as err:  # orbax/tensorstore/json raise many types for damaged files
-                errors.append(f"{step} ({type(err).__name__}: {str(err)[:200]})")
-        raise CheckpointError(f"{self.directory}: no readable checkpoint among steps {steps}: {'; '.join(errors)}")
+                saved, failure = None, err
+            if saved is not None:
+                differences = tree_differences(saved, abstract_state)
+                if differences:
+                    raise CheckpointMismatch(
+                        f"{self.directory / str(step)}: checkpoint step {step} does not fit the state this config "
+                        f"builds (it is readable, not damaged): {'; '.join(differences)}. Train into a new "
+                        "--workdir, or use the config the run was started with.")
+                try:
+                    restored = self.manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                    failure = None
+                except Exception as err:
+                    failure = err
+            if _all_processes_ok(failure is None):
+                return step, restored["state"]
+            damaged.append(step)
+            self._set_aside(step, failure)
+        raise CheckpointError(f"{self.directory}: no readable checkpoint: steps {damaged} were damaged and moved "
+                              f"to {self.directory / DAMAGED}")
+
+    def _set_aside(self, step: int, error: BaseException | None) -> None:
+        """Moves a damaged step folder to `damaged/<step>` (`<step>.1`, ... when taken) on process 0."""
+        source = self.directory / str(step)
+        target = self.directory / DAMAGED / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            n = 0
+            while target.exists():
+                n += 1
+                target = self.directory / DAMAGED / f"{step}.{n}"
+            _move_tree(source, target)
+        else:
+            target = self.directory / DAMAGED / f"{step}[.n]"
+        _sync(f"jcompose_set_aside_{step}")
+        reason = f"{type(error).__name__}: {str(error)[:300]}" if error is not None else "unreadable on another host"
+        logging.warning("checkpoint step %d is damaged (%s); moved it to %s and trying the previous one",
+                        step, reason, target)
+        self.manager.reload()
 
     def read(self, step: int) -> tuple[Any, dict]:
-        """(state, data state of process 0) of one step as saved (host arrays, no target shardings)."""
+        """(state, data state of process 0) of one step as saved (host arrays, no target shardings).
+
+        Raises CheckpointError naming the step folder when it is missing or damaged.
+        """
+        folder = self.directory / str(step)
+        if step not in self.steps():
+            raise CheckpointError(f"{folder}: no checkpoint step {step} (steps: {self.steps()})")
         # Target: the saved shapes on one local device, whatever topology wrote them.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        saved = self.manager.item_metadata(step)["state"]
-        target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-        files = sorted((self.directory / str(step) / "data").glob("process_0-of-*.json"))
-        return restored["state"], json.loads(files[0].read_text()) if files else {}
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+            target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+            files = sorted((folder / "data").glob("process_0-of-*.json"))
+            data = json.loads(files[0].read_text()) if files else {}
+        except Exception as err:
+            raise CheckpointError(f"{folder}: step {step} is damaged ({type(err).__name__}: {str(err)[:200]})") from err
+        return restored["state"], data
+
+    def read_latest(self) -> tuple[int, Any, dict]:
+        """(step, state, data state) of the newest readable step, as `read`; damaged newer steps are
+        skipped with a warning (and left where they are: readers do not change a run)."""
+        errors = []
+        for step in reversed(self.steps()):
+            try:
+                return (step, *self.read(step))
+            except CheckpointError as err:
+                logging.warning("checkpoint step %d is damaged; using the previous one (%s)", step, err)
+                errors.append(step)
+        raise CheckpointError(f"{self.directory}: no readable checkpoint" + (
+            f": steps {errors} are damaged" if errors else " (no checkpoints/<step> folders)"))
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _move_tree(source: epath.Path, target: epath.Path) -> None:
+    """Renames a folder; where the file system cannot (object stores), copies it, then removes it."""
+    try:
+        source.rename(target)
+        return
+    except OSError:
+        if not source.is_dir():
+            raise
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            path.copy(destination)
+    source.rmtree()
+
+
+def _all_processes_ok(ok: bool) -> bool:
+    """Whether every process succeeded (all hosts must restore the same step)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.array([ok])).all())
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def abstract_like(state: Any) -> Any:

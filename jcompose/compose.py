@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jcompose import cli
+from jcompose.cli import InputError
+
 BLENDS = ("poisson", "paste", "none")
-
-
-class InputError(ValueError):
-    """A user input (file, flag) is unusable; the message names it and what was expected."""
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -110,6 +109,25 @@ def resolve_checkpoint(path: str) -> tuple[Path, int]:
                      "<workdir>/checkpoints/<step> folder")
 
 
+def read_checkpoint(path: str) -> tuple[int, dict]:
+    """(step, saved state as host arrays) of `--checkpoint`: a step folder as it is, or a workdir's
+    newest readable step (a damaged newer one is skipped with a warning naming it, as training does).
+    Raises InputError naming the path when there is no readable checkpoint."""
+    from jcompose.checkpoint import CheckpointError, Checkpointer
+
+    workdir, step = resolve_checkpoint(path)
+    checkpointer = Checkpointer(workdir)
+    try:
+        if Path(path).name.isdigit():
+            return step, checkpointer.read(step)[0]
+        step, state, _ = checkpointer.read_latest()
+        return step, state
+    except CheckpointError as err:
+        raise InputError(f"--checkpoint: {err}") from None
+    finally:
+        checkpointer.close()
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
@@ -144,16 +162,13 @@ def attention_grid(result: np.ndarray, maps: np.ndarray, words: list[str]) -> np
 def load_anyscene(args):
     """(method, params, frozen, step) from --base, --checkpoint, --dtype, --ema."""
     from configs.anyscene import get_config
-    from jcompose.checkpoint import Checkpointer
     from jcompose.methods.anyscene import AnySceneMethod
 
-    workdir, step = resolve_checkpoint(args.checkpoint)
-    checkpointer = Checkpointer(workdir)
-    try:
-        state, _ = checkpointer.read(step)
-    finally:
-        checkpointer.close()
-    tree = state["ema"] if args.ema and "ema" in state else state["params"]
+    step, state = read_checkpoint(args.checkpoint)
+    if args.ema and "ema" not in state:
+        raise InputError(f"--ema: checkpoint step {step} of {args.checkpoint} has no EMA params (it was trained "
+                         "with train.ema_decay = 0); leave out --ema")
+    tree = state["ema"] if args.ema else state["params"]
     if "controlnet" not in tree:
         raise InputError(f"--checkpoint {args.checkpoint}: step {step} holds {sorted(tree)}, not an AnyScene "
                          "'controlnet'")
@@ -298,19 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params if it has them")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params (trained with EMA)")
     p.add_argument("--show-attention", action="store_true", help="also write <out>_attention.png")
     p.add_argument("--out", required=True, help="output image (.png), or a folder with --benchmark")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    try:
+    """Parses argv (without the program name), composes, prints what was written; returns it.
+    Input errors print `error: ...` and exit 2 (`--debug` or JCOMPOSE_DEBUG=1: the traceback)."""
+    args = build_parser().parse_args(cli.pop_debug(sys.argv[1:] if argv is None else argv))
+    with cli.guard():
         written = compose_anyscene(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     what = f"{written['count']} images to " if "count" in written else ""
     print(f"wrote {what}{written['image']} (checkpoint step {written['step']})"
           + (f" and {written['attention']}" if "attention" in written else ""))
