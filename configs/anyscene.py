@@ -26,12 +26,34 @@ def get_config(arg: str = ""):
         cond_format="inpaint",    # "inpaint": [0,1] with the area to generate at -1 (ControlNet-Inpaint); "signed"
         conditioning_scale=1.0,
     )
+    # Training data (input_pipeline/anyscene_sources.py): each dataset with a root and a weight > 0 is
+    # used; several are mixed by weight. Paths are relative to their root unless absolute.
     c.data.update(
         coco_root="",             # COCO root, or "synthetic" (written into the workdir)
         image_dir="train2017",
         instances_json="annotations/instances_train2017.json",
         captions_json="annotations/captions_train2017.json",
         min_area=0.0,             # COCO annotation area (px) below which instances are dropped
+        coco_weight=1.0,
+        openimages_root="",       # Open Images segmentation (input_pipeline/sources/openimages.py)
+        openimages_csv="train-annotations-object-segmentation.csv",
+        openimages_masks="masks",           # mask PNGs, flat or in train-masks-<c>/ folders
+        openimages_images="train",          # <ImageID>.jpg, flat or in train_<c>/ folders
+        openimages_classes="class-descriptions-boxable.csv",  # or oidv7-class-descriptions.csv
+        openimages_captions="",   # side captions JSON {image: caption}; "": "a photo of <labels>"
+        openimages_min_mask_area=0.0,       # fraction of the image below which masks are dropped
+        openimages_max_instances=0,         # largest masks kept per image (0: all)
+        openimages_weight=1.0,
+        faces_root="",            # FFHQ-style faces (input_pipeline/sources/faces.py)
+        faces_images="images",
+        faces_masks="",           # binary masks <stem>.png, or
+        faces_label_maps="label_maps",      # integer label PNGs <stem>.png (face parsing)
+        faces_foreground_labels=(),         # () = every label but faces_background_labels
+        faces_background_labels=(0,),
+        faces_label="person",
+        faces_captions="",        # side captions JSON; "": "a photo of a person"
+        faces_weight=1.0,         # the paper gives no shares: 1 : 1 : 1 is a guess
+        caption_fallback=True,    # "a photo of <labels>" where a side file has no caption
         max_objects=3,
         min_object_area=0.01,
         max_object_area=0.8,
@@ -58,7 +80,10 @@ def get_config(arg: str = ""):
         c.loss.remat_decode = False
     elif arg == "":
         c.model.update(base="/models/stable-diffusion-v1-5", controlnet="/models/control_v11p_sd15_inpaint")
-        c.data.update(coco_root="/data/coco", image_size=512, worker_count=8)
+        # COCO + Open Images + FFHQ (paper Sec. 5.1); the side files hold BLIP-2 captions (README)
+        c.data.update(coco_root="/data/coco", openimages_root="/data/openimages",
+                      openimages_captions="captions_blip2.json", faces_root="/data/ffhq",
+                      faces_captions="captions_blip2.json", image_size=512, worker_count=8)
         c.train.update(batch_size=16, steps=100_000, ckpt_every=5000, sample_every=5000)
         c.optim.update(lr=1e-5, weight_decay=1e-2)
         c.compute_dtype = "bfloat16"
