@@ -13,6 +13,9 @@ transform's keys) and adds it to `iterator.skipped`, a `SkipCounter` (`.count`) 
 counter object rather than a batch field, so model code never sees bookkeeping keys, and it counts in
 the main process, where a plain attribute would not see worker-side increments. `strict=True` lets the
 `RecordError` (naming the file) propagate instead. The count is per process and restarts at 0 on resume.
+A source with no records, or a stream in which `max_consecutive_skips` records in a row are unusable,
+stops with a `RecordError` naming the source and the most frequent reasons, instead of an endless
+retry; the first few skips are logged one by one, then one line per power of ten.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -29,6 +33,8 @@ import numpy as np
 from input_pipeline.records import RecordError
 
 SKIPPED_KEY = "_skipped_before"
+MAX_CONSECUTIVE_SKIPS = 1000
+LOGGED_ONE_BY_ONE = 5  # skipped records logged individually per process, then one line per power of ten
 logger = logging.getLogger(__name__)
 
 
@@ -62,6 +68,7 @@ class _CatchRecordErrors(grain.MapDataset):
 
     def __init__(self, parent: grain.MapDataset):
         super().__init__(parent)
+        self._logged = 0  # per process (each grain worker has its own copy)
 
     def __len__(self) -> int:
         return len(self._parent)
@@ -72,7 +79,12 @@ class _CatchRecordErrors(grain.MapDataset):
         try:
             return self._parent[index]
         except RecordError as err:
-            logger.warning("skipping bad record %s: %s", err.path, err.reason)
+            self._logged += 1
+            if self._logged <= LOGGED_ONE_BY_ONE:
+                logger.warning("skipping bad record %s: %s", err.path, err.reason)
+            elif str(self._logged).strip("0") == "1":  # 10, 100, 1000, ...
+                logger.warning("skipped %d bad records in this process so far (latest: %s: %s)", self._logged,
+                               err.path, err.reason)
             return Skipped(err.path, err.reason)
 
     def __str__(self) -> str:
@@ -80,28 +92,39 @@ class _CatchRecordErrors(grain.MapDataset):
 
 
 class _DropSkipped(grain.IterDataset):
-    """Drops Skipped markers; each example gets SKIPPED_KEY = how many were dropped right before it."""
+    """Drops Skipped markers; each example gets SKIPPED_KEY = how many were dropped right before it.
 
-    def __init__(self, parent: grain.IterDataset):
+    `limit` markers in a row raise RecordError(source_name, the most frequent reasons with counts).
+    """
+
+    def __init__(self, parent: grain.IterDataset, limit: int, source_name: str):
         super().__init__(parent)
+        self._limit, self._source_name = limit, source_name
 
     def __iter__(self):
-        return _DropSkippedIterator(self._parent.__iter__())
+        return _DropSkippedIterator(self._parent.__iter__(), self._limit, self._source_name)
 
     def __str__(self) -> str:
         return "DropSkipped"
 
 
 class _DropSkippedIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, limit: int, source_name: str):
         super().__init__(parent)
+        self._limit, self._source_name = limit, source_name
 
     def __next__(self) -> dict:
         skipped = 0
+        reasons: Counter = Counter()
+        examples: dict[str, str] = {}
         while True:
             element = next(self._parent)
             if isinstance(element, Skipped):
                 skipped += 1
+                reasons[element.reason] += 1
+                examples.setdefault(element.reason, element.path)
+                if skipped >= self._limit:
+                    raise _no_usable_records(self._source_name, skipped, reasons, examples)
                 continue
             if not isinstance(element, dict):
                 raise TypeError(f"transform must return a dict of arrays, got {type(element).__name__}")
@@ -112,6 +135,23 @@ class _DropSkippedIterator(grain.DatasetIterator):
 
     def set_state(self, state) -> None:
         self._parent.set_state(state)
+
+
+def _no_usable_records(source_name: str, count: int, reasons: Counter, examples: dict) -> RecordError:
+    common = "; ".join(f"{reason!r} x{n} (e.g. {examples[reason]})" for reason, n in reasons.most_common(3))
+    more = f"; and {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+    return RecordError(source_name, f"no usable record in the last {count} records: {common}{more}. Fix the data, "
+                                    "or raise data.max_consecutive_skips if most records are meant to be filtered")
+
+
+def source_name(source: Any) -> str:
+    """A source's name for messages: its class and the file or folder it reads, where it has one."""
+    name = type(source).__name__
+    for attribute in ("annotation_path", "root", "path", "image_dir"):
+        where = getattr(source, attribute, None)
+        if where:
+            return f"{where} ({name})"
+    return name
 
 
 def takes_rng(transform: Callable) -> bool:
@@ -160,21 +200,33 @@ def mix_sources(components: Sequence[tuple[Any, float] | tuple[Any, float, Calla
 def make_dataset(source: Any, transform: Callable, *, per_process_batch: int, seed: int, process_index: int = 0,
                  process_count: int = 1, worker_count: int = 0, strict: bool = False,
                  random_transform: bool | None = None, worker_buffer_size: int = 1,
-                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+                 read_options: grain.ReadOptions | None = None,
+                 max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS) -> grain.IterDataset:
     """The grain IterDataset behind `make_iterator` (same arguments); batches still carry SKIPPED_KEY."""
     if per_process_batch < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"per_process_batch={per_process_batch} must be >= 1 and process_index={process_index} "
                          f"in [0, process_count={process_count})")
+    if max_consecutive_skips < 1:
+        raise ValueError(f"max_consecutive_skips={max_consecutive_skips}: expected >= 1")
+    name = source_name(source)
     base = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
+    if len(base) == 0:
+        raise RecordError(name, "the source has no records (an empty annotation file or folder, or every record "
+                                "filtered out)")
     # One global shuffled stream per epoch, dealt round-robin to processes: N shards partition each epoch.
     # An endless dataset (e.g. mix_sources) is already a shuffled stream: it is only dealt out.
     endless = len(base) >= sys.maxsize
+    # Unusable records in a row before giving up: two epochs of this shard if that is fewer (a small
+    # source whose every record fails), but never under 100 (random filters may reject many in a row).
+    limit = max_consecutive_skips if endless else min(max_consecutive_skips,
+                                                      max(2 * -(-len(base) // process_count), 100))
     dataset = (base.seed(seed) if endless else base.seed(seed).shuffle().repeat())[process_index::process_count]
     random = takes_rng(transform) if random_transform is None else random_transform
     dataset = dataset.random_map(transform) if random else dataset.map(transform)
     if not strict:
         dataset = _CatchRecordErrors(dataset)
-    dataset = _DropSkipped(dataset.to_iter_dataset(read_options)).batch(per_process_batch, drop_remainder=True)
+    dataset = _DropSkipped(dataset.to_iter_dataset(read_options), limit, name).batch(per_process_batch,
+                                                                                     drop_remainder=True)
     if worker_count > 0:
         _absl_flags_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
@@ -196,6 +248,7 @@ def make_iterator(
     random_transform: bool | None = None,
     worker_buffer_size: int = 1,
     read_options: grain.ReadOptions | None = None,
+    max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS,
 ) -> grain.DatasetIterator:
     """Endless iterator of host-local batches (dicts of stacked numpy arrays, leading axis per_process_batch).
 
@@ -218,6 +271,8 @@ def make_iterator(
       read_options: grain.ReadOptions for reading+transforming elements in each process (grain's default:
         16 threads, 500 elements buffered, i.e. about 1.5 GB per process at 512x512 float32 images; lower
         `prefetch_buffer_size` when memory is short).
+      max_consecutive_skips: unusable records in a row after which the stream stops with a RecordError
+        naming the source and the most frequent reasons (at most two epochs of this shard, at least 100).
     Returns: a grain DatasetIterator (checkpointable with grain's handler) with an extra attribute
       `skipped`: SkipCounter of records skipped since it was created.
     """
@@ -225,7 +280,7 @@ def make_iterator(
     dataset = make_dataset(source, transform, per_process_batch=per_process_batch, seed=seed,
                            process_index=process_index, process_count=process_count, worker_count=worker_count,
                            strict=strict, random_transform=random_transform, worker_buffer_size=worker_buffer_size,
-                           read_options=read_options)
+                           read_options=read_options, max_consecutive_skips=max_consecutive_skips)
     iterator = iter(dataset.map(counter.add))
     iterator.skipped = counter
     return iterator

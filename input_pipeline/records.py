@@ -15,10 +15,15 @@ Record kinds (what sources yield, what method transforms read; arrays are numpy)
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# What PIL raises for a damaged or truncated file (OSError covers "image file is truncated" and
+# UnidentifiedImageError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error)
 
 
 class RecordError(ValueError):
@@ -39,16 +44,29 @@ class RecordError(ValueError):
 def read_image(path: str | Path) -> np.ndarray:
     """Decodes an image file to uint8 RGB (H, W, 3); grey and RGBA files are converted.
 
-    Raises RecordError naming the file when it is missing or not a decodable image.
+    Raises RecordError naming the file when it is missing, unreadable, empty, truncated or
+    otherwise not a decodable image: every decode failure, so the pipeline skips and counts it.
     """
     import cv2  # imported here so workers that never decode do not pay for it
 
-    data = np.fromfile(str(path), np.uint8) if Path(path).is_file() else None
+    try:
+        data = np.fromfile(str(path), np.uint8) if Path(path).is_file() else None
+    except OSError as err:
+        raise RecordError(path, f"image file not readable ({err})") from None
     if data is None:
         raise RecordError(path, "image file not found")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # 8-bit BGR whatever the file holds
+    if data.size == 0:
+        raise RecordError(path, "image file is empty (0 bytes)")
+    # A JPEG cut short has no end-of-image marker; some OpenCV builds decode such files into a
+    # grey-filled image instead of failing. FF D9 cannot occur inside entropy-coded data.
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-64:].tobytes():
+        raise RecordError(path, "truncated JPEG (no end-of-image marker)")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # 8-bit BGR whatever the file holds
+    except cv2.error as err:
+        raise RecordError(path, f"not a decodable image ({str(err).strip().splitlines()[-1][:120]})") from None
     if image is None:
-        raise RecordError(path, "not a decodable image (expected JPEG/PNG/BMP/WebP)")
+        raise RecordError(path, "not a decodable image (truncated, or not JPEG/PNG/BMP/WebP)")
     return np.ascontiguousarray(image[..., ::-1])
 
 
@@ -66,9 +84,11 @@ def read_label_png(path: str | Path) -> np.ndarray:
                 raise RecordError(path, f"annotation PNG has mode {image.mode!r}; expected a palette ('P') or "
                                         "single-channel ('L'/'1') PNG whose values are object ids")
             return np.array(image.convert("L") if image.mode == "1" else image, dtype=np.uint8)
+    except RecordError:
+        raise
     except FileNotFoundError:
         raise RecordError(path, "annotation PNG not found") from None
-    except OSError as err:
+    except _DECODE_ERRORS as err:  # PIL raises several kinds for damaged files
         raise RecordError(path, f"not a readable PNG ({err})") from None
 
 
@@ -91,7 +111,7 @@ def read_binary_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
                 values = np.array(image.convert("L"))
     except FileNotFoundError:
         raise RecordError(path, "mask file not found") from None
-    except OSError as err:
+    except _DECODE_ERRORS as err:
         raise RecordError(path, f"not a readable mask image ({err})") from None
     return (values > threshold).astype(np.uint8)
 

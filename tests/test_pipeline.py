@@ -225,3 +225,39 @@ def test_data_benchmark_measures_a_known_cost():
     assert workers_needed(50.0, 10.0, 8) == 2 and workers_needed(40.0, 10.0, 8) == 2
     assert workers_needed(39.9, 10.0, 8) == 3
     assert "per worker process" in format_report(result)
+
+
+class Broken(Numbers):
+    """Every record is unusable, for two reasons (2 of 3 'image file not found')."""
+
+    def __getitem__(self, i):
+        raise RecordError(f"/data/{i}.jpg", "mask too small" if i % 3 == 0 else "image file not found")
+
+
+def test_no_usable_record_stops_with_the_reasons():
+    it = make_iterator(Broken(12), ident, per_process_batch=2, seed=0, max_consecutive_skips=24)  # two epochs
+    with pytest.raises(RecordError) as err:
+        next(it)
+    text = str(err.value)
+    print(text)
+    assert "Broken" in text and "no usable record in the last 24 records" in text
+    assert "'image file not found' x16 (e.g. /data/" in text and "'mask too small' x8" in text
+    assert text.index("image file not found") < text.index("mask too small")  # most frequent first
+    assert "data.max_consecutive_skips" in text
+
+
+def test_no_usable_record_in_worker_processes():
+    it = make_iterator(Broken(6), ident, per_process_batch=2, seed=0, worker_count=1)
+    with pytest.raises(Exception, match="no usable record in the last"):
+        next(it)
+    _close(it)
+
+
+def test_an_empty_source_is_a_clear_error(tmp_path):
+    with pytest.raises(RecordError, match=r"Numbers: the source has no records"):
+        make_iterator(Numbers(0), ident, per_process_batch=2, seed=0)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    source = coco.CocoSource(tmp_path, path)
+    with pytest.raises(RecordError, match=rf"{path} \(CocoSource\): the source has no records"):
+        make_iterator(source, ident, per_process_batch=2, seed=0)

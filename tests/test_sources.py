@@ -472,3 +472,67 @@ def test_synthetic_writer_without_videos(tmp_path):
     truth = synthetic.write_synthetic(tmp_path, num_images=2, num_videos=0)
     assert len(truth.images) == 2 and not truth.videos
     assert json.loads((tmp_path / "youtube_vos" / "meta.json").read_text()) == {"videos": {}}
+
+
+# ------------------------------------------------------------------------------- damaged image files
+
+@pytest.fixture
+def damaged_images(syn, tmp_path):
+    """A zero-byte, a truncated JPEG, a truncated PNG and a text file named .jpg, next to good ones."""
+    jpeg = open(syn.images[0]["file"], "rb").read()
+    png = open(syn.videos["video000"]["annotations"][0], "rb").read()
+    files = {"zero.jpg": b"", "truncated.jpg": jpeg[: len(jpeg) * 6 // 10], "truncated_eoi.jpg": jpeg[:-2],
+             "truncated.png": png[: len(png) // 2], "zero.png": b"", "text.jpg": b"hello"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["zero.jpg", "truncated.jpg", "truncated_eoi.jpg", "truncated.png", "text.jpg"])
+def test_every_image_decode_failure_is_a_record_error(damaged_images, name):
+    from input_pipeline.records import read_image
+
+    with pytest.raises(RecordError, match=rf"{name}: ") as err:
+        read_image(damaged_images / name)
+    assert err.value.path == str(damaged_images / name)
+
+
+@pytest.mark.parametrize("name", ["zero.png", "truncated.png"])
+def test_damaged_annotation_pngs_are_record_errors(damaged_images, name):
+    from input_pipeline.records import read_binary_mask, read_label_png
+
+    for reader in (read_label_png, read_binary_mask):
+        with pytest.raises(RecordError, match=rf"{name}: not a readable"):
+            reader(damaged_images / name)
+
+
+def test_damaged_coco_images_are_skipped_and_counted(syn, tmp_path):
+    from input_pipeline.pipeline import make_iterator
+
+    shutil.copytree(syn.coco_dir, tmp_path / "coco")
+    images = sorted((tmp_path / "coco" / "images").glob("*.jpg"))
+    images[0].write_bytes(b"")  # zero bytes
+    images[1].write_bytes(images[1].read_bytes()[:500])  # truncated
+    source = coco.CocoSource(tmp_path / "coco" / "images", tmp_path / "coco" / "annotations" / "instances.json")
+    it = make_iterator(source, lambda r: {"h": np.int64(r["image"].shape[0])}, per_process_batch=2, seed=0)
+    batches = [next(it) for _ in range(6)]  # two epochs of the 4 good images
+    assert all((b["h"] == 96).all() for b in batches)
+    assert it.skipped.count == 4  # both bad images, in each of the two epochs
+
+
+# ------------------------------------------------------------------------------------------ silent drops
+
+def test_video_folder_without_annotations_warns_once_or_fails_strictly(syn, tmp_path, caplog):
+    import logging
+
+    shutil.copytree(syn.youtube_vos_dir, tmp_path / "ds")
+    for name in ("video000", "video001"):
+        shutil.rmtree(tmp_path / "ds" / "Annotations" / name)
+    with caplog.at_level(logging.WARNING):
+        source = video.VideoSource(tmp_path / "ds", use_meta=False)
+    assert len(source) == 2  # the one video left, 2 objects
+    # (records of this logger only: an earlier test's prefetch threads may still be logging)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == video.__name__]
+    assert len(warnings) == 1 and "2 of 3 videos" in warnings[0] and "video000" in warnings[0], warnings
+    with pytest.raises(RecordError, match=r"Annotations/video000: no annotation PNGs for the 6 frames"):
+        video.VideoSource(tmp_path / "ds", strict=True)

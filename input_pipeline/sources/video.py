@@ -16,12 +16,14 @@ uses K = 10 here too. The gap can be 0 for clips shorter than K frames, as in th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from input_pipeline.records import RecordError, field, load_json, read_image, read_label_png
 
+logger = logging.getLogger(__name__)
 GAP_DIVISOR = {"youtube_vos": 10, "mose": 10, "davis": 10}
 # AnyDoor's data-type label for adaptive timesteps: 1 (True) multi-view low quality, 2 multi-view high
 # quality; the released loaders give YouTube-VOS 1 and MOSE 2 (DAVIS is not in its mix: 1 here).
@@ -40,13 +42,15 @@ class VideoSource:
       dynamic: the pairs' `dynamic` label (default per layout, see DYNAMIC).
       meta_json: a meta.json in the YouTube-VOS format to read instead (any layout), e.g. one written
         from `index_meta()` of an earlier scan: scanning MOSE's ~100k PNGs takes minutes, reading it does not.
+      strict: a video with frames but no annotation PNGs raises RecordError (default: such videos are
+        left out with one warning giving their count).
     Records: {"frame_paths", "mask_paths" (same length, frames where the object is annotated),
               "object_id": int, "min_gap": int, "dynamic": bool | int, "source": video frame folder}.
     """
 
     def __init__(self, root: str | Path, layout: str = "youtube_vos", *, resolution: str = "480p",
                  gap_divisor: int | None = None, use_meta: bool = True, meta_json: str | Path | None = None,
-                 dynamic: bool | int | None = None):
+                 dynamic: bool | int | None = None, strict: bool = False):
         if layout not in GAP_DIVISOR:
             raise ValueError(f"VideoSource layout={layout!r}: expected one of {sorted(GAP_DIVISOR)}")
         root = Path(root)
@@ -65,11 +69,21 @@ class VideoSource:
             meta = self._read_meta(meta_path)
         else:
             meta = None
+        self.root = str(root)
         self.records = []
-        for video_dir in sorted(p for p in frame_root.iterdir() if p.is_dir()):
+        videos = sorted(p for p in frame_root.iterdir() if p.is_dir())
+        unannotated = []  # videos with frames but no annotation PNG for any of them
+        for video_dir in videos:
             video = video_dir.name
             masks = {p.stem: p for p in (mask_root / video).glob("*.png")}
-            stems = sorted(p.stem for p in video_dir.glob("*.jpg") if p.stem in masks)
+            frames = [p.stem for p in video_dir.glob("*.jpg")]
+            stems = sorted(s for s in frames if s in masks)
+            if frames and not stems:
+                if strict:
+                    raise RecordError(mask_root / video, f"no annotation PNGs for the {len(frames)} frames of "
+                                                         f"{video_dir} (expected <frame stem>.png files)")
+                unannotated.append(video)
+                continue
             if meta is not None:
                 objects = {int(i): [s for s in frames if s in masks] for i, frames in meta.get(video, {}).items()}
             else:
@@ -86,6 +100,10 @@ class VideoSource:
                     "frame_paths": [str(video_dir / f"{s}.jpg") for s in frames],
                     "mask_paths": [str(masks[s]) for s in frames], "object_id": object_id,
                     "min_gap": len(frames) // divisor, "dynamic": dynamic, "source": str(video_dir)})
+        if unannotated:
+            logger.warning("%s: %d of %d videos have no annotation PNGs in %s and are left out (e.g. %s); "
+                           "strict=True makes this an error", frame_root, len(unannotated), len(videos), mask_root,
+                           ", ".join(unannotated[:3]))
 
     @staticmethod
     def _read_meta(path: Path) -> dict[str, dict[str, list[str]]]:
