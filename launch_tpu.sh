@@ -12,7 +12,7 @@
 #
 # `--dry-run` prints every command instead of running it. Checkpoints must go to storage all
 # workers share: `--workdir gs://bucket/path` (or set JCOMPOSE_BUCKET and get
-# gs://$JCOMPOSE_BUCKET/jcompose/<name>).
+# gs://$JCOMPOSE_BUCKET/jcompose/<name>; the bucket with or without gs://).
 #
 # Example:
 #   bash launch_tpu.sh anyscene --accelerator v5p-32 --zone us-east5-a --spot \
@@ -24,7 +24,8 @@ usage() {
 usage: bash launch_tpu.sh <method> [options] [-- extra train flags]
 
   <method>              a config in configs/ (configs/<method>.py), e.g. anyscene, denoise
-  --variant V           config variant: configs/<method>.py:V (default: the paper's settings)
+  --variant V           config variant: configs/<method>.py:V (default: the paper's settings); checked
+                        before any gcloud call
   --name NAME           TPU VM name (default: jcompose-<method>)
   --zone ZONE           default: $JCOMPOSE_TPU_ZONE or us-central2-b
   --accelerator TYPE    e.g. v4-8, v4-32, v5p-32, v6e-8 (default: $JCOMPOSE_TPU_TYPE or v4-32)
@@ -76,13 +77,33 @@ if [[ ! -f "$REPO/configs/$METHOD.py" ]]; then
   available=$(cd "$REPO/configs" && ls -1 ./*.py | sed 's|^\./||; s|\.py$||' | grep -vE '^(common|__init__)$' | tr '\n' ' ')
   die "no config configs/$METHOD.py; available methods: $available"
 fi
+CONFIG="configs/$METHOD.py${VARIANT:+:$VARIANT}"
+# The variant must exist before anything touches the cloud (dry run included). Ask the config itself
+# when this machine has its Python dependencies; otherwise look for the variant's name in the file.
+if [[ -n $VARIANT ]]; then
+  PY=${JCOMPOSE_PYTHON:-python3}
+  if "$PY" -c 'import ml_collections' >/dev/null 2>&1; then
+    problem=$(cd "$REPO" && "$PY" -c '
+import sys
+from configs.common import load
+try:
+    load(sys.argv[1])
+except Exception as err:
+    print(str(err).splitlines()[0] if str(err) else type(err).__name__)
+' "$CONFIG" 2>&1) || problem="could not load $CONFIG: $problem"
+    [[ -z $problem ]] || die "--variant $VARIANT: $problem"
+  elif ! grep -qE "[\"']${VARIANT}[\"']" "$REPO/configs/$METHOD.py"; then
+    die "--variant $VARIANT: configs/$METHOD.py has no variant '$VARIANT'"
+  fi
+fi
 if [[ -z $WORKDIR ]]; then
   [[ -n ${JCOMPOSE_BUCKET:-} ]] || die "--workdir gs://BUCKET/PATH is required (or set JCOMPOSE_BUCKET): all workers must write checkpoints to shared storage"
-  WORKDIR="gs://${JCOMPOSE_BUCKET}/jcompose/${NAME}"
+  BUCKET=${JCOMPOSE_BUCKET#gs://}  # with or without the scheme
+  BUCKET=${BUCKET%/}
+  WORKDIR="gs://${BUCKET}/jcompose/${NAME}"
 fi
 [[ $WORKDIR == gs://* ]] || echo "launch_tpu.sh: warning: --workdir $WORKDIR is not on GCS; on a multi-host slice each worker would write its own copy" >&2
 CACHE_DIR=${CACHE_DIR:-$WORKDIR/xla_cache}
-CONFIG="configs/$METHOD.py${VARIANT:+:$VARIANT}"
 
 GCLOUD=(gcloud)
 [[ -n $PROJECT ]] && GCLOUD+=(--project="$PROJECT")

@@ -148,3 +148,27 @@ def test_anyscene_dry_run_prints_the_pod_command(fake):
     train = next(line for line in result.stdout.splitlines() if "jcompose.train" in line)
     assert "--worker=all" in train and "--config=configs/anyscene.py" in train and "--multihost" in train
     assert fake.calls() == []
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_unknown_variant_is_refused_before_any_gcloud_call(fake, dry_run):
+    result = fake("anyscene", "--variant", "huge", "--workdir", "gs://b/r", *(["--dry-run"] if dry_run else []))
+    assert result.returncode == 2, result.stdout
+    assert "configs/anyscene.py" in result.stderr and "'huge'" in result.stderr, result.stderr
+    assert "+ gcloud" not in result.stdout and fake.calls() == []
+
+
+@pytest.mark.parametrize("bucket", ["my-bucket", "gs://my-bucket", "gs://my-bucket/"])
+def test_bucket_with_or_without_the_scheme(fake, bucket):
+    result = fake("denoise", "--dry-run", JCOMPOSE_BUCKET=bucket)
+    assert result.returncode == 0, result.stderr
+    assert "--workdir=gs://my-bucket/jcompose/jcompose-denoise" in result.stdout
+    assert "gs://gs://" not in result.stdout and "bucket//" not in result.stdout
+
+
+def test_variant_check_without_the_python_dependencies(fake):
+    """On a machine without ml_collections the variant's name is looked up in the config file."""
+    refused = fake("anyscene", "--variant", "huge", "--workdir", "gs://b/r", "--dry-run", JCOMPOSE_PYTHON="/nonexistent")
+    assert refused.returncode == 2 and "configs/anyscene.py has no variant 'huge'" in refused.stderr
+    accepted = fake("anyscene", "--variant", "tiny", "--workdir", "gs://b/r", "--dry-run", JCOMPOSE_PYTHON="/nonexistent")
+    assert accepted.returncode == 0 and "--config=configs/anyscene.py:tiny" in accepted.stdout
