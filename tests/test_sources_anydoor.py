@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline import anydoor_mixture as mixture
+from input_pipeline import pipeline
 from input_pipeline.records import RecordError
 from input_pipeline.sources import mvimgnet, tryon, uvo, vipseg
 
@@ -344,6 +345,11 @@ def test_mvimgnet_bad_input(tmp_path):
     Image.fromarray(np.full((H, W, 3), 255, np.uint8), mode="RGB").save(record["mask_paths"][1])
     with pytest.raises(RecordError, match=r"001_mask\.png: mask PNG has mode 'RGB'; expected an RGBA PNG"):
         mvimgnet.sample_pair(record, np.random.default_rng(0))
+    data = (tmp_path / "mv/1/a/images/000_mask.png").read_bytes()
+    with open(record["mask_paths"][1], "wb") as file:
+        file.write(data[:len(data) // 2])  # cut short: PIL's "image file is truncated"
+    with pytest.raises(RecordError, match=r"001_mask\.png: not a readable PNG"):
+        mvimgnet.sample_pair(record, np.random.default_rng(0))
     Image.fromarray(np.full((H, W, 4), 128, np.uint8), mode="RGBA").save(record["mask_paths"][1])
     with pytest.raises(RecordError, match=r"001_mask\.png: empty mask \(no alpha above 128\)"):
         mvimgnet.sample_pair(record, np.random.default_rng(0))
@@ -408,3 +414,163 @@ def test_fashiontryon_pairs_and_bad_input(tmp_path):
         source[0]
     with pytest.raises(RecordError, match=r"nowhere: FashionTryon folder not found"):
         tryon.FashionTryonSource(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------ mixture
+
+# reference/anydoor.md 3.2, typed out here: (released __len__, dynamic, check_region_size variant)
+RELEASED = {"saliency": (20000, 0, "any"), "sam": (20000, 0, "any"), "lvis": (20000, 0, "any"),
+            "ytb_vos": (40000, 1, "both"), "vipseg": (30000, 1, "any"), "ytb_vis": (40000, 1, "both"),
+            "uvo": (25000, 1, "both"), "uvo_val": (8000, 1, "both"), "mose": (40000, 2, "any"),
+            "vitonhd": (20000, 2, "both"), "fashiontryon": (5000, 2, "both"), "mvimgnet": (40000, 2, "both")}
+IMAGE_SETS = ("saliency", "sam", "lvis")
+
+
+def write_youtube_vos(root, meta=True):
+    """YouTube-VOS layout: JPEGImages/<video>/*.jpg, palette Annotations (value = object id), meta.json."""
+    objects = {}
+    for t in range(4):
+        labels = np.zeros((H, W), np.uint8)
+        labels[9:20, 9 + 2 * t:22 + 2 * t], labels[22:30, 30:42] = 1, 2
+        _palette_png(root / "Annotations/vid0" / f"{t:05d}.png", labels)
+        _jpg(root / "JPEGImages/vid0" / f"{t:05d}.jpg", _frame(t, [labels == 1, labels == 2]))
+        for k in (1, 2):
+            objects.setdefault(str(k), {"category": "thing", "frames": []})["frames"].append(f"{t:05d}")
+    if meta:
+        (root / "meta.json").write_text(json.dumps({"videos": {"vid0": {"objects": objects}}}))
+    return root
+
+
+def write_image_sets(root):
+    """MSRA10K-style and DUTS-style saliency folders, one SA-1B folder, an LVIS json over COCO train2017."""
+    from pycocotools import mask as mask_utils
+
+    for k in range(2):
+        _jpg(root / f"msra/{k}.jpg", _frame(k, [_rect(6, 26, 8, 40)]))
+        Image.fromarray(_rect(6, 26, 8, 40) * 255, mode="L").save(root / f"msra/{k}.png")
+    _jpg(root / "duts/DUTS-TR/DUTS-TR-Image/a.jpg", _frame(2))
+    (root / "duts/DUTS-TR/DUTS-TR-Mask").mkdir(parents=True)
+    Image.fromarray(_rect(4, 28, 4, 44) * 255, mode="L").save(root / "duts/DUTS-TR/DUTS-TR-Mask/a.png")
+    big, small = _rect(10, 235, 10, 235, (240, 240)), _rect(0, 20, 0, 20, (240, 240))
+    _jpg(root / "sam/sub1/sa_1.jpg", np.full((240, 240, 3), 90, np.uint8))
+    anns = []
+    for k, mask in enumerate((big, small)):
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        anns.append({"id": k, "area": int(mask.sum()), "bbox": [0, 0, 1, 1],
+                     "segmentation": {"size": [240, 240], "counts": rle["counts"].decode("ascii")}})
+    (root / "sam/sub1/sa_1.json").write_text(json.dumps(
+        {"image": {"image_id": 1, "height": 240, "width": 240, "file_name": "sa_1.jpg"}, "annotations": anns}))
+    _jpg(root / "coco/train2017/000000000001.jpg", np.full((64, 64, 3), 70, np.uint8))
+    (root / "coco/lvis_v1_train.json").write_text(json.dumps({
+        "images": [{"id": 1, "height": 64, "width": 64,
+                    "coco_url": "http://images.cocodataset.org/train2017/000000000001.jpg"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "area": 3844, "bbox": [1, 1, 62, 62],
+                         "segmentation": [[1, 1, 63, 1, 63, 63, 1, 63]]}],
+        "categories": [{"id": 1, "name": "thing", "synonyms": ["thing"]}]}))
+    return {"saliency": f"{root / 'msra'}{os.pathsep}{root / 'duts/DUTS-TR'}", "sam": str(root / "sam/sub1"),
+            "lvis": str(root / "coco")}
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anydoor_data")
+    frames, train_json = write_uvo(root / "uvo")
+    _, val_json = write_uvo(root / "uvo", "UVO_sparse_val_video.json")
+    write_vipseg(root / "vipseg")
+    write_fashiontryon(root / "fashion")
+    return {**write_image_sets(root), "ytb_vos": str(write_youtube_vos(root / "ytb_vos")),
+            "ytb_vis": str(write_youtube_vos(root / "ytb_vis")), "mose": str(write_youtube_vos(root / "mose", False)),
+            "vipseg": str(root / "vipseg"), "uvo_frames": str(frames), "uvo_json": str(train_json),
+            "uvo_val_json": str(val_json), "vitonhd": str(write_vitonhd(root / "viton")),
+            "fashiontryon": str(root / "fashion"), "mvimgnet": str(write_mvimgnet(root / "mv"))}
+
+
+def test_released_weights_table():
+    assert mixture.RELEASED_WEIGHTS == {name: length * (1 if name in IMAGE_SETS else 2)
+                                        for name, (length, _, _) in RELEASED.items()}
+    total = sum(mixture.RELEASED_WEIGHTS.values())
+    assert total == 556000
+    share = lambda names: round(100 * sum(mixture.RELEASED_WEIGHTS[n] for n in names) / total, 1)
+    assert [share(g) for g in (IMAGE_SETS, ("ytb_vos", "vipseg", "ytb_vis", "uvo", "uvo_val", "mose"),
+                               ("vitonhd", "fashiontryon"), ("mvimgnet",))] == [10.8, 65.8, 9.0, 14.4]
+    assert [share([n for n, v in RELEASED.items() if v[1] == d]) for d in (0, 1, 2)] == [10.8, 51.4, 37.8]
+
+
+def _draw(mix, n):
+    counts = dict.fromkeys(RELEASED, 0)
+    for i in range(n):
+        pair = mix[i]
+        name = pair["dataset"]
+        counts[name] += 1
+        length, dynamic, rule = RELEASED[name]
+        assert pair["dynamic"] == dynamic and pair["region_rule"] == rule, name
+        assert pair["max_target_region"] == (1.0 if name in ("vitonhd", "fashiontryon") else 0.8)
+        for role in ("reference", "target"):
+            image, mask = pair[f"{role}_image"], pair[f"{role}_mask"]
+            assert image.dtype == np.uint8 and image.shape[:2] == mask.shape and mask.any() and mask.max() == 1
+        if name in IMAGE_SETS:
+            assert pair["reference_image"] is pair["target_image"]  # released: ref = tar for image sets
+    return counts
+
+
+def _assert_shares(counts, weights, n):
+    total = sum(weights.values())
+    for name, count in counts.items():
+        p = weights.get(name, 0) / total
+        assert abs(count - n * p) <= 4 * np.sqrt(n * p * (1 - p)), (name, count, n * p)
+
+
+class _Repeated:
+    """A source read `times` over: grain's index shuffle costs ~50/n ms per element on an n-record source,
+    so the fixture's 1-3 record sources are lengthened to draw thousands of elements quickly."""
+
+    def __init__(self, source, times):
+        self.source, self.times = source, times
+
+    def __len__(self):
+        return len(self.source) * self.times
+
+    def __getitem__(self, index):
+        return self.source[index % len(self.source)]
+
+
+def _lengthened(components):
+    return pipeline.mix_sources([(_Repeated(s, 400), w, prepare) for _, s, w, prepare in components], seed=3)
+
+
+RELEASED_SHARES = {name: v[0] * (1 if name in IMAGE_SETS else 2) for name, v in RELEASED.items()}
+
+
+def test_released_mixture_frequencies_and_labels(roots, capsys):
+    n = 278
+    counts = _draw(mixture.released_mixture(roots, seed=0), n)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("AnyDoor mixture: saliency 3.6% (dynamic 0, 3 records), sam 3.6% (dynamic 0, 1 records)")
+    assert "mvimgnet 14.4% (dynamic 2, 2 records)" in line and "left out" not in line
+    _assert_shares(counts, RELEASED_SHARES, n)
+    assert min(counts.values()) > 0
+    # the same components over many more draws (sources lengthened), for a tight band: 4 sigma of 2780
+    # draws is 1.4% (absolute) for the 3.6% sets, 2.7% for the 14.4% ones
+    _assert_shares(_draw(_lengthened(mixture.anydoor_components(roots)), 2780), RELEASED_SHARES, 2780)
+
+
+def test_mixture_leaves_out_missing_roots_and_renormalises(roots, capsys):
+    kept = {k: v for k, v in roots.items() if k not in ("sam", "mose", "fashiontryon", "mvimgnet", "uvo_val_json")}
+    mixture.released_mixture({**kept, "mose": ""}, seed=1)
+    assert capsys.readouterr().out.strip().endswith("; left out: sam, uvo_val, mose, fashiontryon, mvimgnet")
+    n = 1000
+    counts = _draw(_lengthened(mixture.anydoor_components({**kept, "mose": ""})), n)
+    weights = {name: w for name, w in RELEASED_SHARES.items()
+               if name not in ("sam", "uvo_val", "mose", "fashiontryon", "mvimgnet")}
+    _assert_shares(counts, weights, n)
+    assert counts["sam"] == counts["mose"] == counts["mvimgnet"] == 0
+    # a weight override: 0 leaves a dataset out, others are renormalised
+    components = mixture.anydoor_components(kept, {"vipseg": 0, "lvis": 60000})
+    assert [c[0] for c in components] == ["saliency", "lvis", "ytb_vos", "ytb_vis", "uvo", "vitonhd"]
+    assert [c[2] for c in components] == [20000, 60000, 80000, 80000, 50000, 40000]
+    with pytest.raises(ValueError, match=r"unknown AnyDoor dataset key\(s\) \['vip_seg'\]"):
+        mixture.anydoor_components({"vip_seg": "x"})
+    with pytest.raises(ValueError, match="no AnyDoor training data"):
+        mixture.anydoor_components({"uvo_frames": roots["uvo_frames"]})  # UVO needs a JSON too
+    with pytest.raises(RecordError, match=r"nowhere/images: folder not found \(expected the VIPSeg_720P"):
+        mixture.anydoor_components({"vipseg": "/nowhere"})

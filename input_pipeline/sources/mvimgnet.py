@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from input_pipeline.records import RecordError, read_image
-from input_pipeline.sources.vipseg import frame_pair_indices
+from input_pipeline.sources.vipseg import decode_png, frame_pair_indices
 
 GAP_DIVISOR = 8
 DYNAMIC = 2
@@ -37,18 +37,13 @@ def read_alpha_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
 
     RecordError naming the file when it is missing, unreadable, or has no alpha channel.
     """
-    from PIL import Image
+    def convert(image) -> np.ndarray:
+        if image.mode not in ("RGBA", "LA"):
+            raise RecordError(path, f"mask PNG has mode {image.mode!r}; expected an RGBA PNG whose alpha "
+                                    "channel is the object mask")
+        return np.asarray(image.getchannel("A"))
 
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("RGBA", "LA"):
-                raise RecordError(path, f"mask PNG has mode {image.mode!r}; expected an RGBA PNG whose alpha "
-                                        "channel is the object mask")
-            alpha = np.asarray(image.getchannel("A"))
-    except FileNotFoundError:
-        raise RecordError(path, "mask PNG not found") from None
-    except OSError as err:
-        raise RecordError(path, f"not a readable PNG ({err})") from None
+    alpha = decode_png(path, "mask PNG", convert)
     return (alpha > threshold).astype(np.uint8)
 
 

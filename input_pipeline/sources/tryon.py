@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from input_pipeline.records import RecordError, read_image, read_label_png
+from input_pipeline.sources.vipseg import decode_png
 
 DYNAMIC = 2
 VITON_UPPER_CLOTHES = 5
@@ -42,22 +43,19 @@ def read_parse_labels(path: str | Path) -> np.ndarray:
 
     RecordError naming the file if missing, unreadable, or a colour PNG with differing channels.
     """
-    from PIL import Image
+    def convert(image) -> np.ndarray:
+        if image.mode in ("RGB", "RGBA"):
+            rgb = np.asarray(image.convert("RGB"))
+            if (rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 0] != rgb[..., 2]).any():
+                raise RecordError(path, "parsing PNG is colour with differing channels; expected labels as "
+                                        "grey values, palette indices, or equal R=G=B")
+            return np.ascontiguousarray(rgb[..., 0])
+        if image.mode in ("P", "L"):
+            return np.array(image, dtype=np.uint8)
+        raise RecordError(path, f"parsing PNG has mode {image.mode!r}; expected a grey, palette or grey-as-RGB "
+                                "label PNG")
 
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            if mode in ("RGB", "RGBA"):
-                rgb = np.asarray(image.convert("RGB"))
-                if (rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 0] != rgb[..., 2]).any():
-                    raise RecordError(path, "parsing PNG is colour with differing channels; expected labels "
-                                            "as grey values, palette indices, or equal R=G=B")
-                return np.ascontiguousarray(rgb[..., 0])
-    except FileNotFoundError:
-        raise RecordError(path, "parsing PNG not found") from None
-    except OSError as err:
-        raise RecordError(path, f"not a readable PNG ({err})") from None
-    return read_label_png(path)
+    return decode_png(path, "parsing PNG", convert)
 
 
 def _checked(image: np.ndarray, mask: np.ndarray, image_path, mask_path, what: str) -> np.ndarray:

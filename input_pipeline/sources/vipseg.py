@@ -14,12 +14,16 @@ An object is eligible for a pair when its id is non-zero and present in both dra
 code pairs `os.listdir` order (not temporal); frames are sorted by name here. The reference mask must
 be one piece (a single external contour), the released loader's filter.
 
-`frame_pair_indices` is the AnyDoor min-gap draw shared by the VIPSeg, UVO and MVImgNet readers.
+`frame_pair_indices` (AnyDoor's min-gap draw) and `decode_png` are shared with the UVO, MVImgNet and
+try-on readers.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,24 +45,39 @@ def frame_pair_indices(n: int, min_gap: int, rng: np.random.Generator, source: s
     return start, int(rng.integers(start + min_gap, n))
 
 
+def decode_png(path: str | Path, what: str, convert: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """`convert(PIL image)` of the PNG at `path`; every open/decode failure becomes RecordError(path, ...).
+
+    `what` names the file kind in the messages ("panoptic PNG"); `convert` may itself raise RecordError
+    (e.g. for a wrong mode). PIL reports damaged files as OSError, SyntaxError, ValueError, EOFError or
+    zlib.error, so all of those are caught. Shared by the VIPSeg, MVImgNet and try-on readers.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return convert(image)
+    except RecordError:
+        raise
+    except FileNotFoundError:
+        raise RecordError(path, f"{what} not found") from None
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as err:
+        raise RecordError(path, f"not a readable PNG ({err})") from None
+
+
 def read_panoptic_ids(path: str | Path) -> np.ndarray:
     """A panoptic RGB PNG -> int64 (H, W) segment ids, id = R + 256 G + 65536 B.
 
     RecordError naming the file when it is missing, unreadable, or not 3/4-channel (a grey or palette
     PNG holds no RGB-encoded ids).
     """
-    from PIL import Image
+    def convert(image) -> np.ndarray:
+        if image.mode not in ("RGB", "RGBA"):
+            raise RecordError(path, f"panoptic PNG has mode {image.mode!r}; expected an RGB PNG whose "
+                                    "colour encodes the segment id (R + 256 G + 256^2 B)")
+        return np.asarray(image.convert("RGB"), dtype=np.int64)
 
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("RGB", "RGBA"):
-                raise RecordError(path, f"panoptic PNG has mode {image.mode!r}; expected an RGB PNG whose "
-                                        "colour encodes the segment id (R + 256 G + 256^2 B)")
-            rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
-    except FileNotFoundError:
-        raise RecordError(path, "panoptic PNG not found") from None
-    except OSError as err:
-        raise RecordError(path, f"not a readable PNG ({err})") from None
+    rgb = decode_png(path, "panoptic PNG", convert)
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
