@@ -1,11 +1,12 @@
-"""CLIP score / CLIP-I / DINO: preprocessing vs transformers' processors, Flax features vs
+"""CLIP score / CLIP-I / DINO: preprocessing vs transformers' processors, jcompose's Flax features vs
 transformers PyTorch on the same tiny random weights, score conventions by hand."""
 
+import jax
 import numpy as np
 import pytest
 
 from jcompose.metrics import clip_score, dino, preprocess
-from jcompose.models import loading, tiny
+from jcompose.models import encoders, tiny, vit
 
 
 def _photo(h=300, w=451):
@@ -64,13 +65,18 @@ def _tiny_clip_config():
 
 
 def _tiny_vit(folder, pooler):
-    from transformers import FlaxViTModel, ViTConfig
-
-    config = ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                       image_size=32, patch_size=8, layer_norm_eps=1e-6)
-    model = FlaxViTModel(config, _do_init=False, add_pooling_layer=pooler)
-    loading.export_transformers(model, tiny.random_params(model.params_shape_tree, 4), folder)
+    """A tiny ViT folder written by jcompose (random weights, with or without the pooler)."""
+    config = vit.ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, layer_norm_eps=1e-6)
+    model = vit.ViTModel(config, add_pooling_layer=pooler)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32)))
+    encoders.export_encoder(model, tiny.random_params(shapes["params"], 4), folder)
     return folder
+
+
+def _features(out):
+    # transformers 5 returns a ModelOutput from get_*_features (projected features in pooler_output)
+    return (out if hasattr(out, "numpy") else out.pooler_output).numpy()
 
 
 @pytest.mark.parity
@@ -91,9 +97,9 @@ def test_clip_features_equal_transformers_pytorch(tmp_path, rng):
     ours_txt = np.asarray(clip_score.text_embeddings(clip.module, clip.params, ids, mask))
     ref = CLIPModel.from_pretrained(folder).eval()
     with torch.no_grad():
-        ref_img = ref.get_image_features(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()
-        ref_txt = ref.get_text_features(input_ids=torch.from_numpy(ids).long(),
-                                        attention_mask=torch.from_numpy(mask).long()).numpy()
+        ref_img = _features(ref.get_image_features(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)))
+        ref_txt = _features(ref.get_text_features(input_ids=torch.from_numpy(ids).long(),
+                                                  attention_mask=torch.from_numpy(mask).long()))
     ref_img /= np.linalg.norm(ref_img, axis=-1, keepdims=True)
     ref_txt /= np.linalg.norm(ref_txt, axis=-1, keepdims=True)
     np.testing.assert_allclose(ours_img, ref_img, atol=1e-5)

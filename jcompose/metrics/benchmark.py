@@ -91,23 +91,28 @@ def _inception(batch: int, rng) -> tuple[Any, Any, np.ndarray, Any]:
     return (lambda: fn(params, x)), (torch_ref if weights != "random" else None), x, weights
 
 
-def _clip(batch: int, rng):
-    from transformers import CLIPConfig, CLIPVisionConfig, FlaxCLIPModel
-
-    from jcompose.metrics import clip_score
+def _random_encoder(module, *dummy):
+    """Random parameters for a jcompose encoder module, drawn in numpy (no init FLOPs)."""
     from jcompose.models import tiny
 
+    return tiny.random_params(jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *dummy))["params"], 0)
+
+
+def _clip(batch: int, rng):
+    from jcompose.metrics import clip_score
+    from jcompose.models import clip
+
     vision = {k: v for k, v in CLIP_L14.items() if k != "projection_dim"}
-    config = CLIPConfig(text_config={"num_hidden_layers": 1}, vision_config=vision,
-                        projection_dim=CLIP_L14["projection_dim"])
-    model = FlaxCLIPModel(config, _do_init=False)
-    params = tiny.random_params(model.params_shape_tree, 0)
+    config = clip.CLIPConfig(text_config=clip.CLIPTextConfig(num_hidden_layers=1),
+                             vision_config=clip.CLIPVisionConfig(**vision), projection_dim=CLIP_L14["projection_dim"])
+    model = clip.CLIPModel(config)
     x = rng.normal(size=(batch, 224, 224, 3)).astype(np.float32)
+    params = _random_encoder(model, jnp.zeros((1, 1), jnp.int32), x[:1])
     fn = jax.jit(lambda p, x: clip_score.image_embeddings(model, p, x))
 
     def torch_ref():
         import torch
-        from transformers import CLIPVisionModelWithProjection
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         torch.manual_seed(0)
         ref = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_L14))
@@ -134,19 +139,17 @@ class _Call:
 
 
 def _dino(batch: int, rng):
-    from transformers import ViTConfig
-
     from jcompose.metrics import dino
-    from jcompose.models import tiny
+    from jcompose.models import vit
 
-    model = dino._vit_without_pooler()(ViTConfig(**DINO_S16), _do_init=False)
-    params = tiny.random_params(model.params_shape_tree, 0)
+    model = vit.ViTModel(vit.ViTConfig(**DINO_S16), add_pooling_layer=False)
     x = rng.normal(size=(batch, 224, 224, 3)).astype(np.float32)
+    params = _random_encoder(model, x[:1])
     fn = jax.jit(lambda p, x: dino.dino_embeddings(model, p, x))
 
     def torch_ref():
         import torch
-        from transformers import ViTModel
+        from transformers import ViTConfig, ViTModel
 
         torch.manual_seed(0)
         return _torch_timer(_Call(ViTModel(ViTConfig(**DINO_S16), add_pooling_layer=False), "last_hidden_state"),

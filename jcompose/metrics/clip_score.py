@@ -1,4 +1,4 @@
-"""CLIP score (text-image), CLIP-I (image-image) and CLIP image embeddings with transformers' Flax CLIP.
+"""CLIP score (text-image), CLIP-I (image-image) and CLIP image embeddings with jcompose's Flax CLIP.
 
 Conventions (say which one a number uses):
 
@@ -7,7 +7,8 @@ Conventions (say which one a number uses):
 * ``"hessel"``: Hessel et al. 2021 CLIPScore = mean_i 2.5 * max(cos_i, 0), with ViT-B/32.
 
 CLIP-I is the mean cosine of image embeddings (DreamBooth, AnyDoor). Embeddings are the projected
-`get_image_features` / `get_text_features` outputs. Images go through `preprocess.clip_input`.
+`get_image_features` / `get_text_features` outputs (`jcompose.models.clip.CLIPModel`, the
+numerics of transformers PyTorch). Images go through `preprocess.clip_input`.
 """
 
 from __future__ import annotations
@@ -18,32 +19,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcompose.models import loading
+from jcompose.models import encoders, loading
 
 CONVENTIONS = {"torchmetrics": 100.0, "hessel": 2.5}
 MAX_TEXT_TOKENS = 77
 
 
 def load_clip(folder: str | Path, **kwargs) -> loading.Loaded:
-    """A transformers CLIP folder (config.json + flax_model.msgpack or model.safetensors)."""
-    from transformers import FlaxCLIPModel
+    """A transformers CLIP folder (config.json + flax_model.msgpack or model.safetensors).
 
-    config = loading.read_config(loading._require_dir(folder, "clip"))
-    vision = config.get("vision_config", {})
-    size = vision.get("image_size", 224)
-    return loading.load_transformers_model(folder, FlaxCLIPModel, ((1, 1), (1, size, size, 3)), what="clip", **kwargs)
+    Keyword arguments go to `encoders.load_clip` (dtype, param_dtype, weights, precision).
+    """
+    return encoders.load_clip(folder, **kwargs)
 
 
 def image_embeddings(model, params, pixels: jax.Array) -> jax.Array:
-    """(N, S, S, 3) `clip_input` pixels -> (N, D) L2-normalised projected image embeddings."""
-    # transformers' Flax CLIP takes NCHW pixel values and transposes them itself.
-    features = model.get_image_features(jnp.transpose(pixels, (0, 3, 1, 2)), params=params)
-    return l2_normalize(features)
+    """(N, S, S, 3) `clip_input` pixels -> (N, D) L2-normalised projected image embeddings.
+
+    `model` is the `CLIPModel` of `load_clip(...).module`, `params` its parameters.
+    """
+    return l2_normalize(model.apply({"params": params}, pixels, method="get_image_features"))
 
 
 def text_embeddings(model, params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """(N, L) token ids and mask -> (N, D) L2-normalised projected text embeddings."""
-    return l2_normalize(model.get_text_features(input_ids, attention_mask=attention_mask, params=params))
+    """(N, L) token ids and 0/1 mask -> (N, D) L2-normalised projected text embeddings."""
+    return l2_normalize(model.apply({"params": params}, input_ids, attention_mask, method="get_text_features"))
 
 
 def tokenize(tokenizer, prompts: list[str], max_length: int = MAX_TEXT_TOKENS) -> dict[str, np.ndarray]:
