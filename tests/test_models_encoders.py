@@ -210,7 +210,7 @@ def test_dinov2_518px_checkpoint_at_224px_equals_pytorch(tmp_path, rng):
         assert got.shape == (2, 1 + (height // 14) * (width // 14), 32)
         assert _err(got, want) < ATOL
     # the table itself, and why jax.image.resize is not used
-    grid = torch.from_numpy(np.asarray(table[0, 1:]).reshape(1, 37, 37, 32)).permute(0, 3, 1, 2)
+    grid = torch.from_numpy(np.array(table[0, 1:]).reshape(1, 37, 37, 32)).permute(0, 3, 1, 2)
     ref = torch.nn.functional.interpolate(grid, size=(16, 16), mode="bicubic", align_corners=False)
     ref = ref.permute(0, 2, 3, 1).reshape(256, 32)
     ours = vit.interpolate_positions(table, (16, 16))[0, 1:]
