@@ -111,12 +111,12 @@ def load(spec: str, flag: str = "--config") -> ml_collections.ConfigDict:
     Raises ConfigError naming the file (and `flag`) when it cannot be loaded, defines no
     get_config, or get_config refuses the variant.
     """
-    path, _, arg = spec.partition(":")
+    path, colon, arg = spec.partition(":")
     module = load_module(path, "config")
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"{flag}={spec}: {path} defines no get_config(arg)")
     try:
-        return module.get_config(arg)
+        return module.get_config(*([arg] if colon else []))  # as ml_collections' config_flags calls it
     except Exception as err:
         text = str(err)
         raise ConfigError(text if path in text else f"{flag}={spec}: {type(err).__name__}: {text}") from err

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,8 @@ def build_benchmark(source, out: str | Path, *, num: int = PAPER_PAIRS, seed: in
     for index in order:
         if len(rows) == num:
             break
-        record = source[int(index)]
         try:
+            record = source[int(index)]  # a damaged image is skipped and counted like a filtered one
             example = benchmark_composite(record, int(index), seed, size=size, max_objects=max_objects,
                                           min_object_area=min_object_area, max_object_area=max_object_area)
         except RecordError as err:
@@ -92,8 +93,13 @@ def build_benchmark(source, out: str | Path, *, num: int = PAPER_PAIRS, seed: in
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """`python -m input_pipeline.anyscene_benchmark` (argv without the program name); returns the summary.
+    Input errors print `error: ...` and exit 2 (`--debug` or JCOMPOSE_DEBUG=1: the traceback)."""
+    from jcompose import cli
+
     parser = argparse.ArgumentParser(prog="python -m input_pipeline.anyscene_benchmark",
                                      description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks (or set {cli.DEBUG_ENV}=1)")
     parser.add_argument("--coco_root", default="", help="COCO root: val2017/ and annotations/ under it")
     parser.add_argument("--image_dir", default="", help="default <coco_root>/val2017")
     parser.add_argument("--instances_json", default="", help="default <coco_root>/annotations/instances_val2017.json")
@@ -105,23 +111,49 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_objects", type=int, default=3)
     parser.add_argument("--min_object_area", type=float, default=0.01)
     parser.add_argument("--max_object_area", type=float, default=0.8)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(cli.pop_debug(sys.argv[1:] if argv is None else argv))
+    with cli.guard():
+        summary = _build_from_args(args)
+    short = "" if summary["pairs"] == args.num else f" (only {summary['pairs']} of {args.num}: source exhausted)"
+    print(f"wrote {summary['pairs']} pairs to {args.out}{short}; {summary['skipped']} images skipped")
+    return summary
+
+
+def _build_from_args(args) -> dict:
+    from jcompose.cli import InputError
+
     root = Path(args.coco_root) if args.coco_root else None
     if root is None and not (args.image_dir and args.instances_json):
-        parser.error("give --coco_root, or --image_dir and --instances_json")
+        raise InputError("give --coco_root, or --image_dir and --instances_json")
+    if root is not None and not root.is_dir():
+        raise InputError(f"--coco_root {root}: no such folder")
     image_dir = Path(args.image_dir) if args.image_dir else root / "val2017"
     instances = Path(args.instances_json) if args.instances_json else root / "annotations" / "instances_val2017.json"
     captions = (Path(args.captions_json) if args.captions_json
                 else (root / "annotations" / "captions_val2017.json" if root else None))
+    flag = "--image_dir" if args.image_dir else "--coco_root"
+    if not image_dir.is_dir():
+        raise InputError(f"{flag}: image folder {image_dir} not found")
     if captions is not None and not captions.is_file():
-        parser.error(f"--captions_json {captions}: no such file (captions are the scene descriptions)")
+        raise InputError(f"--captions_json {captions}: no such file (captions are the scene descriptions)")
+    for flag, value, ok, expected in (("--num", args.num, args.num > 0, "> 0"),
+                                      ("--size", args.size, args.size >= 8 and args.size % 8 == 0,
+                                       "a positive multiple of 8"),
+                                      ("--max_objects", args.max_objects, args.max_objects >= 1, ">= 1"),
+                                      ("--min_object_area", args.min_object_area,
+                                       0 <= args.min_object_area < args.max_object_area <= 1,
+                                       "0 <= --min_object_area < --max_object_area <= 1")):
+        if not ok:
+            raise InputError(f"{flag} {value}: expected {expected}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder")
     source = CocoSource(image_dir, instances, captions)
-    summary = build_benchmark(source, args.out, num=args.num, seed=args.seed, size=args.size,
-                              max_objects=args.max_objects, min_object_area=args.min_object_area,
-                              max_object_area=args.max_object_area)
-    short = "" if summary["pairs"] == args.num else f" (only {summary['pairs']} of {args.num}: source exhausted)"
-    print(f"wrote {summary['pairs']} pairs to {args.out}{short}; {summary['skipped']} images skipped")
-    return summary
+    if len(source) == 0:
+        raise InputError(f"{instances}: no image with an annotation to build pairs from")
+    return build_benchmark(source, args.out, num=args.num, seed=args.seed, size=args.size,
+                           max_objects=args.max_objects, min_object_area=args.min_object_area,
+                           max_object_area=args.max_object_area)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,14 @@ def fail(text: str) -> NoReturn:
     raise SystemExit(EXIT_INPUT_ERROR)
 
 
+def report(err: BaseException, debug: bool = False) -> NoReturn:
+    """For an `except` block: an input error becomes `error: ...` and exit 2; anything else, or any
+    error while debugging (`debug` or JCOMPOSE_DEBUG), is re-raised with its traceback."""
+    if debug or debug_enabled() or not is_input_error(err):
+        raise err
+    fail(message(err))
+
+
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
     """Input errors raised inside become `error: ...` and exit 2 (unless debugging)."""
@@ -98,8 +106,8 @@ def input_errors(prefix: str = "") -> Iterator[None]:
     the user pointed at (a model folder, a data folder), whose readers name the file at fault."""
     try:
         yield
-    except Exception as err:
-        if is_input_error(err) or not isinstance(err, (OSError, ValueError)):
+    except (OSError, ValueError) as err:
+        if isinstance(err, InputError):
             raise
         raise InputError(f"{prefix}{message(err)}") from err
 

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcompose import parallel
+from jcompose import cli, parallel
+from jcompose.cli import InputError
 from jcompose.metrics import aesthetic, clip_score, dino, fid, inception, lpips, preprocess, ssim
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -57,8 +58,8 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{path}: unreadable image ({err})") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise InputError(f"{path}: unreadable image ({err})") from None
 
 
 def read_prompts(path: str | Path) -> dict[str, str]:
@@ -67,15 +68,18 @@ def read_prompts(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"config.prompts: {path} not found")
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"config.prompts {path}: invalid JSON ({err})") from None
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise ValueError(f"{path}: config.prompts JSON must be an object of file name -> prompt string")
+            raise InputError(f"config.prompts {path}: the JSON must be an object of file name -> prompt string")
         return {Path(k).stem: v for k, v in data.items()}
     prompts = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             if "\t" not in line:
-                raise ValueError(f"{path}:{n}: expected 'name<TAB>prompt'")
+                raise InputError(f"config.prompts {path}, line {n}: expected 'name<TAB>prompt'")
             name, prompt = line.split("\t", 1)
             prompts[Path(name).stem] = prompt
     return prompts
@@ -121,12 +125,45 @@ def _random_params(module, *inputs) -> dict:
     return jax.tree_util.tree_map_with_path(positive, params)
 
 
-def build_extractors(config) -> dict[str, Extractor]:
-    """The networks the requested metrics need, loaded from the config's weight paths."""
+# Weights each metric needs: (config field, what it holds).
+_NEEDS = {"clip_score": ("clip.model", "a transformers CLIP folder, e.g. openai/clip-vit-large-patch14"),
+          "clip_i": ("clip.model", "a transformers CLIP folder, e.g. openai/clip-vit-large-patch14"),
+          "aesthetic": ("aesthetic.head", "the LAION aesthetic head, e.g. sac+logos+ava1-l14-linearMSE.pth"),
+          "dino": ("dino.model", "a transformers DINO/ViT folder, e.g. facebook/dino-vits16")}
+
+
+def check_config(config) -> None:
+    """Checks the config's fields and files before any network loads or image is read: InputError
+    naming the field (unknown metric, missing weights, missing statistics, no output folder)."""
+    if not config.out:
+        raise InputError("config.out: set an output folder (--config.out=DIR)")
     wanted = set(config.metrics)
     unknown = wanted - set(METRICS)
     if unknown:
-        raise ValueError(f"config.metrics: unknown {sorted(unknown)}; choose from {METRICS}")
+        raise InputError(f"config.metrics: unknown {sorted(unknown)}; choose from {METRICS}")
+    if config.fid.mode not in ("pytorch-fid", "clean"):
+        raise InputError(f"config.fid.mode = {config.fid.mode!r}: expected 'pytorch-fid' or 'clean'")
+    for metric in sorted(wanted & _NEEDS.keys()):
+        field, what = _NEEDS[metric]
+        value = config[field.split(".")[0]][field.split(".")[1]]
+        if not value:
+            raise InputError(f"config.{field}: {metric} needs {what} (--config.{field}=PATH)")
+        if not Path(value).exists():
+            raise InputError(f"config.{field} = {value!r}: no such file or folder")
+    if "clip_score" in wanted and not config.prompts:
+        raise InputError("config.prompts: clip_score needs prompts (JSON {name: prompt} or name<TAB>prompt lines)")
+    if wanted & {"fid", "kid"} and config.fid.reference_stats:
+        if "kid" in wanted:
+            raise InputError("config.metrics: kid needs reference images (config.reference), not fid.reference_stats")
+        if not Path(config.fid.reference_stats).is_file():
+            raise InputError(f"config.fid.reference_stats = {config.fid.reference_stats!r}: no such file "
+                             "(a pytorch-fid .npz with mu and sigma)")
+
+
+def build_extractors(config) -> dict[str, Extractor]:
+    """The networks the requested metrics need, loaded from the config's weight paths."""
+    check_config(config)
+    wanted = set(config.metrics)
     out: dict[str, Extractor] = {}
     if wanted & {"fid", "kid"}:
         if config.fid.weights == "random":  # smoke tests / benchmarks only: not a real FID
@@ -179,7 +216,7 @@ def _by_stem(folder: str, what: str, generated: list[Path], needed_by: list[str]
     if not needed_by:
         return {p.stem: p for p in list_images(folder, what)} if folder else {}
     if not folder:
-        raise ValueError(f"config.{what}: {needed_by} need a folder of images paired with the generated ones by name")
+        raise InputError(f"config.{what}: {needed_by} need a folder of images paired with the generated ones by name")
     files = {p.stem: p for p in list_images(folder, what)}
     missing = [p.name for p in generated if p.stem not in files]
     if missing:
@@ -198,15 +235,15 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
             if grey.size != (shape[1], shape[0]):
                 grey = grey.resize((shape[1], shape[0]), resample=Image.NEAREST)
             return np.asarray(grey) > 127
-    except OSError as err:
-        raise ValueError(f"{path}: unreadable mask ({err})") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(f"{path}: unreadable mask ({err})") from None
 
 
 def crop_to_mask(image: np.ndarray, mask: np.ndarray, source: Path | None = None) -> np.ndarray:
     """The bounding box of the mask's foreground in `image`."""
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
-        raise ValueError(f"{source}: mask has no foreground pixels (> 127)")
+        raise InputError(f"{source}: mask has no foreground pixels (> 127)")
     return image[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
 
 
@@ -233,6 +270,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     """Runs the configured metrics and writes scores.json and the report; returns the scores."""
     from tqdm import tqdm
 
+    check_config(config)
     wanted = list(config.metrics)
     generated = list_images(config.generated, "generated")
     refs = _by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("clip_i", "dino")])
@@ -244,9 +282,14 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     if "clip_score" in wanted:
         missing = [p.name for p in generated if p.stem not in prompts]
         if missing:
-            raise ValueError(f"config.prompts: no prompt for {missing[:5]}")
+            raise InputError(f"config.prompts {config.prompts}: no prompt for {missing[:5]}")
+    reference_stats = None  # read before the long work, so a bad file fails first
+    if set(wanted) & {"fid", "kid"} and config.fid.reference_stats:
+        with cli.input_errors("config.fid.reference_stats: "):
+            reference_stats = fid.load_stats(config.fid.reference_stats)
 
-    extractors = build_extractors(config)
+    with cli.input_errors():  # weight files the config names
+        extractors = build_extractors(config)
     mesh = parallel.make_mesh()
     devices = jax.device_count()
     batch_size = -(-config.batch_size // devices) * devices
@@ -318,7 +361,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     per: dict[str, list] = {"file": [p.name for p in generated]}
     if "fid" in wanted or "kid" in wanted:
         scores.update(_fid_scores(config, wanted, gen_stats, extractors["inception"], params["inception"], mesh,
-                                  batch_size, progress))
+                                  batch_size, progress, reference_stats))
     if "clip_score" in wanted:
         scores["clip_score"] = _clip_text_scores(config, extractors["clip"], generated, prompts, cat["clip"], per)
     if "clip_i" in wanted:
@@ -345,14 +388,12 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     return scores
 
 
-def _fid_scores(config, wanted, gen_stats, extractor, params, mesh, batch_size, progress) -> dict:
+def _fid_scores(config, wanted, gen_stats, extractor, params, mesh, batch_size, progress, reference_stats) -> dict:
     from tqdm import tqdm
 
     out: dict[str, Any] = {}
-    if config.fid.reference_stats:
-        if "kid" in wanted:
-            raise ValueError("config.metrics: kid needs reference images (config.reference), not fid.reference_stats")
-        ref_mu, ref_sigma = fid.load_stats(config.fid.reference_stats)
+    if reference_stats is not None:
+        ref_mu, ref_sigma = reference_stats
         n_ref = None
     else:
         ref_files = list_images(config.reference, "reference")
@@ -431,21 +472,25 @@ def write_outputs(config, scores: dict, generated: list[Path], refs: dict[str, P
 # ------------------------------------------------------------------------------------------ main
 
 
-def main(argv):
+def _define_flags(values, argv: list[str]) -> None:
     from absl import flags
+    from ml_collections import config_flags
 
-    del argv
-    config = flags.FLAGS.config
-    if not config.out:
-        raise ValueError("config.out: set an output folder (--config.out=DIR)")
+    config_flags.DEFINE_config_file("config", None, "configs/eval/<benchmark>.py[:variant]", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    flags.DEFINE_bool("debug", False, f"show the traceback of input errors too (or set {cli.DEBUG_ENV}=1)",
+                      flag_values=values)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m jcompose.evaluate` (argv without the program name); prints the scores."""
+    config = cli.parse_absl_flags(argv, _define_flags, prog="python -m jcompose.evaluate").config
+    if config is None:
+        raise InputError("--config=configs/eval/<benchmark>.py is required")
     scores = evaluate(config)
     print(json.dumps({k: v for k, v in scores.items() if k != "per_image"}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    from absl import app
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "configs/eval/<benchmark>.py[:variant]", lock_config=True)
-    app.run(main)
-    sys.exit(0)
+    sys.exit(cli.run(main))

@@ -31,6 +31,8 @@ from typing import Any
 
 from etils import epath
 
+from jcompose.cli import InputError
+
 
 def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
     """Cartesian product: grid(**{"optim.lr": [1e-4, 1e-5], "seed": [0, 1]}) -> 4 override dicts."""
@@ -59,27 +61,39 @@ def run_name(overrides: dict[str, Any]) -> str:
 
 
 def load_sweep(spec: str) -> dict[str, Any]:
-    """Loads `path.py[:arg]` and validates what its get_sweep returns; errors name the file."""
-    from configs.common import load_module
+    """Loads `path.py[:arg]` and validates what its get_sweep returns: InputError naming the file for a
+    missing file or get_sweep, a bad return value, duplicate runs, and a config, variant or override
+    field (with a "did you mean") the train command would refuse, before any run starts."""
+    from configs import common
 
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--sweep {path}: no such file (expected configs/sweeps/<name>.py[:arg])")
-    module = load_module(path, "sweep")
+        raise InputError(f"--sweep {path}: no such file (expected configs/sweeps/<name>.py[:arg])")
+    module = common.load_module(path, "sweep")
     if not hasattr(module, "get_sweep"):
-        raise ValueError(f"{path}: defines no get_sweep(arg)")
-    sweep = module.get_sweep(arg)
+        raise InputError(f"--sweep {path}: defines no get_sweep(arg)")
+    try:
+        sweep = module.get_sweep(arg)
+    except Exception as err:
+        raise InputError(f"--sweep {spec}: get_sweep({arg!r}) raised {type(err).__name__}: {err}") from err
     if not isinstance(sweep, dict) or not isinstance(sweep.get("config"), str) or not isinstance(
-            sweep.get("runs"), list) or not sweep["runs"]:
-        raise ValueError(f"{path}: get_sweep must return dict(config='configs/<method>.py[:variant]', "
-                         f"runs=[{{'dotted.key': value, ...}}, ...]) with at least one run, got {sweep!r}")
+            sweep.get("runs"), list) or not sweep["runs"] or not all(isinstance(r, dict) for r in sweep["runs"]):
+        raise InputError(f"{path}: get_sweep must return dict(config='configs/<method>.py[:variant]', "
+                         f"runs=[{{'dotted.key': value, ...}}, ...]) with at least one run, got {sweep!r:.200}")
     names = [run_name(run) for run in sweep["runs"]]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"{path}: runs with the same overrides: {duplicates}")
+        raise InputError(f"{path}: runs with the same overrides: {duplicates}")
     config_path = sweep["config"].partition(":")[0]
     if not Path(config_path).is_file():
-        raise ValueError(f"{path}: config {sweep['config']!r}: no such file {config_path}")
+        raise InputError(f"{path}: config {sweep['config']!r}: no such file {config_path}")
+    try:
+        config = common.load(sweep["config"])
+        for name, run in zip(names, sweep["runs"], strict=True):
+            for key in run:
+                common.check_override(config, key, flag=f"run {name}: --config")
+    except common.ConfigError as err:
+        raise InputError(f"{path}: {err}") from None
     return {"config": sweep["config"], "runs": dict(zip(names, sweep["runs"], strict=True))}
 
 
@@ -150,23 +164,31 @@ def write_csv(rows: list[dict[str, Any]], path: epath.Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m jcompose.sweep` (argv without the program name); returns the exit code."""
     import argparse
 
+    from jcompose import cli
+
     parser = argparse.ArgumentParser(prog="python -m jcompose.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks (or set {cli.DEBUG_ENV}=1)")
     parser.add_argument("action", choices=("list", "run", "tpu", "collect"))
     parser.add_argument("--sweep", required=True, help="configs/sweeps/<name>.py[:arg]")
     parser.add_argument("--root", required=True, help="parent directory of the runs' workdirs (local or gs://)")
     parser.add_argument("--only", action="append", default=[], help="run only this run name (repeatable)")
     parser.add_argument("--cache-dir", help="XLA compilation cache shared by the runs (run)")
     parser.add_argument("--prefix", default="jcompose-sweep", help="TPU VM name prefix (tpu)")
-    args, extra = parser.parse_known_args(argv)
-    try:
-        sweep = load_sweep(args.sweep)
-    except (OSError, ValueError) as err:
-        parser.error(str(err))
+    args, extra = parser.parse_known_args(cli.pop_debug(sys.argv[1:] if argv is None else argv))
+    with cli.guard():
+        return _main(args, extra)
+
+
+def _main(args, extra: list[str]) -> int:
+    sweep = load_sweep(args.sweep)
     unknown = sorted(set(args.only) - set(sweep["runs"]))
     if unknown:
-        parser.error(f"--only {unknown}: not in the sweep; runs are {list(sweep['runs'])}")
+        raise InputError(f"--only {unknown}: not in the sweep; runs are {list(sweep['runs'])}")
+    if extra and args.action != "run":
+        raise InputError(f"unexpected arguments {extra} (extra train flags are only for 'run')")
     if args.action == "list":
         for name, overrides in sweep["runs"].items():
             print(f"{name}\t{' '.join(train_flags(sweep['config'], overrides))}")

@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
+import uuid
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
 from etils import epath
-from ml_collections import config_flags
 
-from configs.common import validate
+from configs.common import ConfigError, validate
 from input_pipeline.pipeline import make_iterator
-from jcompose import methods, parallel
-from jcompose.checkpoint import Checkpointer, abstract_like
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py[:variant]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard logs, samples")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (TPU pods, multi-node GPU)")
+from jcompose import cli, methods, parallel
+from jcompose.checkpoint import CheckpointMismatch, Checkpointer, abstract_like
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -39,9 +35,13 @@ class NonFiniteLoss(FloatingPointError):
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (after global-norm clipping) and its learning-rate schedule: linear warm-up from 0 over
+    `optim.warmup_steps`, then constant or cosine decay to 0 at `train.steps`."""
     o = config.optim
-    if o.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), config.train.steps)
+    if o.schedule == "cosine" and o.warmup_steps:
+        lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, config.train.steps)
+    elif o.schedule == "cosine":  # no warm-up: the first step already uses the peak rate
+        lr = optax.cosine_decay_schedule(o.lr, config.train.steps)
     else:
         lr = optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), optax.constant_schedule(o.lr)],
                                   [o.warmup_steps]) if o.warmup_steps else optax.constant_schedule(o.lr)
@@ -114,10 +114,66 @@ class _NullWriter:
         return lambda *args, **kwargs: None
 
 
+def to_host(x: Any) -> np.ndarray:
+    """A replicated (or fully addressable) array as numpy, also when it spans several processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
 def _mean_metrics(window: list[dict]) -> dict[str, float]:
-    """Per-key means of the step metrics since the last log (one device->host transfer)."""
-    host = jax.device_get(window)
+    """Per-key means of the step metrics since the last log."""
+    host = [{k: to_host(v) for k, v in m.items()} for m in window]
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def _any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process (all must agree to stop at the same step)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.array([flag])).any())
+
+
+def prepare_workdir(workdir: str | epath.PathLike) -> epath.Path:
+    """The run folder, created; InputError when it is a file or cannot be written."""
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise cli.InputError(f"--workdir {workdir}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{uuid.uuid4().hex}"  # per process: hosts may share the folder
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise cli.InputError(f"--workdir {workdir}: not writable ({cli.message(err)})") from None
+    return path
+
+
+def write_example_inputs(batch: dict, folder: epath.Path) -> None:
+    """The first example's `foreground` (in [-1, 1]) and `mask` as `folder/fg.png` and `mask.png`
+    (white = object), ready for `python -m jcompose.compose ... --foreground --mask`."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = ((np.asarray(batch["foreground"][0], np.float32) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    mask = (np.asarray(batch["mask"][0], np.float32)[..., 0] > 0.5).astype(np.uint8) * 255
+    for name, image in (("fg.png", rgb), ("mask.png", mask)):
+        with (folder / name).open("wb") as f:
+            Image.fromarray(image).save(f, format="PNG")
+
+
+def _mismatch_hint(err: CheckpointMismatch, config) -> str:
+    """The config fields that usually explain a checkpoint that does not fit."""
+    text, hints = str(err), []
+    if "ema: only in the checkpoint" in text:
+        hints.append("the run was trained with EMA: set --config.train.ema_decay to its value")
+    if "ema: only in this config" in text:
+        hints.append(f"this config has train.ema_decay = {config.train.ema_decay}, the run had no EMA")
+    if "params." in text or "opt_state." in text:
+        hints.append(f"the trained modules differ: check config.method ({config.method!r}) and config.model")
+    return f"{text} ({'; '.join(hints)})" if hints else text
 
 
 def init_state(config, method, mesh, workdir: str):
@@ -140,38 +196,52 @@ def init_state(config, method, mesh, workdir: str):
     return state, frozen, tx, lr_schedule
 
 
-def train(config, workdir) -> dict[str, Any]:
-    """Runs (or resumes) training in `workdir` (local or gs://); returns the last logged metrics and step."""
+def train(config, workdir, method=None) -> dict[str, Any]:
+    """Runs (or resumes) training in `workdir` (local or gs://); returns the last logged metrics and step.
+
+    `method`: a built method (default: `methods.build(config)`). Every process of a multi-host run
+    calls this with the same config; each reads its own shard of the data.
+    """
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
     validate(config)
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare_workdir(workdir)
     chief = jax.process_index() == 0  # writes logs and sample grids
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    with cli.input_errors("config.mesh: "):
+        mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     if config.train.batch_size % (jax.device_count() * config.train.grad_accum):
-        raise ValueError(f"config.train.batch_size = {config.train.batch_size}: must divide into "
-                         f"{jax.device_count()} devices x {config.train.grad_accum} micro-batches")
+        raise ConfigError(f"config.train.batch_size = {config.train.batch_size}: must divide into "
+                          f"{jax.device_count()} devices x {config.train.grad_accum} micro-batches")
 
-    method = methods.build(config)
-    state, frozen, tx, lr_schedule = init_state(config, method, mesh, str(workdir))
+    with cli.input_errors(f"config.model (base {config.model.base!r}): "):
+        method = methods.build(config) if method is None else method
+        state, frozen, tx, lr_schedule = init_state(config, method, mesh, str(workdir))
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     total, most = parallel.bytes_per_device((state, frozen))
-    print(f"mesh {dict(mesh.shape)}: params, optimizer state and frozen modules {total / 2**20:.1f} MiB, "
-          f"at most {most / 2**20:.1f} MiB per device", flush=True)
+    if chief:
+        print(f"mesh {dict(mesh.shape)}: params, optimizer state and frozen modules {total / 2**20:.1f} MiB, "
+              f"at most {most / 2**20:.1f} MiB per device", flush=True)
 
-    data = make_iterator(method.make_source(), method.make_transform(),
-                         per_process_batch=config.train.batch_size // jax.process_count(), seed=config.data.seed,
-                         process_index=jax.process_index(), process_count=jax.process_count(),
-                         worker_count=config.data.worker_count)
+    data_options = dict(strict=config.data.get("strict", False),
+                        max_consecutive_skips=config.data.get("max_consecutive_skips", 1000))
+    with cli.input_errors("config.data: "):
+        source, transform = method.make_source(), method.make_transform()
+    data = make_iterator(source, transform, per_process_batch=config.train.batch_size // jax.process_count(),
+                         seed=config.data.seed, process_index=jax.process_index(),
+                         process_count=jax.process_count(), worker_count=config.data.worker_count, **data_options)
     checkpoints = Checkpointer(workdir, keep=config.train.keep, keep_best=config.train.keep_best,
                                best_metric=config.train.best_metric, best_mode=config.train.best_mode)
-    restored = checkpoints.restore_latest(abstract_like(state), data)
+    try:
+        restored = checkpoints.restore_latest(abstract_like(state), data)
+    except CheckpointMismatch as err:
+        checkpoints.close()
+        raise CheckpointMismatch(_mismatch_hint(err, config)) from None
     if restored is not None:
         step0, state = restored
-        print(f"resuming from {checkpoints.directory} at step {step0}", flush=True)
-    start = int(state["step"])
+        if chief:
+            print(f"resuming from {checkpoints.directory} at step {step0}", flush=True)
+    start = int(to_host(state["step"]))
 
     train_step = jax.jit(make_train_step(method, tx, config), donate_argnums=(0,),
                          out_shardings=(state_shardings, parallel.replicated(mesh)))
@@ -185,10 +255,14 @@ def train(config, workdir) -> dict[str, Any]:
     window: list[dict] = []  # device-side step metrics since the last log
     last_saved = start if restored is not None else None
 
-    # A fixed batch of conditions for sample grids, separate from the training stream.
-    sample_data = make_iterator(method.make_source(), method.make_transform(),
-                                per_process_batch=config.train.sample_count, seed=config.data.seed + 1)
-    sample_batch = {k: jnp.asarray(v) for k, v in next(sample_data).items()}
+    # A fixed batch of conditions for sample grids, separate from the training stream (the same on
+    # every process, so it is placed replicated over the whole mesh).
+    sample_data = make_iterator(source, transform, per_process_batch=config.train.sample_count,
+                                seed=config.data.seed + 1, **data_options)
+    sample_host = next(sample_data)
+    sample_batch = parallel.put_replicated({k: np.asarray(v) for k, v in sample_host.items()}, mesh)
+    if chief and {"foreground", "mask"} <= sample_host.keys() and not (workdir / "example").exists():
+        write_example_inputs(sample_host, workdir / "example")  # inputs for `compose` (README quick start)
 
     def save(step: int) -> None:
         nonlocal last_saved
@@ -198,22 +272,23 @@ def train(config, workdir) -> dict[str, Any]:
         last_saved = step
 
     def check_finite(step: int) -> None:
-        if int(state["nonfinite"]) > 0:
+        nonfinite = int(to_host(state["nonfinite"]))
+        if nonfinite > 0:
             checkpoints.wait()
             good = f"step {last_saved} in {checkpoints.directory}" if last_saved is not None else "none yet"
             raise NonFiniteLoss(f"loss or gradients became NaN/Inf before step {step} "
-                                f"({int(state['nonfinite'])} step(s) skipped); last good checkpoint: {good}. "
+                                f"({nonfinite} step(s) skipped); last good checkpoint: {good}. "
                                 "Lower optim.lr, enable clipping, or check the data.")
 
     def write_samples(step: int) -> None:
         images = sample_fn(state["params"], frozen, sample_batch, jax.random.PRNGKey(step))
         if not chief:
             return
-        grid = _write_grid(images, workdir / "samples" / f"step_{step:07d}.png")
+        grid = _write_grid(to_host(images), workdir / "samples" / f"step_{step:07d}.png")
         writer.add_image("samples", grid, step, dataformats="HWC")
 
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
-               unit="step", dynamic_ncols=True)
+               unit="step", dynamic_ncols=True, disable=not chief)
     tick, tick_step = time.perf_counter(), start
     try:
         for step in bar:
@@ -250,11 +325,16 @@ def train(config, workdir) -> dict[str, Any]:
                 save(done)
             if config.train.sample_every and done % config.train.sample_every == 0:
                 write_samples(done)
-            if stop["signal"] is not None:
+            # Every process stops at the same step: with several, they agree at each log step.
+            stopping = stop["signal"] is not None
+            if jax.process_count() > 1:
+                stopping = done % config.train.log_every == 0 and _any_process(stopping)
+            if stopping:
                 check_finite(done)
                 if last_saved != done:
                     save(done)
-                print(f"stopped by signal {stop['signal']} at step {done}; checkpoint saved", flush=True)
+                print(f"stopped by signal {stop['signal'] or 'on another process'} at step {done}; "
+                      "checkpoint saved", flush=True)
                 break
         else:
             if config.train.steps > start or not (workdir / "samples").exists():
@@ -264,21 +344,43 @@ def train(config, workdir) -> dict[str, Any]:
         checkpoints.close()
         writer.close()
         signal.signal(signal.SIGTERM, previous)
-    return {"step": int(state["step"]), **metrics}
+    return {"step": int(to_host(state["step"])), **metrics}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("--config and --workdir are required")
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console to tqdm
+def _define_flags(values, argv: list[str]) -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "configs/<method>.py[:variant]", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard logs, samples", flag_values=values)
+    flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (TPU pods, multi-node GPU)",
+                      flag_values=values)
+    flags.DEFINE_string("coordinator_address", None, "with --multihost: host:port of process 0, where the "
+                        "platform does not provide it (default: detected)", flag_values=values)
+    flags.DEFINE_integer("num_processes", None, "with --multihost: number of processes (default: detected)",
+                         flag_values=values)
+    flags.DEFINE_integer("process_id", None, "with --multihost: this process's index (default: detected)",
+                         flag_values=values)
+    flags.DEFINE_bool("debug", False, f"show the traceback of input errors too (or set {cli.DEBUG_ENV}=1)",
+                      flag_values=values)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m jcompose.train` (argv without the program name); input errors raise InputError & co."""
+    from absl import logging
+
+    values = cli.parse_absl_flags(argv, _define_flags, prog="python -m jcompose.train")
+    if values.config is None or not values.workdir:
+        raise cli.InputError("--config=configs/<method>.py[:variant] and --workdir=DIR are required")
+    if "verbosity" not in values or not values["verbosity"].present:  # orbax logs every save at INFO; keep the console to tqdm
         logging.set_verbosity(logging.WARNING)
-    if _MULTIHOST.value:
-        jax.distributed.initialize()
-    result = train(_CONFIG.value, _WORKDIR.value)
+    if values.multihost:
+        jax.distributed.initialize(values.coordinator_address, values.num_processes, values.process_id)
+    result = train(values.config, values.workdir)
     print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(cli.run(main))

@@ -112,6 +112,7 @@ def test_bad_inputs_are_named(tmp_path, models):
     c.metrics = ("psnr",)
     with pytest.raises(ValueError, match="config.metrics: unknown"):
         evaluate.evaluate(c, progress=False)
+    c.metrics = ("ssim",)
     c.generated = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="config.generated"):
         evaluate.evaluate(c, progress=False)

@@ -464,7 +464,7 @@ def test_synthetic_cli_writes_both_layouts(tmp_path, capsys):
                      "youtube_vos/JPEGImages/video000/00002.jpg", "youtube_vos/meta.json"]
     with Image.open(tmp_path / "youtube_vos/Annotations/video000/00002.png") as png:
         assert png.mode == "P" and set(np.unique(np.array(png))) == {0, 1, 2}  # both objects by frame 2
-    with pytest.raises(ValueError, match="image_size >= 32"):
+    with pytest.raises(ValueError, match=r"image_size = \(16, 16\): expected \(height, width\) with both >= 32"):
         synthetic.write_synthetic(tmp_path / "small", image_size=(16, 16))
 
 

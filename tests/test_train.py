@@ -111,10 +111,11 @@ def test_damaged_checkpoints_fall_back_or_fail_clearly(tmp_path):
     data = _numbers()
     step, restored = ckpt.restore_latest(abstract_like(state), data)
     assert step == 1 and int(restored["step"]) == 1 and next(data) == 1  # the iterator resumes after 1 item
+    assert ckpt.steps() == [1] and (tmp_path / "checkpoints" / "damaged" / "2").is_dir()  # set aside
     for f in (tmp_path / "checkpoints" / "1" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"checkpoints: no readable checkpoint among steps \[1, 2\]"):
+    with pytest.raises(CheckpointError, match=r"checkpoints: no readable checkpoint: steps \[1\] were damaged"):
         ckpt.restore_latest(abstract_like(state), _numbers())
     ckpt.close()
     assert Checkpointer(tmp_path / "empty").restore_latest(abstract_like(state), _numbers()) is None

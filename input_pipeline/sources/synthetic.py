@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,10 +298,15 @@ def write_synthetic(root: str | Path, *, num_images: int = 8, num_videos: int = 
     Returns: SyntheticTruth with the paths and the masks/labels that were drawn.
     """
     height, width = image_size
-    if min(height, width) < 32 or num_images < 0 or num_videos < 0 or num_frames < 2:
-        raise ValueError(f"write_synthetic: need image_size >= 32 px and num_frames >= 2, got {image_size}, "
-                         f"{num_frames}")
+    problems = [f"{name} = {value}: expected {expected}" for name, value, ok, expected in (
+        ("num_images", num_images, num_images >= 0, ">= 0"), ("num_videos", num_videos, num_videos >= 0, ">= 0"),
+        ("num_frames", num_frames, num_frames >= 2, ">= 2"),
+        ("image_size", image_size, min(height, width) >= 32, "(height, width) with both >= 32 px")) if not ok]
+    if problems:
+        raise ValueError(f"write_synthetic: {'; '.join(problems)}")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root}: is a file, not a folder to write the datasets into")
     truth = SyntheticTruth(coco_dir=root / "coco", youtube_vos_dir=root / "youtube_vos")
     rng = np.random.default_rng(seed)
     write_coco(truth.coco_dir, truth, num_images, (height, width), rng)
@@ -308,9 +314,16 @@ def write_synthetic(root: str | Path, *, num_images: int = 8, num_videos: int = 
     return truth
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def main(argv: list[str] | None = None) -> int:
+    """`python -m input_pipeline.sources.synthetic` (argv without the program name).
+
+    Input errors print `error: ...` and exit 2 (`--debug` or JCOMPOSE_DEBUG=1: the traceback);
+    `jcompose.cli` is imported only then, so the writer starts without loading jcompose.
+    """
+    parser = argparse.ArgumentParser(prog="python -m input_pipeline.sources.synthetic",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set JCOMPOSE_DEBUG=1)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num_images", type=int, default=8)
     parser.add_argument("--num_videos", type=int, default=4)
@@ -319,11 +332,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    truth = write_synthetic(args.out, num_images=args.num_images, num_videos=args.num_videos,
-                            num_frames=args.num_frames, image_size=(args.height, args.width), seed=args.seed)
+    try:
+        # The flags' own names in errors (write_synthetic's arguments are named differently).
+        for flag, value, minimum in (("--num_images", args.num_images, 0), ("--num_videos", args.num_videos, 0),
+                                     ("--num_frames", args.num_frames, 2), ("--height", args.height, 32),
+                                     ("--width", args.width, 32)):
+            if value < minimum:
+                from jcompose.cli import InputError
+
+                raise InputError(f"{flag} {value}: expected an integer >= {minimum}")
+        truth = write_synthetic(args.out, num_images=args.num_images, num_videos=args.num_videos,
+                                num_frames=args.num_frames, image_size=(args.height, args.width), seed=args.seed)
+    except Exception as err:
+        from jcompose import cli
+
+        cli.report(err, debug=args.debug)
     print(f"wrote {len(truth.images)} images to {truth.coco_dir} and {len(truth.videos)} videos x "
           f"{args.num_frames} frames to {truth.youtube_vos_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

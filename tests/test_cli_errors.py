@@ -1,0 +1,203 @@
+"""Every entry point answers bad user input with one `error: ...` line naming the file or field and
+exit status 2; `--debug` / JCOMPOSE_DEBUG=1 show the traceback; internal errors keep theirs.
+
+The table runs each entry point's `main` in this process (through `cli.run`, as `python -m` does);
+a few cases run as real subprocesses to check what a user sees.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from toy_method import use_toy_method
+
+from input_pipeline import anyscene_benchmark
+from input_pipeline.sources import synthetic
+from jcompose import cli, evaluate, sweep, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Bad inputs of every kind, written once."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    (root / "a_file").write_text("not a folder")
+    (root / "syntax.py").write_text("def get_config(arg):\n    return (\n")
+    (root / "prompts.json").write_text("{'not': json")
+    truth = synthetic.write_synthetic(root / "data", num_images=3, num_videos=0, image_size=(64, 80))
+    coco = truth.coco_dir
+    for image in sorted((coco / "images").glob("*.jpg"))[:1]:
+        image.write_bytes(b"")  # a zero-byte image: a bad record
+    missing = root / "missing_images"  # the same annotations, no image files at all
+    (missing / "annotations").mkdir(parents=True)
+    for name in ("instances.json", "captions.json"):
+        (missing / "annotations" / name).write_text((coco / "annotations" / name).read_text())
+    (missing / "images").mkdir()
+    (root / "empty.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    (root / "gen").mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "gen" / "a.png")
+    (root / "sweep_syntax.py").write_text("def get_sweep(arg)\n    return {}\n")
+    (root / "sweep_typo.py").write_text("def get_sweep(arg):\n    return {'config': 'configs/denoise.py:tiny', "
+                                        "'runs': [{'optim.lrr': 1e-4}]}\n")
+    (root / "sweep_raises.py").write_text("def get_sweep(arg):\n    return 1 / 0\n")
+    (root / "sweep_ok.py").write_text("def get_sweep(arg):\n    return {'config': 'configs/denoise.py:tiny', "
+                                      "'runs': [{'seed': 1}]}\n")
+    return root
+
+
+def _anyscene_data(folder):
+    return ["--config=configs/anyscene.py:tiny", f"--config.data.coco_root={folder}", "--config.data.image_dir=images",
+            "--config.data.instances_json=annotations/instances.json",
+            "--config.data.captions_json=annotations/captions.json"]
+
+
+TRAIN = [
+    (["--config=configs/nope.py", "--workdir={w}"], "config configs/nope.py: no such file"),
+    (["--config={f}/syntax.py", "--workdir={w}"], "syntax.py, line 2: syntax error: '(' was never closed"),
+    (["--config=configs/denoise.py:huge", "--workdir={w}"], "configs/denoise.py: unknown variant 'huge'"),
+    (["--config=configs/denoise.py:tiny", "--config.train.stepz=3", "--workdir={w}"],
+     "--config.train.stepz: config.train has no field 'stepz'; did you mean 'train.steps'?"),
+    (["--config=configs/denoise.py:tiny", "--config.trian.steps=3", "--workdir={w}"],
+     "config has no field 'trian'; did you mean 'train'?"),
+    (["--config=configs/denoise.py:tiny", "--config.train.steps=abc", "--workdir={w}"],
+     "--config.train.steps=abc: invalid literal for int() with base 10: 'abc' (expected int, like the default 60)"),
+    (["--config=configs/denoise.py:tiny", "--config.train.steps=-5", "--workdir={w}"],
+     "config.train.steps = -5: expected a positive integer"),
+    (["--config=configs/denoise.py:tiny", "--config.optim.schedule=linear", "--workdir={w}"],
+     "config.optim.schedule = 'linear': expected 'constant' or 'cosine'"),
+    (["--config=configs/denoise.py:tiny"], "--workdir=DIR are required"),
+    (["--config=configs/denoise.py:tiny", "--workdir={f}/a_file"], "a_file: is a file, not a folder"),
+    (["--config=configs/denoise.py:tiny", "--workdir={f}/a_file/run"], "a_file/run: not writable"),
+    (["--config=configs/denoise.py:tiny", "--config.model.base=/nonexistent/sd15", "--workdir={w}"],
+     "config.model (base '/nonexistent/sd15'): /nonexistent/sd15: base model folder not found"),
+    (["--config=configs/denoise.py:tiny", "--workdirr={w}"], "Unknown command line flag 'workdirr'"),
+    ([*_anyscene_data("{f}/data/coco"), "--config.data.strict=True", "--workdir={w}"],
+     "000000.jpg: image file is empty (0 bytes)"),
+    ([*_anyscene_data("{f}/missing_images"), "--workdir={w}"],
+     "no usable record in the last 100 records: 'image file not found' x100"),
+]
+
+EVALUATE = [
+    (["--config=configs/eval/nope.py"], "config configs/eval/nope.py: no such file"),
+    (["--config=configs/eval/anyscene.py"], "config.out: set an output folder"),
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.fid.mdoe=clean"],
+     "config.fid has no field 'mdoe'; did you mean 'fid.mode'?"),
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('clip_score',)"],
+     "config.clip.model: clip_score needs a transformers CLIP folder"),
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('psnr',)"],
+     "config.metrics: unknown ['psnr']"),
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('fid',)",
+      "--config.fid.reference_stats={f}/stats.npz", "--config.generated={f}/gen"],
+     "config.fid.reference_stats = '{f}/stats.npz': no such file"),
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('fid',)",
+      "--config.generated={f}/nowhere", "--config.fid.weights=random"], "config.generated: {f}/nowhere is not a folder"),
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('clip_score',)",
+      "--config.clip.model={f}", "--config.generated={f}/gen", "--config.prompts={f}/prompts.json"],
+     "config.prompts {f}/prompts.json: invalid JSON"),
+]
+
+SWEEP = [
+    (["list", "--sweep=nope.py", "--root={w}"], "--sweep nope.py: no such file"),
+    (["list", "--sweep={f}/sweep_syntax.py", "--root={w}"], "sweep_syntax.py, line 1: syntax error"),
+    (["list", "--sweep={f}/sweep_typo.py", "--root={w}"],
+     "run lrr=0.0001: --config.optim.lrr: config.optim has no field 'lrr'; did you mean 'optim.lr'?"),
+    (["list", "--sweep={f}/sweep_raises.py", "--root={w}"], "get_sweep('') raised ZeroDivisionError"),
+    (["run", "--sweep={f}/sweep_ok.py", "--root={w}", "--only=nope"], "--only ['nope']: not in the sweep"),
+]
+
+SYNTHETIC = [
+    (["--out={w}", "--num_images", "-3"], "--num_images -3: expected an integer >= 0"),
+    (["--out={w}", "--height", "16"], "--height 16: expected an integer >= 32"),
+    (["--out={f}/a_file", "--num_images", "1", "--num_videos", "0"], "a_file: is a file, not a folder"),
+]
+
+BENCHMARK = [
+    (["--out={w}"], "give --coco_root, or --image_dir and --instances_json"),
+    (["--coco_root=/nonexistent", "--out={w}"], "--coco_root /nonexistent: no such folder"),
+    (["--image_dir={f}/data/coco/images", "--instances_json={f}/nope.json", "--out={w}"],
+     "nope.json: JSON file not found"),
+    (["--image_dir={f}/data/coco/images", "--instances_json={f}/empty.json", "--out={w}"],
+     "empty.json: no image with an annotation"),
+    (["--image_dir={f}/data/coco/images", "--instances_json={f}/data/coco/annotations/instances.json", "--num=0",
+      "--out={w}"], "--num 0: expected > 0"),
+]
+
+CASES = ([("train", *c) for c in TRAIN] + [("evaluate", *c) for c in EVALUATE] + [("sweep", *c) for c in SWEEP]
+         + [("synthetic", *c) for c in SYNTHETIC] + [("anyscene_benchmark", *c) for c in BENCHMARK])
+MAINS = {"train": train.main, "evaluate": evaluate.main, "sweep": sweep.main, "synthetic": synthetic.main,
+         "anyscene_benchmark": anyscene_benchmark.main}
+
+
+@pytest.mark.parametrize("entry, argv, expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_input_errors_are_one_line_and_exit_2(entry, argv, expected, files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    fill = {"f": str(files), "w": str(tmp_path / "out")}
+    argv = [a.format(**fill) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(MAINS[entry], argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exit_info.value.code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert expected.format(**fill) in lines[0], lines[0]
+
+
+def test_an_unusable_checkpoint_is_an_input_error(tmp_path, monkeypatch, capsys):
+    """A run trained with EMA, resumed with EMA switched off: the mismatch is named, exit 2."""
+    use_toy_method(monkeypatch)
+    config = tmp_path / "toy_config.py"
+    config.write_text("from toy_method import toy_config\n\ndef get_config(arg=''):\n    return toy_config(steps=2)\n")
+    argv = [f"--config={config}", f"--workdir={tmp_path / 'run'}"]
+    assert cli.run(train.main, argv) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(train.main, [*argv, "--config.train.ema_decay=0.0", "--config.train.steps=4"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "checkpoint step 2 does not fit" in err and "ema: only in the checkpoint" in err
+    assert "set --config.train.ema_decay to its value" in err
+
+
+def test_internal_errors_and_debug_keep_the_traceback(monkeypatch, tmp_path):
+    def broken(argv):
+        raise KeyError("an internal bug")
+
+    with pytest.raises(KeyError):
+        cli.run(broken, [])
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit):
+        cli.run(synthetic.main, [f"--out={tmp_path}", "--num_images", "-3"])
+    with pytest.raises(cli.InputError, match="--num_images -3"):
+        cli.run(synthetic.main, [f"--out={tmp_path}", "--num_images", "-3", "--debug"])
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(cli.InputError, match="--num_images -3"):
+        cli.run(synthetic.main, [f"--out={tmp_path}", "--num_images", "-3"])
+
+
+@pytest.mark.parametrize("module, argv, expected", [
+    ("jcompose.train", ["--config=configs/denoise.py:tiny", "--config.train.stepz=3", "--workdir=/tmp/x"],
+     "did you mean 'train.steps'?"),
+    ("jcompose.evaluate", ["--config=configs/eval/anyscene.py"], "config.out: set an output folder"),
+    ("jcompose.sweep", ["list", "--sweep=nope.py", "--root=/tmp/x"], "--sweep nope.py: no such file"),
+    ("input_pipeline.sources.synthetic", ["--out=/tmp/x", "--num_images", "-3"], "--num_images -3"),
+    ("input_pipeline.anyscene_benchmark", ["--coco_root=/nonexistent", "--out=/tmp/x"], "--coco_root /nonexistent"),
+])
+def test_what_a_user_sees(module, argv, expected):
+    env = {k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV}
+    result = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env=env, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
+    assert expected in result.stderr
+    if module == "jcompose.train":  # --debug and the environment variable show the traceback
+        for extra, more_env in ((["--debug"], {}), ([], {cli.DEBUG_ENV: "1"})):
+            debug = subprocess.run([sys.executable, "-m", module, *argv, *extra], cwd=REPO, capture_output=True,
+                                   text=True, timeout=300, env={**env, **more_env}, check=False)
+            assert "Traceback" in debug.stderr and expected in debug.stderr and debug.returncode == 1
