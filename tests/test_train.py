@@ -261,3 +261,84 @@ def test_fsdp_run_resumes_on_another_device_count(tmp_path, capsys):
     resumed = train.train(_small(4), workdir)
     assert "at step 2" in capsys.readouterr().out
     assert resumed["step"] == 4 and np.isfinite(resumed["loss"])
+
+
+class _LeastSquares:
+    """loss = mean((x @ w - y)^2): deterministic (no rng), gradient known in closed form."""
+
+    def loss(self, params, frozen, batch, rng):
+        return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2), {}
+
+
+def _least_squares_problem(seed=0, n=8):
+    rng = np.random.default_rng(seed)
+    batch = {"x": rng.normal(size=(n, 5)).astype(np.float32), "y": rng.normal(size=(n, 3)).astype(np.float32)}
+    return batch, rng.normal(size=(5, 3)).astype(np.float32)
+
+
+def _state(tx, w):
+    params = {"w": jnp.asarray(w)}
+    return {"step": jnp.array(0), "params": params, "opt_state": tx.init(params), "rng": jax.random.PRNGKey(0),
+            "nonfinite": jnp.array(0)}
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    """4 micro-batches of 2 = one batch of 8: same loss, gradient norm and update (a missing / accum
+    would double the first two; AdamW's update alone would not show it)."""
+    batch, w = _least_squares_problem()
+    results = {}
+    for accum in (1, 2, 4):
+        config = get_config("tiny")
+        config.train.grad_accum = accum
+        tx, _ = train.make_optimizer(config)
+        step = jax.jit(train.make_train_step(_LeastSquares(), tx, config))
+        state, metrics = step(_state(tx, w), {}, batch)
+        state, metrics2 = step(state, {}, batch)
+        results[accum] = (np.asarray(state["params"]["w"]), [float(m[k]) for m in (metrics, metrics2)
+                                                             for k in ("loss", "grad_norm")])
+    err = batch["x"] @ w - batch["y"]
+    np.testing.assert_allclose(results[1][1][0], np.mean(err.astype(np.float64) ** 2), rtol=1e-6)
+    grad = 2 * batch["x"].T.astype(np.float64) @ err / err.size
+    np.testing.assert_allclose(results[1][1][1], np.linalg.norm(grad), rtol=1e-5)
+    for accum in (2, 4):
+        np.testing.assert_allclose(results[accum][1], results[1][1], rtol=1e-5, err_msg=f"accum {accum}")
+        np.testing.assert_allclose(results[accum][0], results[1][0], rtol=0, atol=1e-6, err_msg=f"accum {accum}")
+
+
+def _hand_lr(t, peak, warmup, total, schedule):
+    """The schedule as the README states it: linear warm-up from 0, then constant or cosine to 0."""
+    if t < warmup:
+        return peak * t / warmup
+    if schedule == "constant":
+        return peak
+    return peak * 0.5 * (1 + np.cos(np.pi * (t - warmup) / (total - warmup)))
+
+
+@pytest.mark.parametrize("schedule, warmup", [("constant", 0), ("constant", 3), ("cosine", 3), ("cosine", 0)])
+def test_schedules_drive_the_adamw_updates(schedule, warmup):
+    """Six steps of the real train step against AdamW with clipping written out in numpy (float64),
+    the learning rate from the hand formula at each step."""
+    config = get_config("tiny")
+    config.train.steps = 8
+    config.optim.update(lr=0.05, warmup_steps=warmup, schedule=schedule, weight_decay=0.1, clip_norm=0.5)
+    o = config.optim
+    tx, lr_schedule = train.make_optimizer(config)
+    for t in range(9):
+        assert float(lr_schedule(t)) == pytest.approx(_hand_lr(t, o.lr, warmup, 8, schedule), abs=1e-8), t
+    batch, w0 = _least_squares_problem(seed=1)
+    step = jax.jit(train.make_train_step(_LeastSquares(), tx, config))
+    state = _state(tx, w0)
+    w, m, v = w0.astype(np.float64), 0.0, 0.0
+    x, y = batch["x"].astype(np.float64), batch["y"].astype(np.float64)
+    for t in range(6):
+        state, _ = step(state, {}, batch)
+        g = 2 * x.T @ (x @ w - y) / y.size
+        g = g * min(1.0, o.clip_norm / np.linalg.norm(g))
+        m = o.b1 * m + (1 - o.b1) * g
+        v = o.b2 * v + (1 - o.b2) * g * g
+        update = (m / (1 - o.b1 ** (t + 1))) / (np.sqrt(v / (1 - o.b2 ** (t + 1))) + o.eps) + o.weight_decay * w
+        w = w - _hand_lr(t, o.lr, warmup, 8, schedule) * update
+        np.testing.assert_allclose(np.asarray(state["params"]["w"]), w, rtol=2e-5, atol=2e-6, err_msg=f"step {t}")
+    if warmup:  # the first update ran at lr 0: nothing moved but the optimizer moments
+        first, _ = step(_state(tx, w0), {}, batch)
+        np.testing.assert_array_equal(np.asarray(first["params"]["w"]), w0)
