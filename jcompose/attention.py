@@ -1,46 +1,42 @@
-"""Attention control for diffusers' Flax UNet and ControlNet, without forking them.
+"""Attention control: the controls, and the one function every attention layer calls.
 
-`controlled_attention(...)` is a context manager around a module call. Inside it every
-`FlaxAttention.__call__` is intercepted (`flax.linen.intercept_methods`) and recomputed with the
-module's own projection weights, so parameters keep the diffusers tree and load unchanged:
+jcompose's attention modules (`jcompose.models.transformer.Attention`, in the UNet and the
+ControlNet) take an `AttentionContext` argument, threaded down from the model's ``attention=``
+keyword. Each layer knows its own path (e.g. ``up_blocks_3/attentions_2/transformer_blocks_0/attn1``),
+whether it is self- or cross-attention and its spatial size, and calls `attend`:
 
-* with no control applying to a layer on a GPU in bf16/fp16 (head dim <= 128, multiple of 8),
+* with no control applying to the layer, on a GPU in bf16/fp16 (head dim <= 128, multiple of 8),
   through `jax.nn.dot_product_attention` with cuDNN's fused kernel;
 * otherwise explicitly: softmax probabilities in float32, then each control multiplies them
   (XLA fuses this; on CPU it measured faster than `dot_product_attention`'s XLA path).
 
-Each control sees an `AttentionCall`: the layer path (e.g.
-``up_blocks_3/attentions_2/transformer_blocks_0/attn1``), self vs cross, the layer's spatial size
-(derived from the query length and the latent size, non-square too) and the current timestep.
-Controls are plain frozen dataclasses: `MaskedCrossAttention` and `MaskedSelfAttention`
+Each control sees an `AttentionCall`: the layer path, self vs cross, the layer's spatial size and
+its factor relative to the latent (non-square too) and the current timestep. Controls are frozen
+pytree dataclasses (their masks are leaves, everything else static), so a context passes through
+`jit`, `nn.remat` and `lax.scan` unchanged: `MaskedCrossAttention` and `MaskedSelfAttention`
 (DreamCom), `LayoutControl` (AnyScene) and `CaptureCrossAttention` (maps per token, for
 visualisation and tests). Masks are given at latent resolution and reduced to each layer's size
-by strided slicing, the official code's nearest rule (``m[::f, ::f]``); a mask that is a
-constant of the trace is sliced at compile time, one passed in is loop-invariant in a sampler's
-scan and hoisted by XLA, so neither is recomputed per step. A mask with batch B serves a
+by strided slicing, the official code's nearest rule (``m[::f, ::f]``). A mask with batch B serves a
 CFG-doubled batch 2B (both halves get it, as in the released DreamCom code).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from diffusers.models.attention_flax import FlaxAttention
+from flax import struct
 
 Array = jax.Array
 CAPTURE_COLLECTION = "attention_maps"
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class AttentionCall:
-    """What a control knows about one attention call.
+    """What a control knows about one attention call (all static, read at trace time).
 
     Attributes:
       path: the module path, e.g. ``('up_blocks_1', 'attentions_0', 'transformer_blocks_0', 'attn2')``.
@@ -50,11 +46,11 @@ class AttentionCall:
       timestep: the current diffusion timestep, a scalar array (or None outside a sampler).
     """
 
-    path: tuple[str, ...]
-    is_cross: bool
-    height: int
-    width: int
-    factor: int
+    path: tuple[str, ...] = struct.field(pytree_node=False)
+    is_cross: bool = struct.field(pytree_node=False)
+    height: int = struct.field(pytree_node=False)
+    width: int = struct.field(pytree_node=False)
+    factor: int = struct.field(pytree_node=False)
     timestep: Any = None
 
     @property
@@ -62,11 +58,23 @@ class AttentionCall:
         return "/".join(self.path)
 
 
-def spatial_size(num_queries: int, latent_hw: tuple[int, int]) -> tuple[int, int, int]:
-    """(height, width, factor) of a layer with `num_queries` pixels in a UNet on `latent_hw` latents.
+def layer_factor(layer_hw: tuple[int, int], latent_hw: tuple[int, int]) -> int:
+    """latent/layer size ratio of a layer of `layer_hw` in a UNet on `latent_hw` latents.
 
     Each UNet level halves the size with a stride-2, padding-1 convolution, i.e. ceil(h / 2).
     """
+    h, w = latent_hw
+    factor = 1
+    while (h, w) != tuple(layer_hw):
+        if h == 1 and w == 1 or h * w < layer_hw[0] * layer_hw[1]:
+            raise ValueError(f"an attention layer of {layer_hw[0]}x{layer_hw[1]} is no downsampling of the "
+                             f"{latent_hw[0]}x{latent_hw[1]} latent; pass the latent size the UNet is called with")
+        h, w, factor = math.ceil(h / 2), math.ceil(w / 2), factor * 2
+    return factor
+
+
+def spatial_size(num_queries: int, latent_hw: tuple[int, int]) -> tuple[int, int, int]:
+    """(height, width, factor) of a layer with `num_queries` pixels in a UNet on `latent_hw` latents."""
     h, w = latent_hw
     factor = 1
     while h * w > num_queries:
@@ -107,18 +115,20 @@ def _token_vector(tokens: Iterable[int], length: int) -> Array:
     return jnp.asarray(vec, jnp.float32)
 
 
-def _strength(schedule: Callable[[Array], Array] | None, call: AttentionCall) -> Array | float:
+def _blend(probs: Array, edited: Array, schedule: Callable[[Array], Array] | None, call: AttentionCall) -> Array:
+    """probs + s (edited - probs), s = schedule(t) in [0, 1]; the edit itself without a schedule."""
     if schedule is None or call.timestep is None:
-        return 1.0
-    return jnp.asarray(schedule(call.timestep), jnp.float32)
+        return edited
+    s = jnp.asarray(schedule(call.timestep), jnp.float32)
+    return probs + s * (edited - probs)
 
 
 class Control:
     """Base class: `applies(call)` decides per layer (at trace time), `__call__` edits probabilities.
 
     `__call__(probs, call, module)` gets post-softmax probabilities of shape (B, heads, Nq, Nk) in
-    float32 and returns the edited ones (the same shape). `module` is the bound FlaxAttention, for
-    controls that record (`sow`) rather than edit.
+    float32 and returns the edited ones (the same shape). `module` is the calling attention module,
+    for controls that record (`sow`) rather than edit. Subclasses are `flax.struct` dataclasses.
     """
 
     def applies(self, call: AttentionCall) -> bool:
@@ -132,7 +142,11 @@ def _in_layers(layers: frozenset[str] | None, call: AttentionCall) -> bool:
     return layers is None or call.name in layers
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+def _static(**kwargs):
+    return struct.field(pytree_node=False, **kwargs)
+
+
+@struct.dataclass
 class MaskedCrossAttention(Control):
     """DreamCom's masked cross-attention: text acts only inside the region.
 
@@ -153,11 +167,11 @@ class MaskedCrossAttention(Control):
     """
 
     mask: Array
-    foreground_tokens: Sequence[int] | None = None
-    background_tokens: Sequence[int] = ()
-    renormalize: bool = False
-    layers: frozenset[str] | None = None
-    schedule: Callable[[Array], Array] | None = None
+    foreground_tokens: tuple[int, ...] | None = _static(default=None)
+    background_tokens: tuple[int, ...] = _static(default=())
+    renormalize: bool = _static(default=False)
+    layers: frozenset[str] | None = _static(default=None)
+    schedule: Callable[[Array], Array] | None = _static(default=None)
 
     def applies(self, call: AttentionCall) -> bool:
         return call.is_cross and _in_layers(self.layers, call)
@@ -173,11 +187,10 @@ class MaskedCrossAttention(Control):
         if self.renormalize:
             total = edited.sum(-1, keepdims=True)
             edited = jnp.where(total > 0, edited / jnp.where(total > 0, total, 1.0), 0.0)
-        s = _strength(self.schedule, call)
-        return edited if isinstance(s, float) else probs + s * (edited - probs)
+        return _blend(probs, edited, self.schedule, call)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@struct.dataclass
 class MaskedSelfAttention(Control):
     """DreamCom's masked self-attention: foreground and background do not mix.
 
@@ -193,9 +206,9 @@ class MaskedSelfAttention(Control):
     """
 
     mask: Array
-    layers: frozenset[str]
-    cross_weight: float = 0.0
-    schedule: Callable[[Array], Array] | None = None
+    layers: frozenset[str] = _static()
+    cross_weight: float = _static(default=0.0)
+    schedule: Callable[[Array], Array] | None = _static(default=None)
 
     def applies(self, call: AttentionCall) -> bool:
         return not call.is_cross and call.name in self.layers
@@ -205,12 +218,10 @@ class MaskedSelfAttention(Control):
         m = _query_mask(self.mask, call, batch)[:, :, :, 0]  # (B, 1, N)
         same = m[..., :, None] * m[..., None, :] + (1 - m[..., :, None]) * (1 - m[..., None, :])
         keep = same + self.cross_weight * (1 - same)
-        edited = probs * keep
-        s = _strength(self.schedule, call)
-        return edited if isinstance(s, float) else probs + s * (edited - probs)
+        return _blend(probs, probs * keep, self.schedule, call)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@struct.dataclass
 class LayoutControl(Control):
     """AnyScene's layout control (paper eq. 7): A*[:, :, k] = A[:, :, k] * downsample(M), k in K.
 
@@ -222,9 +233,9 @@ class LayoutControl(Control):
     """
 
     mask: Array
-    tokens: Sequence[int]
-    factors: Sequence[int] = (1, 2, 4)
-    schedule: Callable[[Array], Array] | None = None
+    tokens: tuple[int, ...] = _static()
+    factors: tuple[int, ...] = _static(default=(1, 2, 4))
+    schedule: Callable[[Array], Array] | None = _static(default=None)
 
     def applies(self, call: AttentionCall) -> bool:
         return call.is_cross and call.factor in self.factors
@@ -233,13 +244,10 @@ class LayoutControl(Control):
         batch, _, _, num_keys = probs.shape
         selected = _token_vector(self.tokens, num_keys)  # (Nk,)
         inside = _query_mask(self.mask, call, batch)  # (B, 1, Nq, 1)
-        keep = 1 - selected + selected * inside
-        edited = probs * keep
-        s = _strength(self.schedule, call)
-        return edited if isinstance(s, float) else probs + s * (edited - probs)
+        return _blend(probs, probs * (1 - selected + selected * inside), self.schedule, call)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@struct.dataclass
 class CaptureCrossAttention(Control):
     """Records head-averaged cross-attention maps of the layers at one resolution.
 
@@ -250,7 +258,7 @@ class CaptureCrossAttention(Control):
       factor: latent/layer size ratio of the layers to record (e.g. 4: 16x16 at 512 px).
     """
 
-    factor: int = 4
+    factor: int = _static(default=4)
 
     def applies(self, call: AttentionCall) -> bool:
         return call.is_cross and call.factor == self.factor
@@ -269,7 +277,33 @@ def average_captured(state: Any) -> Array:
     return sum(leaves) / len(leaves)
 
 
-# --------------------------------------------------------------------------------- the interceptor
+# ----------------------------------------------------------------------------------- the context
+
+
+@struct.dataclass
+class AttentionContext:
+    """What a model call's attention layers are told: the controls and where they are.
+
+    Pass it as ``unet.apply(params, x, t, ctx, attention=AttentionContext(...))``.
+
+    Attributes:
+      controls: applied in order to each layer they apply to; none -> fused attention everywhere.
+      latent_hw: (height, width) of the latents the model is called with (sizes the layers for
+        the controls' masks); None when there are no controls.
+      timestep: the current timestep (a scalar array), for controls with a schedule.
+      on_call: optional host callback per attention call at trace time (e.g. to list the layers).
+    """
+
+    controls: tuple[Control, ...] = ()
+    latent_hw: tuple[int, int] | None = _static(default=None)
+    timestep: Any = None
+    on_call: Callable[[AttentionCall], None] | None = _static(default=None)
+
+    def call(self, path: Sequence[str], is_cross: bool, layer_hw: tuple[int, int]) -> AttentionCall:
+        """The `AttentionCall` of the layer at `path` with a `layer_hw` query grid."""
+        hw = self.latent_hw or layer_hw
+        factor = layer_factor(layer_hw, hw) if self.controls or self.on_call else 1
+        return AttentionCall(tuple(path), is_cross, int(layer_hw[0]), int(layer_hw[1]), factor, self.timestep)
 
 
 def _attention_implementation(dtype: Any, head_dim: int) -> str | None:
@@ -281,73 +315,43 @@ def _attention_implementation(dtype: Any, head_dim: int) -> str | None:
     return "cudnn" if head_dim % 8 == 0 and head_dim <= 128 else None
 
 
-def _attend(module: Any, hidden: Array, context: Array | None, call: AttentionCall, controls: list[Control]) -> Array:
-    source = hidden if context is None else context
-    batch = hidden.shape[0]
-
-    def heads(x):
-        return x.reshape(batch, x.shape[1], module.heads, module.dim_head)  # (B, T, N, H)
-
-    q, k, v = heads(module.query(hidden)), heads(module.key(source)), heads(module.value(source))
-    fused = _attention_implementation(q.dtype, module.dim_head) if not controls else None
-    if fused:
-        out = jax.nn.dot_product_attention(q, k, v, scale=module.scale, implementation=fused)
-    else:
-        # Explicit softmax attention: controls edit the probabilities; without controls on CPU/TPU
-        # this measured faster than jax.nn.dot_product_attention's XLA path (python -m jcompose.bench).
-        logits = jnp.einsum("bqnh,bknh->bnqk", q, k, preferred_element_type=jnp.float32) * module.scale
-        probs = jax.nn.softmax(logits, axis=-1)
-        for control in controls:
-            probs = control(probs, call, module)
-        out = jnp.einsum("bnqk,bknh->bqnh", probs.astype(v.dtype), v)
-    return module.proj_attn(out.reshape(batch, out.shape[1], module.heads * module.dim_head))
-
-
-def make_interceptor(controls: Sequence[Control], latent_hw: tuple[int, int], timestep: Any = None,
-                     on_call: Callable[[AttentionCall], None] | None = None):
-    """The `nn.intercept_methods` interceptor applying `controls` (see `controlled_attention`)."""
-
-    def interceptor(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name != "__call__" or not isinstance(module, FlaxAttention):
-            return next_fun(*args, **kwargs)
-        hidden = args[0]
-        cross_context = args[1] if len(args) > 1 else kwargs.get("context")
-        height, width, factor = spatial_size(hidden.shape[1], latent_hw)
-        call = AttentionCall(tuple(module.path), cross_context is not None, height, width, factor, timestep)
-        if on_call is not None:
-            on_call(call)
-        active = [c for c in controls if c.applies(call)]
-        return _attend(module, hidden, cross_context, call, active)
-
-    return interceptor
-
-
-@contextlib.contextmanager
-def controlled_attention(controls: Sequence[Control] = (), *, latent_hw: tuple[int, int], timestep: Any = None,
-                         on_call: Callable[[AttentionCall], None] | None = None):
-    """Context manager: UNet/ControlNet calls inside it run the given attention controls.
+def attend(q: Array, k: Array, v: Array, *, scale: float, module: Any, path: Sequence[str], is_cross: bool,
+           layer_hw: tuple[int, int], context: AttentionContext | None) -> Array:
+    """Multi-head attention of one layer with the context's controls.
 
     Args:
-      controls: applied in order to each layer they apply to; none -> fused attention everywhere.
-      latent_hw: (height, width) of the latents the UNet is called with (to size the layers).
-      timestep: current timestep (a scalar array), passed to controls with a schedule.
-      on_call: optional callback per attention call (e.g. to list the layers).
+      q: (B, Nq, heads, head_dim) queries; k, v: (B, Nk, heads, head_dim).
+      scale: the logit scale (head_dim ** -0.5).
+      module: the calling attention module (for controls that `sow`).
+      path, is_cross, layer_hw: where the layer is (its module path, self/cross, query grid).
+      context: the call's `AttentionContext`, or None (plain attention).
+
+    Returns:
+      (B, Nq, heads, head_dim) in v's dtype.
     """
-    with nn.intercept_methods(make_interceptor(tuple(controls), latent_hw, timestep, on_call)):
-        yield
+    controls: list[Control] = []
+    if context is not None and (context.controls or context.on_call):
+        call = context.call(path, is_cross, layer_hw)
+        if context.on_call is not None:
+            context.on_call(call)
+        controls = [c for c in context.controls if c.applies(call)]
+    fused = _attention_implementation(q.dtype, q.shape[-1]) if not controls else None
+    if fused:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=fused)
+    # Explicit softmax attention: controls edit the probabilities; without controls on CPU/TPU this
+    # measured faster than jax.nn.dot_product_attention's XLA path (python -m jcompose.bench).
+    logits = jnp.einsum("bqnh,bknh->bnqk", q, k, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(logits, axis=-1)
+    for control in controls:
+        probs = control(probs, call, module)
+    return jnp.einsum("bnqk,bknh->bqnh", probs.astype(v.dtype), v)
 
 
-def attention_layers(apply_fn: Callable[[], Any], latent_hw: tuple[int, int]) -> list[AttentionCall]:
-    """Every attention call of `apply_fn` (a zero-argument UNet call), in call order, traced
+def attention_layers(apply_fn: Callable[[AttentionContext], Any], latent_hw: tuple[int, int]) -> list[AttentionCall]:
+    """Every attention call of `apply_fn` (a model call taking the context), in call order, traced
     abstractly (no FLOPs)."""
     calls: list[AttentionCall] = []
-
-    def run():
-        with controlled_attention((), latent_hw=latent_hw, on_call=calls.append):
-            return apply_fn()
-
-    jax.eval_shape(run)
+    jax.eval_shape(lambda: apply_fn(AttentionContext(latent_hw=tuple(latent_hw), on_call=calls.append)))
     return calls
 
 

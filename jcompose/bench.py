@@ -75,21 +75,23 @@ def _flops(fn, *args) -> float:
 
 def _full_size_folder(root: Path) -> Path:
     """Writes the SD 1.5 architecture with random weights (config + msgpack), CLIP-L text shapes."""
-    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-    from transformers import CLIPTextConfig, FlaxCLIPTextModel
+    from jcompose.models import clip, encoders
+    from jcompose.models.unet import UNet2DConditionModel
+    from jcompose.models.vae import AutoencoderKL
 
-    unet = FlaxUNet2DConditionModel(**SD15_UNET)
+    unet = UNet2DConditionModel(**SD15_UNET)
     loading.export_diffusers(unet, tiny.random_params(loading.abstract_params(unet), 0), root / "unet",
                              formats=("msgpack", "safetensors"), dtype=np.float16)
-    vae = FlaxAutoencoderKL(**SD15_VAE)
+    vae = AutoencoderKL(**SD15_VAE)
     loading.export_diffusers(vae, tiny.random_params(loading.abstract_params(vae), 1), root / "vae",
                              formats=("msgpack", "safetensors"), dtype=np.float16)
     vocab = tiny.write_tokenizer(root / "tokenizer")
-    config = CLIPTextConfig(vocab_size=vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
-    text = FlaxCLIPTextModel(config, _do_init=False)
-    loading.export_transformers(text, tiny.random_params(text.params_shape_tree, 2), root / "text_encoder",
-                                formats=("msgpack", "safetensors"))
+    config = clip.CLIPTextConfig(vocab_size=vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                                 bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    text = clip.CLIPTextModel(config)
+    encoders.export_encoder(text, tiny.random_params(encoders.abstract_params(text), 2), root / "text_encoder",
+                            formats=("msgpack", "safetensors"))
     tok_config = json.loads((root / "tokenizer" / "tokenizer_config.json").read_text())
     (root / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**tok_config, "model_max_length": 77}))
     (root / "scheduler").mkdir(exist_ok=True)
@@ -150,8 +152,8 @@ def bench_sample(args: argparse.Namespace) -> dict[str, Any]:
         mask = np.zeros(latent_hw, np.float32)
         mask[latent_hw[0] // 4: 3 * latent_hw[0] // 4, latent_hw[1] // 4: 3 * latent_hw[1] // 4] = 1
         calls = attention.attention_layers(
-            lambda: pipe.unet.module.apply({"params": pipe.unet.params}, latents, jnp.array([1] * args.batch),
-                                           context), latent_hw)
+            lambda ctx: pipe.unet.module.apply({"params": pipe.unet.params}, latents, jnp.array([1] * args.batch),
+                                               context, attention=ctx), latent_hw)
         decoder = [c for c in calls if not c.is_cross and c.path[0].startswith("up_blocks")]
         variants = {
             "none": (),

@@ -8,8 +8,8 @@ DINOv2) or a whole base-model folder (unet/, vae/, text_encoder/, ...); other fi
 scheduler, model_index.json) are copied. Conversion runs in numpy: torch is neither needed nor
 imported. `to-diffusers` output loads in PyTorch with `UNet2DConditionModel.from_pretrained`,
 `ControlNetModel.from_pretrained`, `AutoencoderKL.from_pretrained`, `CLIPTextModel` /
-`Dinov2Model.from_pretrained`; `to-flax` output loads with `jcompose.models.loading` and
-diffusers'/transformers' Flax `from_pretrained`.
+`Dinov2Model.from_pretrained` (also CLIP and ViT folders); `to-flax` output (Flax msgpack, the
+parameter trees of diffusers'/transformers' former Flax classes) loads with `jcompose.models`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from jcompose.models import loading
+from jcompose.models import encoders, loading
 from jcompose.models.diffusers_config import KINDS, read_config
 
 _DTYPES = {"float32": np.float32, "float16": np.float16}
-_TRANSFORMERS = {"clip_text_model": "load_text_encoder", "dinov2": "load_dinov2"}
+_TRANSFORMERS = {"clip_text_model": encoders.load_clip_text, "clip": encoders.load_clip, "vit": encoders.load_vit,
+                 "dinov2": encoders.load_dinov2}
 
 
 def _component(folder: Path) -> str | None:
@@ -59,16 +60,9 @@ def convert_model(src: Path, dst: Path, target: str, dtype: str = "float32") -> 
         model = loading.load_component(src, KINDS[component], weights=source_format)
         loading.export_diffusers(model.module, model.params, dst, formats=(out_format,), dtype=_DTYPES[dtype])
     else:
-        model = getattr(loading, _TRANSFORMERS[component])(src, weights=source_format)
-        params = model.params if dtype == "float32" else _cast(model.params, _DTYPES[dtype])
-        loading.export_transformers(model.module, params, dst, formats=(out_format,))
+        model = _TRANSFORMERS[component](src, weights=source_format)
+        encoders.export_encoder(model.module, model.params, dst, formats=(out_format,), dtype=_DTYPES[dtype])
     return f"{src} ({component}, {source_format}) -> {dst} ({out_format}, {dtype})"
-
-
-def _cast(params, dtype):
-    import jax
-
-    return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), params)
 
 
 def convert(src: Path, dst: Path, target: str, dtype: str = "float32") -> list[str]:

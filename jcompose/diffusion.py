@@ -6,7 +6,7 @@ classifier-free-guided UNet call (one batched call for the conditional and uncon
 with hooks for extra input channels (inpainting), ControlNet-style residuals and attention
 controls.
 
-Conventions: latents are NCHW float32/bfloat16 as the diffusers UNet takes them; timesteps are
+Conventions: latents are NCHW float32/bfloat16 as jcompose's UNet takes them; timesteps are
 integer indices into the training schedule (0 .. T-1); `alphas_cumprod[t]` is alpha-bar_t.
 """
 
@@ -290,7 +290,7 @@ def guided_denoiser(
     out = uncond + s (cond - uncond).
 
     Args:
-      unet, params: a diffusers Flax UNet and its params.
+      unet, params: a `UNet2DConditionModel` module and its params.
       context: (B, N, D) conditional context (text or ID tokens).
       uncond_context: (B, N, D) unconditional context; None disables guidance (s ignored).
       guidance_scale: s (7.5 in SD's default).
@@ -311,13 +311,11 @@ def guided_denoiser(
             x_in = jnp.concatenate([x_in, extra.astype(x_in.dtype)], axis=1)
         t_in = jnp.broadcast_to(t, (x_in.shape[0],))
         kwargs = {}
-        if residuals is not None:
-            # Controls target the UNet; the residual network still gets the routed (fused) attention.
-            with attention.controlled_attention((), latent_hw=x.shape[2:], timestep=t):
-                down, mid = residuals(x_in, t_in, ctx)
+        if residuals is not None:  # controls target the UNet; the residual network runs uncontrolled
+            down, mid = residuals(x_in, t_in, ctx)
             kwargs = dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
-        with attention.controlled_attention(controls, latent_hw=x.shape[2:], timestep=t):
-            out = unet.apply({"params": params}, x_in, t_in, ctx, **kwargs).sample
+        context = attention.AttentionContext(tuple(controls), latent_hw=tuple(x.shape[2:]), timestep=t)
+        out = unet.apply({"params": params}, x_in, t_in, ctx, attention=context, **kwargs).sample
         if not guided:
             return out
         uncond, cond = jnp.split(out, 2)

@@ -26,7 +26,7 @@ def encode_prompts(pipe: Pipeline, prompts: Sequence[str]) -> jax.Array:
     """(B, N, D) text-encoder context of `prompts`, padded/truncated to the tokenizer's length."""
     ids = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="np").input_ids
-    return pipe.text_encoder.module(ids, params=pipe.text_encoder.params).last_hidden_state
+    return pipe.text_encoder.module.apply({"params": pipe.text_encoder.params}, ids).last_hidden_state
 
 
 def make_generator(pipe: Pipeline, num_steps: int, *, method: str = "ddim", guidance_scale: float = 7.5,
@@ -47,8 +47,7 @@ def make_generator(pipe: Pipeline, num_steps: int, *, method: str = "ddim", guid
         denoise = diffusion.guided_denoiser(unet.module, unet_params, context, uncond_context, guidance_scale,
                                             controls=controls)
         z = diffusion.sample(denoise, latents, schedule, pipe.scheduler, num_steps, method=method, eta=eta, rng=rng)
-        z = (z / scaling).astype(unet.module.dtype)
-        image = vae.module.apply({"params": vae_params}, z, method=vae.module.decode).sample
+        image = vae.module.apply({"params": vae_params}, z / scaling, method=vae.module.decode).sample
         return jnp.clip(image.transpose(0, 2, 3, 1).astype(jnp.float32), -1, 1)
 
     return functools.partial(generate, unet.params, vae.params)

@@ -17,8 +17,10 @@ from input_pipeline import anyscene_benchmark
 from input_pipeline.sources.coco import CocoSource
 from input_pipeline.sources.synthetic import write_synthetic
 from jcompose import attention, methods
+from jcompose.methods.anyscene import AnySceneMethod
 from jcompose.tokens import token_positions
 
+CONTROL_MARGIN = 0.9  # trained error must be at least 10% below the blanked-conditioning control
 
 # compose runs the same sampling program twice: the persistent cache makes the repeat cheap.
 pytestmark = pytest.mark.usefixtures("compile_cache")
@@ -55,7 +57,7 @@ def _alphas_cumprod(config_json: dict) -> np.ndarray:
 
 def _reference_metrics(method, params, frozen, batch, rng, alpha=0.25, dk=5, ek=5):
     """mse, content and edge of one loss evaluation, computed outside the method: the random draws
-    split as documented, the forward through diffusers' modules, x0 and losses in numpy/OpenCV."""
+    split as documented, the forward through the modules called directly, x0 and losses in numpy/OpenCV."""
     pipe = method.pipe
     schedule = json.loads((pipe.root / "scheduler" / "scheduler_config.json").read_text())
     ab = _alphas_cumprod(schedule)
@@ -64,16 +66,18 @@ def _reference_metrics(method, params, frozen, batch, rng, alpha=0.25, dk=5, ek=
     images = np.asarray(batch["image"])
     posterior = vae.apply({"params": frozen["vae"]}, jnp.asarray(images.transpose(0, 3, 1, 2)),
                           method=vae.encode).latent_dist
-    z0 = np.asarray(posterior.sample(k_latent).transpose(0, 3, 1, 2)) * vae.scaling_factor
+    z0 = np.asarray(posterior.sample(k_latent)) * vae.scaling_factor
     noise = np.asarray(jax.random.normal(k_noise, z0.shape))
     t = np.asarray(jax.random.randint(k_t, (z0.shape[0],), 0, 1000))
     a = ab[t][:, None, None, None]
     zt = (np.sqrt(a) * z0 + np.sqrt(1 - a) * noise).astype(np.float32)
-    context = pipe.text_encoder.module(np.asarray(batch["input_ids"]), params=frozen["text_encoder"]).last_hidden_state
+    context = pipe.text_encoder.module.apply({"params": frozen["text_encoder"]},
+                                             np.asarray(batch["input_ids"])).last_hidden_state
     fg, mask = np.asarray(batch["foreground"]), np.asarray(batch["mask"])
     cond = np.where(mask > 0.5, (fg + 1) / 2, -1.0).transpose(0, 3, 1, 2).astype(np.float32)
     tj = jnp.asarray(t)
-    down, mid = method.controlnet.apply({"params": params["controlnet"]}, zt, tj, context, cond, return_dict=False)
+    out = method.controlnet.apply({"params": params["controlnet"]}, zt, tj, context, cond)
+    down, mid = out.down_block_res_samples, out.mid_block_res_sample
     eps = np.asarray(pipe.unet.module.apply({"params": frozen["unet"]}, zt, tj, context,
                                             down_block_additional_residuals=down,
                                             mid_block_additional_residual=mid).sample, np.float64)
@@ -149,10 +153,10 @@ def test_layout_control_zeroes_word_attention_outside_the_mask(anyscene):
         down, mid = method.residuals(params, x, t, context, cond)
         controls = method.layout_controls(batch, tokens) if controlled else ()
         captures = tuple(attention.CaptureCrossAttention(factor=f) for f in (1, 2))
-        with attention.controlled_attention(controls + captures, latent_hw=(8, 8)):
-            _, state = method.pipe.unet.module.apply(
-                {"params": frozen["unet"]}, x, t, context, down_block_additional_residuals=tuple(down),
-                mid_block_additional_residual=mid, mutable=[attention.CAPTURE_COLLECTION])
+        _, state = method.pipe.unet.module.apply(
+            {"params": frozen["unet"]}, x, t, context, down_block_additional_residuals=tuple(down),
+            mid_block_additional_residual=mid, mutable=[attention.CAPTURE_COLLECTION],
+            attention=attention.AttentionContext(controls + captures, latent_hw=(8, 8)))
         return jax.tree_util.tree_leaves_with_path(state)
 
     layers = 0
@@ -181,28 +185,64 @@ def _heldout_batch(method, root):
     return {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
 
 
+def _run_config():
+    config = get_config("tiny")
+    config.sample.steps = 2
+    config.train.ema_decay = 0.9  # so compose --ema has EMA params to use
+    return config
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny AnyScene run of 60 steps through `jcompose.train` (the README quick-start's config)."""
+    """A tiny AnyScene run of 60 steps through `jcompose.train` (the README quick-start's config, with EMA)."""
     from jcompose import train
 
     workdir = tmp_path_factory.mktemp("anyscene_run")
-    config = get_config("tiny")
-    config.sample.steps = 2
-    train.train(config, str(workdir))
+    train.train(_run_config(), str(workdir))
     return workdir
 
 
-@pytest.mark.slow
-def test_training_lowers_heldout_masked_content_error(trained, tmp_path):
+class _BlankedForeground(AnySceneMethod):
+    """AnyScene whose examples carry no foreground pixels (canvas colour -1 everywhere; the mask, and so
+    the loss, unchanged): F_c trained on it can only learn what does not depend on the objects."""
+
+    def make_transform(self):
+        transform = super().make_transform()
+
+        def blanked(record, rng):
+            example = transform(record, rng)
+            return {**example, "foreground": np.full_like(example["foreground"], -1.0)}
+
+        return blanked
+
+
+@pytest.fixture(scope="module")
+def trained_blanked(tmp_path_factory):
+    """The control run: the same 60 steps (same config, data order and keys) with blanked conditioning."""
+    from jcompose import train
+
+    workdir = tmp_path_factory.mktemp("anyscene_blanked")
+    config = _run_config()
+    train.train(config, str(workdir), method=_BlankedForeground(config))
+    return workdir
+
+
+def _latest_state(workdir):
     from jcompose.checkpoint import Checkpointer
 
-    method = methods.build(get_config("tiny"))
-    untrained, frozen = method.init(str(trained))  # the same base; F_c re-initialised as before training
-    checkpoints = Checkpointer(trained)
+    checkpoints = Checkpointer(workdir)
     state, _ = checkpoints.read(max(checkpoints.steps()))
     checkpoints.close()
+    return state
+
+
+@pytest.mark.slow
+def test_training_lowers_heldout_masked_content_error(trained, trained_blanked, tmp_path):
+    method = methods.build(get_config("tiny"))
+    untrained, frozen = method.init(str(trained))  # the same base; F_c re-initialised as before training
+    state, control = _latest_state(trained), _latest_state(trained_blanked)
     batch = _heldout_batch(method, tmp_path / "heldout")
+    blanked = {**batch, "foreground": jnp.full_like(batch["foreground"], -1.0)}
 
     @jax.jit
     def content(params, frozen, batch, key):
@@ -213,12 +253,75 @@ def test_training_lowers_heldout_masked_content_error(trained, tmp_path):
 
         return jax.lax.map(lambda step: at(step)["content"], jnp.array([50, 200, 400, 600]))
 
-    before = np.mean([content(untrained, frozen, batch, jax.random.PRNGKey(k)) for k in range(3)], axis=0)
-    after = np.mean([content(state["params"], frozen, batch, jax.random.PRNGKey(k)) for k in range(3)], axis=0)
+    def error(params, batch):
+        return np.mean([content(params, frozen, batch, jax.random.PRNGKey(k)) for k in range(3)], axis=0)
+
+    before, after = error(untrained, batch), error(state["params"], batch)
+    control_after = error(control["params"], blanked)  # trained and evaluated without the objects' pixels
+    after_blanked = error(state["params"], blanked)  # the trained F_c, shown no objects
     print(f"held-out masked content error at t=50/200/400/600: untrained {before.round(4)} "
-          f"(mean {before.mean():.4f}) -> trained 60 steps {after.round(4)} (mean {after.mean():.4f})")
+          f"(mean {before.mean():.4f}) -> trained 60 steps {after.round(4)} (mean {after.mean():.4f}); "
+          f"control run with blanked conditioning {control_after.round(4)} (mean {control_after.mean():.4f}); "
+          f"trained F_c on blanked inputs (mean {after_blanked.mean():.4f})")
     assert after.mean() < 0.97 * before.mean()
     assert (after < before).all()
+    # The gain comes from reading the conditioning: the control run, same steps without the objects'
+    # pixels, ends clearly worse, and so does the trained F_c when the pixels are taken away.
+    assert after.mean() < CONTROL_MARGIN * control_after.mean()
+    assert after.mean() < CONTROL_MARGIN * after_blanked.mean()
+
+
+@pytest.mark.slow
+def test_readme_compose_line_runs_after_the_quick_start(trained, tmp_path, monkeypatch):
+    """The README's second quick-start line, as written, on the run the first line leaves."""
+    from jcompose import compose
+
+    run = str(trained)
+    monkeypatch.chdir(tmp_path)
+    written = compose.main(["anyscene", "--base", f"{run}/base/sd15", "--checkpoint", run,
+                            "--foreground", f"{run}/example/fg.png", "--mask", f"{run}/example/mask.png",
+                            "--prompt", "a dog on the beach", "--words", "dog", "--out", "result.png"])
+    out = cv2.imread(str(tmp_path / "result.png"))
+    assert written["step"] == 60 and out.shape == (64, 64, 3) and out.std() > 1
+    mask = cv2.imread(f"{run}/example/mask.png", cv2.IMREAD_GRAYSCALE)
+    assert set(np.unique(mask)) == {0, 255}  # an object on a blank canvas, from the run's own data
+
+
+@pytest.mark.slow
+def test_compose_uses_the_checkpoint_params_and_ema(trained, tmp_path):
+    """compose's image equals sampling with the checkpoint's params (or, with --ema, its EMA params)
+    loaded here directly, and differs from the untrained F_c's."""
+    from jcompose import compose
+
+    base, run = str(trained / "base" / "sd15"), str(trained)
+    args = ["anyscene", "--base", base, "--checkpoint", run, "--foreground", f"{run}/example/fg.png",
+            "--mask", f"{run}/example/mask.png", "--prompt", "a red dog", "--steps", "2", "--blend", "none"]
+    images = {}
+    for name, extra in (("params", []), ("ema", ["--ema"])):
+        written = compose.main(args + extra + ["--out", str(tmp_path / f"{name}.png")])
+        images[name] = cv2.cvtColor(cv2.imread(written["image"]), cv2.COLOR_BGR2RGB).astype(int)
+
+    state = _latest_state(trained)
+    method = AnySceneMethod(get_config(""))  # compose's method config; float32
+    method.load_models(base)
+    untrained = method.controlnet_params
+    frozen = {"unet": method.pipe.unet.params, "vae": method.pipe.vae.params,
+              "text_encoder": method.pipe.text_encoder.params}
+    fg, mask = compose.read_foregrounds([f"{run}/example/fg.png"], [f"{run}/example/mask.png"])
+    batch = {"foreground": jnp.asarray(fg[None]), "mask": jnp.asarray(mask[None]),
+             "input_ids": jnp.asarray(method.tokenize(["a red dog"]))}
+    sample = jax.jit(lambda p, f, b, k: method.sample(p, f, b, k, num_steps=2, guidance_scale=7.5))
+
+    def reference(controlnet):
+        image = np.asarray(sample({"controlnet": controlnet}, frozen, batch, jax.random.PRNGKey(0))[0])
+        return np.clip(np.round((image + 1) * 127.5), 0, 255).astype(int)
+
+    expected = {"params": reference(state["params"]["controlnet"]), "ema": reference(state["ema"]["controlnet"])}
+    baseline = reference(untrained)
+    for name in ("params", "ema"):
+        assert np.abs(images[name] - expected[name]).max() <= 1, name
+        assert np.abs(images[name] - baseline).mean() > 1, name  # not the untrained F_c
+    assert np.abs(images["params"] - images["ema"]).mean() > 0.5  # EMA params are really other params
 
 
 @pytest.mark.slow

@@ -1,13 +1,13 @@
-"""Attention controls against hand-written numpy references, and the interceptor on a real UNet."""
+"""Attention controls against hand-written numpy references, through the attention modules' own hook."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from diffusers.models.attention_flax import FlaxAttention
 
 from jcompose import attention
 from jcompose.models import loading
+from jcompose.models.transformer import Attention
 from jcompose.tokens import token_positions
 
 HEADS, DIM_HEAD, QUERY_DIM, CONTEXT_DIM, TOKENS = 2, 8, 16, 12, 10
@@ -20,10 +20,10 @@ def _softmax(x):
 
 
 class _Layer:
-    """One FlaxAttention with random params, run plain, controlled, and as a numpy reference."""
+    """One attention module with random params, run plain, controlled, and as a numpy reference."""
 
     def __init__(self, rng, cross, factor):
-        self.module = FlaxAttention(QUERY_DIM, heads=HEADS, dim_head=DIM_HEAD)
+        self.module = Attention(QUERY_DIM, heads=HEADS, dim_head=DIM_HEAD)
         self.h, self.w = -(-LATENT[0] // factor), -(-LATENT[1] // factor)
         self.hidden = rng.normal(size=(2, self.h * self.w, QUERY_DIM)).astype(np.float32)
         self.context = rng.normal(size=(2, TOKENS, CONTEXT_DIM)).astype(np.float32) if cross else None
@@ -32,13 +32,10 @@ class _Layer:
         self.params = jax.tree_util.tree_map(lambda p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32),
                                              self.params)
 
-    def run(self, controls, mutable=False):
-        def call():
-            args = (self.hidden,) if self.context is None else (self.hidden, self.context)
-            return self.module.apply({"params": self.params}, *args, mutable=[attention.CAPTURE_COLLECTION] if mutable else False)
-
-        with attention.controlled_attention(controls, latent_hw=LATENT):
-            return call()
+    def run(self, controls, mutable=False, timestep=None):
+        ctx = attention.AttentionContext(tuple(controls), latent_hw=LATENT, timestep=timestep)
+        return self.module.apply({"params": self.params}, self.hidden, self.context, (self.h, self.w), ctx,
+                                 mutable=[attention.CAPTURE_COLLECTION] if mutable else False)
 
     def reference(self, edit):
         """numpy attention with `edit(probs)` on (B, heads, Nq, Nk) probabilities."""
@@ -64,11 +61,13 @@ def _pixel_mask(mask, factor):
     return np.array([[mask[i, r, c] for r in rows for c in cols] for i in range(b)])
 
 
-@pytest.mark.parametrize("factor", [1, 2])
-def test_no_control_equals_diffusers_attention(rng, factor):
-    layer = _Layer(rng, cross=True, factor=factor)
-    plain = layer.module.apply({"params": layer.params}, layer.hidden, layer.context)
-    np.testing.assert_allclose(np.asarray(layer.run(())), np.asarray(plain), atol=1e-5)
+@pytest.mark.parametrize("factor, cross", [(1, True), (2, False)])
+def test_no_control_equals_plain_attention(rng, factor, cross):
+    layer = _Layer(rng, cross=cross, factor=factor)
+    want = layer.reference(lambda p: p)[0]
+    np.testing.assert_allclose(np.asarray(layer.run(())), want, atol=1e-5)
+    plain = layer.module.apply({"params": layer.params}, layer.hidden, layer.context, (layer.h, layer.w))
+    np.testing.assert_allclose(np.asarray(plain), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("renormalize", [False, True])
@@ -103,7 +102,7 @@ def test_released_masked_cross_attention_silences_the_background(rng):
 
 def test_masked_self_attention_on_chosen_layers_only(rng):
     layer, mask = _Layer(rng, cross=False, factor=2), _mask(rng)
-    name = ""  # a lone top-level FlaxAttention has the empty path
+    name = ""  # a lone top-level attention module has the empty path
     m = _pixel_mask(mask, 2)
 
     def edit(p):
@@ -143,8 +142,7 @@ def test_schedule_blends_by_timestep(rng):
     half = attention.LayoutControl(mask, tokens=(2,), schedule=lambda t: jnp.where(t > 500, 0.5, 0.0))
 
     def run(t):
-        with attention.controlled_attention([half], latent_hw=LATENT, timestep=jnp.asarray(t)):
-            return np.asarray(layer.module.apply({"params": layer.params}, layer.hidden, layer.context))
+        return np.asarray(layer.run([half], timestep=jnp.asarray(t)))
 
     m = _pixel_mask(mask, 1)
 
@@ -181,20 +179,23 @@ def tiny_unet(tiny_bases):
     return loading.load_unet(tiny_bases["sd15"] / "unet", weights="msgpack")
 
 
-def test_unet_without_controls_matches_plain_unet(tiny_unet, rng):
+def test_unet_with_a_neutral_control_matches_plain_unet(tiny_unet, rng):
+    """The explicit (controlled) attention path of every layer equals the uncontrolled one."""
     x = rng.normal(size=(2, 4, 8, 12)).astype(np.float32)
     ctx = rng.normal(size=(2, 16, 32)).astype(np.float32)
     t = jnp.array([5, 600])
     plain = tiny_unet.module.apply({"params": tiny_unet.params}, x, t, ctx).sample
-    with attention.controlled_attention((), latent_hw=(8, 12)):
-        routed = tiny_unet.module.apply({"params": tiny_unet.params}, x, t, ctx).sample
+    everywhere = attention.LayoutControl(np.ones((8, 12), np.float32), tokens=(1,), factors=(1, 2, 4))
+    routed = tiny_unet.module.apply({"params": tiny_unet.params}, x, t, ctx, attention=attention.AttentionContext(
+        (everywhere,), latent_hw=(8, 12))).sample
     np.testing.assert_allclose(np.asarray(routed), np.asarray(plain), atol=1e-5)
 
 
 def test_layer_listing_and_decoder_selection(tiny_unet):
     module, params = tiny_unet.module, tiny_unet.params
     calls = attention.attention_layers(
-        lambda: module.apply({"params": params}, jnp.zeros((1, 4, 8, 8)), jnp.array([1]), jnp.zeros((1, 16, 32))),
+        lambda ctx: module.apply({"params": params}, jnp.zeros((1, 4, 8, 8)), jnp.array([1]), jnp.zeros((1, 16, 32)),
+                                 attention=ctx),
         latent_hw=(8, 8),
     )
     # 2 cross-attention down blocks x 1 layer, mid, 2 cross-attention up blocks x 2 layers; attn1+attn2 each.

@@ -81,7 +81,8 @@ def test_controlnet_from_unet_copies_encoder_and_starts_silent(tiny_bases):
     ctx = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 32))
     cond = jax.random.uniform(jax.random.PRNGKey(2), (2, 3, 64, 64))
     t = jnp.array([3, 900])
-    down, mid = net.module.apply({"params": net.params}, x, t, ctx, cond, return_dict=False)
+    out = net.module.apply({"params": net.params}, x, t, ctx, cond)
+    down, mid = out.down_block_res_samples, out.mid_block_res_sample
     assert all(not np.any(np.asarray(r)) for r in (*down, mid))
     plain = unet.module.apply({"params": unet.params}, x, t, ctx).sample
     guided = unet.module.apply({"params": unet.params}, x, t, ctx, down_block_additional_residuals=down,
@@ -95,9 +96,9 @@ def test_dinov2_loads_from_both_formats(tiny_dinov2, tmp_path):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_dinov2 / name, only_pt / name)
     a, b = loading.load_dinov2(tiny_dinov2), loading.load_dinov2(only_pt)
-    pixels = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 224, 224))
-    out_a = a.module(pixels, params=a.params).last_hidden_state
-    out_b = b.module(pixels, params=b.params).last_hidden_state
+    pixels = jax.random.normal(jax.random.PRNGKey(0), (1, 224, 224, 3))
+    out_a = a.module.apply({"params": a.params}, pixels).last_hidden_state
+    out_b = b.module.apply({"params": b.params}, pixels).last_hidden_state
     assert out_a.shape == (1, 257, 32)
     np.testing.assert_array_equal(np.asarray(out_a), np.asarray(out_b))
 
@@ -161,7 +162,10 @@ def test_weights_that_do_not_fit_the_config(tiny_bases, tmp_path, weights):
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("norm_num_groups", 8, r"norm_num_groups = 8, but FlaxUNet2DConditionModel hard-codes norm_num_groups = 32"),
+        ("resnet_time_scale_shift", "scale_shift",
+         r"resnet_time_scale_shift = 'scale_shift', but jcompose's UNet2DConditionModel implements only"),
+        ("block_out_channels", "32,64,64", r"block_out_channels = '32,64,64': expected an integer or a list"),
+        ("use_linear_projection", "yes", r"use_linear_projection = 'yes': expected true or false"),
         ("act_fn", "gelu", r"act_fn = 'gelu'"),
         ("time_embedding_type", "fourier", r"time_embedding_type"),
         ("some_future_option", True, r"'some_future_option' = True is unknown"),
@@ -197,7 +201,7 @@ def test_bad_scheduler_and_tokenizer(tiny_bases, tmp_path):
         loading.load_tokenizer(base / "tokenizer")
     config = base / "text_encoder" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "bert"}))
-    with pytest.raises(ConfigError, match=r"model_type is 'bert', expected 'clip_text_model'"):
+    with pytest.raises(ConfigError, match=r"model_type is 'bert'; text_encoder needs model_type 'clip_text_model'"):
         loading.load_text_encoder(base / "text_encoder")
 
 

@@ -7,6 +7,7 @@
 * bad input: errors name the file and the key.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -81,12 +82,20 @@ def _vit_config(**kw):
                      patch_size=8, layer_norm_eps=1e-6, **kw)
 
 
+def _as_transformers(config, cls_name):
+    """A jcompose config dataclass as the transformers config class of the same fields."""
+    import transformers
+
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures")}
+    return getattr(transformers, cls_name)(**fields)
+
+
 def _dinov2_config(swiglu=True, **kw):
-    config = tiny.dinov2_config()
-    config.use_swiglu_ffn = swiglu
-    for key, value in kw.items():
-        setattr(config, key, value)
-    return config
+    return _as_transformers(dataclasses.replace(tiny.dinov2_config(), use_swiglu_ffn=swiglu, **kw), "Dinov2Config")
+
+
+def _text_config(base, **kw):
+    return _as_transformers(dataclasses.replace(tiny.text_encoder_config(base, VOCAB), **kw), "CLIPTextConfig")
 
 
 # ------------------------------------------------------------------------------------ parity
@@ -98,10 +107,10 @@ def test_clip_text_matches_transformers_pytorch(variant, tmp_path, rng):
     """quick_gelu 32-d (SD 1.5), gelu 64-d (SD 2.x), and eos_token_id 2: the legacy argmax-id pooling."""
     from transformers import CLIPTextModel
 
-    config = tiny.text_encoder_config("sd15" if variant == "legacy-eos" else variant, VOCAB)
+    legacy = variant == "legacy-eos"
+    config = _text_config("sd15" if legacy else variant, **({"eos_token_id": 2} if legacy else {}))
     ids, mask = _text_inputs(rng)
-    if variant == "legacy-eos":
-        config.eos_token_id = 2
+    if legacy:
         ids[:, 0], ids[0, 4], ids[1, 11] = 0, VOCAB - 1, VOCAB - 1  # the largest id is pooled
     pt = _randomise(CLIPTextModel(config), 4)
     pt.save_pretrained(tmp_path, safe_serialization=True)
@@ -244,7 +253,7 @@ def test_same_params_and_outputs_as_transformers_flax_classes(family, rng):
     flax_text, flax_clip, flax_vit, flax_dinov2 = _flax_classes()
     pixels = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
     if family.startswith("clip-text"):
-        config = tiny.text_encoder_config("sd15" if family.endswith("sd15") else "sd21-base", VOCAB)
+        config = _text_config("sd15" if family.endswith("sd15") else "sd21-base")
         theirs = flax_text(config, _do_init=False)
         ours = clip.CLIPTextModel(clip.CLIPTextConfig.from_dict(config.to_dict(), "t"))
         ids, mask = _text_inputs(rng)

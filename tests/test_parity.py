@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jcompose.models import loading, pt_layout, tiny
-from jcompose.models.diffusers_config import KINDS, flax_kwargs
+from jcompose.models.diffusers_config import KINDS, module_kwargs
 
 torch = pytest.importorskip("torch", reason="parity tests need the parity extra: pip install -e '.[parity]'")
 diffusers = pytest.importorskip("diffusers")
@@ -38,6 +38,11 @@ def _randomise(model, seed):
     return model.eval()
 
 
+def _as_transformers(config, cls):
+    """A jcompose encoder config dataclass as the transformers config class with the same fields."""
+    return cls(**{k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures")})
+
+
 def _controlnet_kwargs(base):
     cfg = tiny.unet_config(base)
     drop = ("up_block_types", "out_channels", "sample_size")
@@ -57,9 +62,13 @@ def _close(jax_out, torch_out, name=""):
     assert err < ATOL, f"{name}: max |jcompose - torch| = {err:.2e} (scale {np.abs(b).max():.2f})"
 
 
-@pytest.mark.parametrize("base", tiny.BASES)
+@pytest.mark.parametrize("base", tiny.BASES + ("sd15-groups8",))
 def test_unet_matches_diffusers(base, tmp_path, rng):
-    pt = _randomise(diffusers.UNet2DConditionModel(**tiny.unet_config(base)), 1)
+    # sd15-groups8: GroupNorm with 8 groups and eps 1e-6, keys diffusers' former Flax UNet ignored.
+    config = tiny.unet_config("sd15") if base == "sd15-groups8" else tiny.unet_config(base)
+    if base == "sd15-groups8":
+        config.update(norm_num_groups=8, norm_eps=1e-6)
+    pt = _randomise(diffusers.UNet2DConditionModel(**config), 1)
     pt.save_pretrained(tmp_path, safe_serialization=True)
     unet = loading.load_unet(tmp_path)
     x, t, ctx = _inputs(rng, unet.module.in_channels, unet.module.cross_attention_dim)
@@ -74,7 +83,8 @@ def test_controlnet_matches_diffusers(tmp_path, rng):
     x, t, ctx = _inputs(rng, 4, 32)
     cond = rng.uniform(size=(2, 3, 64, 96)).astype(np.float32)
     want = pt(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx), torch.from_numpy(cond), return_dict=False)
-    down, mid = net.module.apply({"params": net.params}, x, jnp.asarray(t), ctx, cond, return_dict=False)
+    out = net.module.apply({"params": net.params}, x, jnp.asarray(t), ctx, cond)
+    down, mid = out.down_block_res_samples, out.mid_block_res_sample
     assert len(down) == len(want[0]) == 6  # conv_in + one per layer (3) + 2 downsamplers
     for i, (a, b) in enumerate(zip(down, want[0])):  # Flax residuals are NHWC, PyTorch's NCHW
         _close(a.transpose(0, 3, 1, 2), b, f"down residual {i}")
@@ -87,7 +97,7 @@ def test_vae_encode_decode_match_diffusers(tmp_path, rng):
     vae = loading.load_vae(tmp_path)
     image = rng.uniform(-1, 1, size=(2, 3, 64, 96)).astype(np.float32)
     mean = vae.module.apply({"params": vae.params}, image, method=vae.module.encode).latent_dist.mean
-    _close(mean.transpose(0, 3, 1, 2), pt.encode(torch.from_numpy(image)).latent_dist.mean, "encode mean")
+    _close(mean, pt.encode(torch.from_numpy(image)).latent_dist.mean, "encode mean")
     z = rng.normal(size=(2, 4, 8, 12)).astype(np.float32)
     decoded = vae.module.apply({"params": vae.params}, z, method=vae.module.decode).sample
     _close(decoded, pt.decode(torch.from_numpy(z)).sample, "decode")
@@ -96,23 +106,24 @@ def test_vae_encode_decode_match_diffusers(tmp_path, rng):
 @pytest.mark.parametrize("base", ["sd15", "sd21-base"])
 def test_clip_text_matches_transformers(base, tmp_path, rng):
     vocab = tiny.write_tokenizer(tmp_path / "tokenizer")
-    pt = _randomise(transformers.CLIPTextModel(tiny.text_encoder_config(base, vocab)), 4)
+    pt = _randomise(transformers.CLIPTextModel(_as_transformers(tiny.text_encoder_config(base, vocab),
+                                                                transformers.CLIPTextConfig)), 4)
     pt.save_pretrained(tmp_path / "text_encoder", safe_serialization=True)
     text = loading.load_text_encoder(tmp_path / "text_encoder")
     ids = rng.integers(0, vocab, size=(2, tiny.CONTEXT_TOKENS))
     want = pt(torch.from_numpy(ids))
-    got = text.module(ids, params=text.params)
+    got = text.module.apply({"params": text.params}, ids)
     _close(got.last_hidden_state, want.last_hidden_state, "last_hidden_state")
     _close(got.pooler_output, want.pooler_output, "pooler_output")
 
 
 def test_dinov2_matches_transformers(tmp_path, rng):
-    pt = _randomise(transformers.Dinov2Model(tiny.dinov2_config()), 5)
+    pt = _randomise(transformers.Dinov2Model(_as_transformers(tiny.dinov2_config(), transformers.Dinov2Config)), 5)
     pt.save_pretrained(tmp_path, safe_serialization=True)
     dino = loading.load_dinov2(tmp_path)
     pixels = rng.normal(size=(2, 3, 224, 224)).astype(np.float32)
     want = pt(torch.from_numpy(pixels))
-    got = dino.module(pixels, params=dino.params)
+    got = dino.module.apply({"params": dino.params}, pixels.transpose(0, 2, 3, 1))  # jcompose: NHWC
     assert got.last_hidden_state.shape == (2, 257, 32)  # CLS + 16x16 patches, as AnyDoor's ID tokens
     _close(got.last_hidden_state, want.last_hidden_state, "last_hidden_state")
     _close(got.pooler_output, want.pooler_output, "pooler_output")
@@ -138,7 +149,7 @@ def test_exported_weights_reload_in_diffusers(name, tiny_bases, tmp_path, rng):
                                                                torch.from_numpy(ctx)).sample)
     else:
         cond = rng.uniform(size=(2, 3, 64, 96)).astype(np.float32)
-        _, mid = src.module.apply(params, x, jnp.asarray(t), ctx, cond, return_dict=False)
+        mid = src.module.apply(params, x, jnp.asarray(t), ctx, cond).mid_block_res_sample
         want = pt(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx), torch.from_numpy(cond),
                   return_dict=False)
         _close(mid.transpose(0, 3, 1, 2), want[1])
@@ -150,7 +161,8 @@ def test_exported_text_encoder_reloads_in_transformers(tiny_bases, rng):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     text = loading.load_text_encoder(folder, weights="msgpack")
     ids = rng.integers(0, text.config["vocab_size"], size=(2, tiny.CONTEXT_TOKENS))
-    _close(text.module(ids, params=text.params).last_hidden_state, pt.eval()(torch.from_numpy(ids)).last_hidden_state)
+    _close(text.module.apply({"params": text.params}, ids).last_hidden_state,
+           pt.eval()(torch.from_numpy(ids)).last_hidden_state)
 
 
 def test_controlnet_from_unet_matches_diffusers_from_unet(tiny_bases):
@@ -168,10 +180,10 @@ def test_controlnet_from_unet_matches_diffusers_from_unet(tiny_bases):
             np.testing.assert_array_equal(ours[key], value.numpy(), err_msg=key)
 
 
-@pytest.mark.parametrize("name, key, bad", [("unet", "norm_eps", 1e-6), ("controlnet", "norm_num_groups", 16),
-                                            ("vae", "mid_block_add_attention", False)])
+@pytest.mark.parametrize("name, key, bad", [("unet", "resnet_time_scale_shift", "scale_shift"),
+                                            ("controlnet", "act_fn", "gelu"), ("vae", "mid_block_add_attention", False)])
 def test_full_pytorch_configs_are_understood(name, key, bad, tmp_path):
-    """Every key a current diffusers PyTorch model writes is a Flax field or a checked default."""
+    """Every key a current diffusers PyTorch model writes is a module field or a checked default."""
     pt_class = {"unet": diffusers.UNet2DConditionModel, "controlnet": diffusers.ControlNetModel,
                 "vae": diffusers.AutoencoderKL}[name]
     # register_to_config records every __init__ argument: the signature's defaults are the full
@@ -181,6 +193,6 @@ def test_full_pytorch_configs_are_understood(name, key, bad, tmp_path):
         if arg != "self" and p.default is not inspect.Parameter.empty
     }
     config = json.loads(json.dumps({"_class_name": pt_class.__name__, **config}))
-    assert flax_kwargs(config, KINDS[name], tmp_path / "config.json")
+    assert module_kwargs(config, KINDS[name], tmp_path / "config.json")
     with pytest.raises(ValueError, match=key):
-        flax_kwargs({**config, key: bad}, KINDS[name], tmp_path / "config.json")
+        module_kwargs({**config, key: bad}, KINDS[name], tmp_path / "config.json")

@@ -58,7 +58,8 @@ def test_cfg_sampling_matches_diffusers_pipeline(tiny_bases, torch_pipeline, met
     ours = loading.load_pipeline(folder, ("unet", "text_encoder", "tokenizer", "scheduler"), weights="msgpack")
     tokenize = lambda texts: ours.tokenizer(texts, padding="max_length", max_length=16, truncation=True,  # noqa: E731
                                             return_tensors="np").input_ids
-    encode = lambda ids: ours.text_encoder.module(ids, params=ours.text_encoder.params).last_hidden_state  # noqa: E731
+    encode = lambda ids: ours.text_encoder.module.apply({"params": ours.text_encoder.params},  # noqa: E731
+                                                        ids).last_hidden_state
     context, uncond = encode(tokenize([PROMPT, "a cat"])), encode(tokenize(["", ""]))
     schedule = diffusion.make_schedule(ours.scheduler)
 
@@ -74,7 +75,7 @@ def test_cfg_sampling_matches_diffusers_pipeline(tiny_bases, torch_pipeline, met
 
 def _encode(ours, texts):
     ids = ours.tokenizer(texts, padding="max_length", max_length=16, truncation=True, return_tensors="np").input_ids
-    return ours.text_encoder.module(ids, params=ours.text_encoder.params).last_hidden_state
+    return ours.text_encoder.module.apply({"params": ours.text_encoder.params}, ids).last_hidden_state
 
 
 def test_inpainting_channels_match_diffusers_inpaint_pipeline(tiny_bases):
@@ -130,7 +131,8 @@ def test_controlnet_residual_hook_matches_diffusers_controlnet_pipeline(tiny_bas
     both = jnp.asarray(np.concatenate([cond, cond]))  # diffusers feeds the hint to both CFG halves
 
     def residuals(x, t, ctx):
-        return net.module.apply({"params": net.params}, x, t, ctx, both, return_dict=False)
+        out = net.module.apply({"params": net.params}, x, t, ctx, both)
+        return out.down_block_res_samples, out.mid_block_res_sample
 
     denoise = diffusion.guided_denoiser(ours.unet.module, ours.unet.params, _encode(ours, [PROMPT]),
                                         _encode(ours, [""]), 7.5, residuals=residuals)

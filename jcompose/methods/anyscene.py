@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from input_pipeline import anyscene as anyscene_data
-from input_pipeline.sources.coco import CocoSource
+from input_pipeline.anyscene_sources import make_anyscene_source
 from jcompose import attention, diffusion, losses
 from jcompose.models import loading, tiny
 
@@ -60,13 +60,14 @@ def latent_mask(mask: jax.Array, factor: int = 8) -> jax.Array:
 
 
 def controlnet_module(unet_module: Any, controlnet_params: Any) -> Any:
-    """The FlaxControlNetModel matching a UNet and a ControlNet param tree (the conditioning-embedding
-    widths are read from the params, so checkpoints of either initialisation load)."""
+    """The ControlNet module matching a UNet and a ControlNet param tree (the conditioning-embedding
+    widths and channels are read from the params, so checkpoints of either initialisation load)."""
     emb = controlnet_params["controlnet_cond_embedding"]
     count = len([k for k in emb if k.startswith("blocks_")]) // 2
     widths = [emb["conv_in"]["kernel"].shape[-1]] + [emb[f"blocks_{2 * i + 1}"]["kernel"].shape[-1]
                                                     for i in range(count)]
-    return loading.controlnet_like(unet_module, tuple(int(w) for w in widths))
+    return loading.controlnet_like(unet_module, tuple(int(w) for w in widths),
+                                   conditioning_channels=int(emb["conv_in"]["kernel"].shape[2]))
 
 
 class AnySceneMethod:
@@ -120,26 +121,12 @@ class AnySceneMethod:
         return {"controlnet": self.controlnet_params}, frozen
 
     # ---------------------------------------------------------------------------------- data
-    def _coco_paths(self) -> tuple[Path, Path, Path | None]:
-        data = self.config.data
-        if data.coco_root == "synthetic":  # COCO-layout synthetic data written into the workdir
-            if self.workdir is None:
-                raise ValueError("config.data.coco_root = 'synthetic' needs init(workdir) first")
-            from input_pipeline.sources.synthetic import write_synthetic
-
-            root = self.workdir / "data" / "coco"
-            if not (root / "annotations" / "instances.json").exists():
-                write_synthetic(self.workdir / "data", num_images=data.num_records, num_videos=0,
-                                image_size=(data.image_size, data.image_size + data.image_size // 4),
-                                seed=data.seed)
-            return root / "images", root / "annotations" / "instances.json", root / "annotations" / "captions.json"
-        root = Path(data.coco_root)
-        captions = root / data.captions_json if data.captions_json else None
-        return root / data.image_dir, root / data.instances_json, captions
-
     def make_source(self):
-        image_dir, instances, captions = self._coco_paths()
-        return CocoSource(image_dir, instances, captions, min_area=self.config.data.min_area)
+        """The training source: COCO (or the synthetic set), Open Images and FFHQ-style faces as
+        `config.data` turns them on, mixed by weight (input_pipeline/anyscene_sources.py)."""
+        if self.config.data.coco_root == "synthetic" and self.workdir is None:
+            raise ValueError("config.data.coco_root = 'synthetic' needs init(workdir) first")
+        return make_anyscene_source(self.config.data, self.workdir)
 
     def tokenize(self, prompts) -> np.ndarray:
         """Prompts -> (B, N) int32 ids padded to the tokenizer's context length."""
@@ -164,7 +151,7 @@ class AnySceneMethod:
     # ---------------------------------------------------------------------------------- model
     def _context(self, frozen, input_ids):
         text = self.pipe.text_encoder.module
-        return text(input_ids, params=frozen["text_encoder"]).last_hidden_state.astype(self.dtype)
+        return text.apply({"params": frozen["text_encoder"]}, input_ids).last_hidden_state.astype(self.dtype)
 
     def residuals(self, params, x, t, context, cond):
         """F_c's (down residuals, mid residual) for latents x (B, 4, h, w), t (B,), cond (B, 3, H, W)."""
@@ -183,17 +170,15 @@ class AnySceneMethod:
     def encode(self, frozen, images, key):
         """(B, H, W, 3) in [-1, 1] -> sampled, scaled latents (B, 4, H/8, W/8) float32 (no gradient)."""
         vae = self.pipe.vae.module
-        posterior = vae.apply({"params": frozen["vae"]}, images.transpose(0, 3, 1, 2).astype(self.dtype),
-                              method=vae.encode).latent_dist
-        latents = posterior.sample(key).transpose(0, 3, 1, 2) * vae.scaling_factor
-        return jax.lax.stop_gradient(latents.astype(jnp.float32))
+        posterior = vae.apply({"params": frozen["vae"]}, images.transpose(0, 3, 1, 2), method=vae.encode).latent_dist
+        return jax.lax.stop_gradient((posterior.sample(key) * vae.scaling_factor).astype(jnp.float32))
 
     def decode(self, frozen, latents):
         """Scaled latents (B, 4, h, w) -> images (B, 8h, 8w, 3) float32, unclipped (differentiable)."""
         vae = self.pipe.vae.module
 
         def run(vae_params, z):
-            out = vae.apply({"params": vae_params}, (z / vae.scaling_factor).astype(self.dtype), method=vae.decode)
+            out = vae.apply({"params": vae_params}, z / vae.scaling_factor, method=vae.decode)
             return out.sample.transpose(0, 2, 3, 1).astype(jnp.float32)
 
         if self.config.loss.remat_decode:  # recompute the decoder's activations in the backward pass
@@ -268,8 +253,7 @@ class AnySceneMethod:
         denoise = diffusion.guided_denoiser(unet, frozen["unet"], context, uncond, guidance_scale,
                                             residuals=hook, controls=tuple(controls))
         z = diffusion.sample(denoise, latents, self.schedule, self.pipe.scheduler, num_steps)
-        image = vae.apply({"params": frozen["vae"]}, (z / vae.scaling_factor).astype(self.dtype),
-                          method=vae.decode).sample
+        image = vae.apply({"params": frozen["vae"]}, z / vae.scaling_factor, method=vae.decode).sample
         return jnp.clip(image.transpose(0, 2, 3, 1).astype(jnp.float32), -1, 1)
 
     def attention_maps(self, params, frozen, batch, image, rng, controls=(), factor=1,
@@ -289,10 +273,10 @@ class AnySceneMethod:
                                                                                 latents.shape), t)
             down, mid = self.residuals(params, noisy, t, context, cond)
             capture = attention.CaptureCrossAttention(factor=factor)
-            with attention.controlled_attention(tuple(controls) + (capture,), latent_hw=hw, timestep=t[0]):
-                _, state = self.pipe.unet.module.apply(
-                    {"params": frozen["unet"]}, noisy.astype(self.dtype), t, context,
-                    down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid,
-                    mutable=[attention.CAPTURE_COLLECTION])
+            ctx = attention.AttentionContext(tuple(controls) + (capture,), latent_hw=tuple(hw), timestep=t[0])
+            _, state = self.pipe.unet.module.apply(
+                {"params": frozen["unet"]}, noisy.astype(self.dtype), t, context,
+                down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid,
+                attention=ctx, mutable=[attention.CAPTURE_COLLECTION])
             total = total + attention.average_captured(state)
         return total / len(timesteps)

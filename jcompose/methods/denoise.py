@@ -57,15 +57,14 @@ class DenoiseMethod:
     # ---------------------------------------------------------------------------------- model
     def _context(self, frozen, input_ids):
         text = self.pipe.text_encoder.module
-        return text(input_ids, params=frozen["text_encoder"]).last_hidden_state.astype(self.dtype)
+        return text.apply({"params": frozen["text_encoder"]}, input_ids).last_hidden_state.astype(self.dtype)
 
     def loss(self, params, frozen, batch, rng):
         vae, unet = self.pipe.vae.module, self.pipe.unet.module
         k_latent, k_noise, k_t = jax.random.split(rng, 3)
-        images = batch["image"].transpose(0, 3, 1, 2).astype(self.dtype)  # NHWC -> NCHW
+        images = batch["image"].transpose(0, 3, 1, 2)  # NHWC -> NCHW
         posterior = vae.apply({"params": frozen["vae"]}, images, method=vae.encode).latent_dist
-        latents = jax.lax.stop_gradient(posterior.sample(k_latent).transpose(0, 3, 1, 2) * vae.scaling_factor)
-        latents = latents.astype(jnp.float32)
+        latents = jax.lax.stop_gradient(posterior.sample(k_latent) * vae.scaling_factor).astype(jnp.float32)
         noise = jax.random.normal(k_noise, latents.shape)
         t = diffusion.uniform_timesteps(k_t, latents.shape[0], self.schedule.num_train_timesteps)
         noisy = diffusion.add_noise(self.schedule, latents, noise, t)
@@ -85,6 +84,5 @@ class DenoiseMethod:
         latents = jax.random.normal(rng, (context.shape[0], unet.out_channels, size, size))
         denoise = diffusion.guided_denoiser(unet, params["unet"], context, uncond, self.config.sample.guidance_scale)
         z = diffusion.sample(denoise, latents, self.schedule, self.pipe.scheduler, self.config.sample.steps)
-        image = vae.apply({"params": frozen["vae"]}, (z / vae.scaling_factor).astype(self.dtype),
-                          method=vae.decode).sample
+        image = vae.apply({"params": frozen["vae"]}, z / vae.scaling_factor, method=vae.decode).sample
         return jnp.clip(image.transpose(0, 2, 3, 1).astype(jnp.float32), -1, 1)

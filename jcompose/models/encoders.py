@@ -2,7 +2,7 @@
 
 A folder holds a transformers `config.json` and `flax_model.msgpack` (the Flax tree) and/or
 `model.safetensors` (PyTorch names, converted with `pt_layout.transformers_keys`). Every loader
-returns `loading.Loaded(module, params, config, path)` with a jcompose linen module: call it as
+returns `files.Loaded(module, params, config, path)` with a jcompose linen module: call it as
 ``module.apply({"params": params}, ...)``; `config` is the folder's config.json as read.
 """
 
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from jcompose.models import clip, loading, pt_layout, vit
+from jcompose.models import clip, files, pt_layout, vit
 from jcompose.models.diffusers_config import ConfigError
 
 DType = Any
@@ -28,8 +28,8 @@ _KIND_NAMES = {"clip_text_model": "a CLIP text encoder", "clip_vision_model": "a
 
 
 def _read(folder: str | Path, what: str, model_types: tuple[str, ...]) -> tuple[Path, dict]:
-    folder = loading._require_dir(folder, what)
-    raw = loading.read_config(folder)
+    folder = files.require_dir(folder, what)
+    raw = files.read_config(folder)
     found = raw.get("model_type")
     if found is not None and found not in model_types:
         held = f" (the folder holds {_KIND_NAMES[found]})" if found in _KIND_NAMES else ""
@@ -38,24 +38,43 @@ def _read(folder: str | Path, what: str, model_types: tuple[str, ...]) -> tuple[
     return folder, raw
 
 
-def _params(folder: Path, module: Any, dummy: tuple, weights: str, prefix: str, param_dtype: DType) -> Any:
-    """Reads and checks the weights of `folder` against the tree `module.init(*dummy)` would make."""
-    expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *dummy))["params"]
-    paths, fmt = loading._find_weights(folder, loading.TRANSFORMERS_FLAX_WEIGHTS, loading.TRANSFORMERS_PT_WEIGHTS,
+def dummy_inputs(module: Any) -> tuple:
+    """The smallest inputs that trace every parameter of one of this file's encoder modules."""
+    def pixels(config):
+        return jnp.zeros((1, config.image_size, config.image_size, config.num_channels))
+
+    if isinstance(module, clip.CLIPTextModel):
+        return (jnp.zeros((1, 1), jnp.int32),)
+    if isinstance(module, clip.CLIPModel):
+        return jnp.zeros((1, 1), jnp.int32), pixels(module.config.vision_config)
+    if isinstance(module, (clip.CLIPVisionModel, vit.ViTModel, vit.Dinov2Model)):
+        return (pixels(module.config),)
+    raise TypeError(f"{type(module).__name__} is not one of jcompose's encoder modules (clip.py, vit.py)")
+
+
+def abstract_params(module: Any) -> Any:
+    """Shapes and dtypes of an encoder module's parameters, computed without any FLOPs."""
+    return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *dummy_inputs(module)))["params"]
+
+
+def _params(folder: Path, module: Any, weights: str, prefix: str, param_dtype: DType) -> Any:
+    """Reads and checks the weights of `folder` against the tree the module's init would make."""
+    expected = abstract_params(module)
+    paths, fmt = files.find_weights(folder, files.TRANSFORMERS_FLAX_WEIGHTS, files.TRANSFORMERS_PT_WEIGHTS,
                                        weights, None)
     if fmt == "msgpack":
-        params = loading._read_msgpack(paths[0])
-        loading.check_tree(params, expected, str(paths[0]))
+        params = files.read_msgpack(paths[0])
+        files.check_tree(params, expected, str(paths[0]))
     else:
         source = str(paths[0]) if len(paths) == 1 else f"{folder} ({len(paths)} safetensors shards)"
         params = pt_layout.state_dict_to_flax(
-            loading.read_safetensors(paths), expected, source,
+            files.read_safetensors(paths), expected, source,
             naming=lambda key: pt_layout.transformers_keys(key, prefix), ignore=("position_ids",))
-    return loading.cast_params(params, param_dtype)
+    return files.cast_params(params, param_dtype)
 
 
 def load_clip_text(folder: str | Path, *, dtype: DType = jnp.float32, param_dtype: DType = jnp.float32,
-                   weights: str = "auto", precision: Any = None) -> loading.Loaded:
+                   weights: str = "auto", precision: Any = None) -> files.Loaded:
     """A CLIP text encoder folder (SD 1.5: CLIP ViT-L/14 text, 768-d; SD 2.x: OpenCLIP-H, 1024-d).
 
     ``module.apply({"params": p}, ids (B, L) int[, attention_mask (B, L) 0/1])`` ->
@@ -71,12 +90,12 @@ def load_clip_text(folder: str | Path, *, dtype: DType = jnp.float32, param_dtyp
     folder, raw = _read(folder, "text_encoder", ("clip_text_model",))
     module = clip.CLIPTextModel(clip.CLIPTextConfig.from_dict(raw, str(folder / "config.json")), dtype=dtype,
                                 param_dtype=param_dtype, precision=precision)
-    params = _params(folder, module, (jnp.zeros((1, 1), jnp.int32),), weights, "", param_dtype)
-    return loading.Loaded(module, params, raw, folder)
+    params = _params(folder, module, weights, "", param_dtype)
+    return files.Loaded(module, params, raw, folder)
 
 
 def load_clip(folder: str | Path, *, dtype: DType = jnp.float32, param_dtype: DType = jnp.float32,
-              weights: str = "auto", precision: Any = None) -> loading.Loaded:
+              weights: str = "auto", precision: Any = None) -> files.Loaded:
     """A full CLIP folder (model_type clip): both towers, projections and logit_scale.
 
     Features: ``module.apply({"params": p}, ids, mask, method="get_text_features")`` and
@@ -86,16 +105,14 @@ def load_clip(folder: str | Path, *, dtype: DType = jnp.float32, param_dtype: DT
     folder, raw = _read(folder, "clip", ("clip",))
     config = clip.CLIPConfig.from_dict(raw, str(folder / "config.json"))
     module = clip.CLIPModel(config, dtype=dtype, param_dtype=param_dtype, precision=precision)
-    size, channels = config.vision_config.image_size, config.vision_config.num_channels
-    dummy = (jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, size, size, channels)))
-    return loading.Loaded(module, _params(folder, module, dummy, weights, "", param_dtype), raw, folder)
+    return files.Loaded(module, _params(folder, module, weights, "", param_dtype), raw, folder)
 
 
 def _has_pooler(folder: Path, weights: str) -> bool:
-    paths, fmt = loading._find_weights(folder, loading.TRANSFORMERS_FLAX_WEIGHTS, loading.TRANSFORMERS_PT_WEIGHTS,
+    paths, fmt = files.find_weights(folder, files.TRANSFORMERS_FLAX_WEIGHTS, files.TRANSFORMERS_PT_WEIGHTS,
                                        weights, None)
     if fmt == "msgpack":
-        return "pooler" in loading._read_msgpack(paths[0])
+        return "pooler" in files.read_msgpack(paths[0])
     from safetensors import safe_open
 
     for path in paths:
@@ -109,7 +126,7 @@ def _has_pooler(folder: Path, weights: str) -> bool:
 
 
 def load_vit(folder: str | Path, *, pooler: bool | None = None, dtype: DType = jnp.float32,
-             param_dtype: DType = jnp.float32, weights: str = "auto", precision: Any = None) -> loading.Loaded:
+             param_dtype: DType = jnp.float32, weights: str = "auto", precision: Any = None) -> files.Loaded:
     """A transformers ViT folder (model_type vit), e.g. DINO ViT-S/16 for DINO scores.
 
     ``module.apply({"params": p}, pixels_nhwc)`` -> `clip.EncoderOutput` (last_hidden_state
@@ -126,12 +143,11 @@ def load_vit(folder: str | Path, *, pooler: bool | None = None, dtype: DType = j
         pooler = _has_pooler(folder, weights)
     module = vit.ViTModel(config, dtype=dtype, param_dtype=param_dtype, precision=precision,
                           add_pooling_layer=pooler)
-    dummy = (jnp.zeros((1, config.image_size, config.image_size, config.num_channels)),)
-    return loading.Loaded(module, _params(folder, module, dummy, weights, "vit", param_dtype), raw, folder)
+    return files.Loaded(module, _params(folder, module, weights, "vit", param_dtype), raw, folder)
 
 
 def load_dinov2(folder: str | Path, *, dtype: DType = jnp.float32, param_dtype: DType = jnp.float32,
-                weights: str = "auto", precision: Any = None) -> loading.Loaded:
+                weights: str = "auto", precision: Any = None) -> files.Loaded:
     """A DINOv2 folder (AnyDoor's ID extractor: ViT-g/14, 1536-d, 257 tokens at 224 px).
 
     ``module.apply({"params": p}, pixels_nhwc)`` -> `clip.EncoderOutput` (last_hidden_state
@@ -141,8 +157,7 @@ def load_dinov2(folder: str | Path, *, dtype: DType = jnp.float32, param_dtype: 
     folder, raw = _read(folder, "dinov2", ("dinov2",))
     config = vit.Dinov2Config.from_dict(raw, str(folder / "config.json"))
     module = vit.Dinov2Model(config, dtype=dtype, param_dtype=param_dtype, precision=precision)
-    dummy = (jnp.zeros((1, config.image_size, config.image_size, config.num_channels)),)
-    return loading.Loaded(module, _params(folder, module, dummy, weights, "dinov2", param_dtype), raw, folder)
+    return files.Loaded(module, _params(folder, module, weights, "dinov2", param_dtype), raw, folder)
 
 
 def export_encoder(module: Any, params: Any, folder: str | Path, formats: Iterable[str] = ("safetensors",),
@@ -171,10 +186,10 @@ def export_encoder(module: Any, params: Any, folder: str | Path, formats: Iterab
     host = jax.tree_util.tree_map(lambda x: np.asarray(x) if dtype is None else np.asarray(x).astype(dtype),
                                   jax.device_get(params))
     if "msgpack" in formats:
-        (folder / loading.TRANSFORMERS_FLAX_WEIGHTS).write_bytes(serialization.msgpack_serialize(host))
+        (folder / files.TRANSFORMERS_FLAX_WEIGHTS).write_bytes(serialization.msgpack_serialize(host))
     if "safetensors" in formats:
         from safetensors.numpy import save_file
 
-        save_file(pt_layout.transformers_state_dict(host), str(folder / loading.TRANSFORMERS_PT_WEIGHTS),
+        save_file(pt_layout.transformers_state_dict(host), str(folder / files.TRANSFORMERS_PT_WEIGHTS),
                   metadata={"format": "pt"})
     return folder

@@ -3,9 +3,8 @@
 Tests and the CPU quick-start use these instead of multi-GB checkpoints, through exactly the
 loading path real weights take. Each base has the same classes and the same structural options
 as its full-size original (block types, linear vs conv projections, 9-channel inpainting input,
-x8 VAE, CLIP BPE tokenizer, DINOv2 with SwiGLU), only narrower and shallower; channel counts of
-the UNet and ControlNet are multiples of 32 because the Flax classes hard-code 32 GroupNorm
-groups.
+x8 VAE, CLIP BPE tokenizer, DINOv2 with SwiGLU), only narrower and shallower (channel counts of
+the UNet and ControlNet are multiples of the 32 GroupNorm groups SD uses).
 
 Command line (writes a folder, loads it back and runs one UNet forward)::
 
@@ -25,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jcompose.models import loading
+from jcompose.models import clip, encoders, loading, vit
+from jcompose.models.unet import UNet2DConditionModel
+from jcompose.models.vae import AutoencoderKL
 
 BASES = ("sd15", "sd15-inpaint", "sd21-base")
 CONTEXT_TOKENS = 16  # tokenizer model_max_length and text-encoder positions
@@ -39,7 +40,7 @@ _WORDS = (
 
 
 def unet_config(base: str) -> dict[str, Any]:
-    """Flax UNet constructor arguments of the tiny `base`."""
+    """UNet constructor arguments (= diffusers config keys) of the tiny `base`."""
     _check_base(base)
     sd2 = base == "sd21-base"
     return dict(
@@ -58,7 +59,7 @@ def unet_config(base: str) -> dict[str, Any]:
 
 
 def vae_config() -> dict[str, Any]:
-    """Flax AutoencoderKL arguments: 4 stages, so the x8 downsampling of the SD VAE."""
+    """AutoencoderKL arguments (= diffusers config keys): 4 stages, so the x8 downsampling of the SD VAE."""
     return dict(
         in_channels=3,
         out_channels=3,
@@ -73,11 +74,10 @@ def vae_config() -> dict[str, Any]:
     )
 
 
-def text_encoder_config(base: str, vocab_size: int):
-    from transformers import CLIPTextConfig
-
+def text_encoder_config(base: str, vocab_size: int) -> clip.CLIPTextConfig:
+    """A 2-layer CLIP text encoder: OpenAI CLIP-L's options (quick GELU) for SD 1.5, OpenCLIP-H's (GELU) for 2.x."""
     sd2 = base == "sd21-base"
-    return CLIPTextConfig(
+    return clip.CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=64 if sd2 else 32,
         intermediate_size=128 if sd2 else 64,
@@ -92,11 +92,9 @@ def text_encoder_config(base: str, vocab_size: int):
     )
 
 
-def dinov2_config():
+def dinov2_config() -> vit.Dinov2Config:
     """A 2-layer DINOv2 with the giant model's options (patch 14, SwiGLU, layer scale)."""
-    from transformers import Dinov2Config
-
-    return Dinov2Config(
+    return vit.Dinov2Config(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -145,7 +143,8 @@ def random_params(abstract: Any, seed: int, noise: float = 0.02) -> Any:
     rng = np.random.default_rng(seed)
     flat = flatten_dict(dict(abstract))
     out = {}
-    for key, spec in flat.items():
+    for key in sorted(flat):  # sorted: the draw does not depend on the order modules were built in
+        spec = flat[key]
         shape = tuple(spec.shape)
         leaf = key[-1]
         if leaf == "kernel":
@@ -232,21 +231,19 @@ def write_tiny_base(
       controlnet: also write a `controlnet/` with the UNet's encoder architecture (random weights).
       seed: all weights derive from it.
     """
-    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-    from transformers import FlaxCLIPTextModel
-
     _check_base(base)
     out = Path(out)
-    unet = FlaxUNet2DConditionModel(**unet_config(base))
+    unet = UNet2DConditionModel(**unet_config(base))
     unet_params = random_params(loading.abstract_params(unet), seed)
     loading.export_diffusers(unet, unet_params, out / "unet", formats=formats)
 
-    vae = FlaxAutoencoderKL(**vae_config())
+    vae = AutoencoderKL(**vae_config())
     loading.export_diffusers(vae, random_params(loading.abstract_params(vae), seed + 1), out / "vae", formats=formats)
 
     vocab_size = write_tokenizer(out / "tokenizer", pad_token="!" if base == "sd21-base" else "<|endoftext|>")
-    text = FlaxCLIPTextModel(text_encoder_config(base, vocab_size), _do_init=False)
-    loading.export_transformers(text, random_params(text.params_shape_tree, seed + 2), out / "text_encoder", formats)
+    text = clip.CLIPTextModel(text_encoder_config(base, vocab_size))
+    encoders.export_encoder(text, random_params(encoders.abstract_params(text), seed + 2), out / "text_encoder",
+                            formats)
 
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(base), indent=2))
@@ -265,10 +262,8 @@ def write_tiny_base(
 
 def write_tiny_dinov2(out: str | Path, *, formats: tuple[str, ...] = ("safetensors", "msgpack"), seed: int = 0) -> Path:
     """Writes a tiny DINOv2 folder (transformers layout) to `out`."""
-    from transformers import FlaxDinov2Model
-
-    model = FlaxDinov2Model(dinov2_config(), _do_init=False)
-    loading.export_transformers(model, random_params(model.params_shape_tree, seed), Path(out), formats)
+    model = vit.Dinov2Model(dinov2_config())
+    encoders.export_encoder(model, random_params(encoders.abstract_params(model), seed), Path(out), formats)
     return Path(out)
 
 
@@ -292,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = loading.load_pipeline(folder, weights=args.weights)
     tokens = pipe.tokenizer(["a photo of a dog"], padding="max_length", max_length=CONTEXT_TOKENS,
                             return_tensors="np").input_ids
-    context = pipe.text_encoder.module(tokens, params=pipe.text_encoder.params).last_hidden_state
+    context = pipe.text_encoder.module.apply({"params": pipe.text_encoder.params}, tokens).last_hidden_state
     unet = pipe.unet.module
     latents = jax.random.normal(jax.random.PRNGKey(0), (1, unet.in_channels, unet.sample_size, unet.sample_size))
     forward = jax.jit(lambda p, x, t, c: unet.apply({"params": p}, x, t, c).sample)
