@@ -113,3 +113,19 @@ def test_benchmark_mode_needs_a_benchmark_folder(tmp_path):
                                               "--out", str(tmp_path / "o.png")])
     with pytest.raises(compose.InputError, match="give --foreground"):
         compose.compose_anyscene(args)
+
+
+def test_ema_on_a_run_without_ema_is_refused(tmp_path):
+    import grain
+    import jax.numpy as jnp
+
+    from jcompose.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path, async_save=False)
+    ckpt.save(3, {"step": jnp.array(3), "params": {"controlnet": {"w": jnp.zeros(2)}}},
+              iter(grain.MapDataset.range(4).to_iter_dataset()))
+    ckpt.close()
+    args = compose.build_parser().parse_args(["anyscene", "--base", str(tmp_path), "--checkpoint", str(tmp_path),
+                                              "--ema", "--out", str(tmp_path / "o.png")])
+    with pytest.raises(compose.InputError, match=r"--ema: checkpoint step 3 of .* has no EMA params"):
+        compose.load_anyscene(args)

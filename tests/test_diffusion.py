@@ -98,3 +98,24 @@ def test_sampling_traces_the_unet_once_per_step_count(tiny_bases, method, rng):
         out = jax.jit(run, static_argnums=0)(steps, x)
         assert np.all(np.isfinite(np.asarray(out)))
     assert len(traces) == 2  # one UNet trace for the 50-step loop, one for the 20-step loop
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("config", [SD, SchedulerConfig(rescale_betas_zero_snr=True, prediction_type="v_prediction")],
+                         ids=["scaled_linear", "zero_snr"])
+def test_v_prediction_target_equals_diffusers_get_velocity(config, rng):
+    """v = sqrt(ab) noise - sqrt(1 - ab) x0 against diffusers' PyTorch DDPMScheduler.get_velocity."""
+    torch = pytest.importorskip("torch")
+    from diffusers import DDPMScheduler
+
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_start=config.beta_start, beta_end=config.beta_end,
+                              beta_schedule=config.beta_schedule, prediction_type="v_prediction",
+                              rescale_betas_zero_snr=config.rescale_betas_zero_snr)
+    schedule = diffusion.NoiseSchedule(diffusion.make_schedule(config).alphas_cumprod, "v_prediction")
+    x0 = rng.normal(size=(5, 4, 3, 3)).astype(np.float32)
+    noise = rng.normal(size=x0.shape).astype(np.float32)
+    t = np.array([0, 1, 250, 777, 999])
+    ours = np.asarray(diffusion.training_target(schedule, jnp.asarray(x0), jnp.asarray(noise), jnp.asarray(t)))
+    theirs = reference.get_velocity(torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert np.abs(ours - noise).max() > 0.1  # really v, not epsilon

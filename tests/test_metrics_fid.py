@@ -109,6 +109,41 @@ def test_resize_matches_torch_bilinear(rng):
         np.testing.assert_allclose(ours, ref, atol=2e-6)
 
 
+def _bicubic_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) weights of PIL's BICUBIC resize (a = -0.5, support widened by the scale when
+    shrinking, taps normalised), written from Pillow's resample.c precompute_coeffs."""
+    def kernel(x):
+        a, x = -0.5, abs(x)
+        if x < 1:
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+        return (((x - 5) * x + 8) * x - 4) * a if x < 2 else 0.0
+
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    weights = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        center = (i + 0.5) * scale
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        taps = np.array([kernel((x - center + 0.5) / filterscale) for x in range(lo, hi)])
+        weights[i, lo:hi] = taps / taps.sum()
+    return weights
+
+
+def test_clean_fid_resize_matches_pil_bicubic_written_out(rng):
+    """A non-constant image, up- and down-sampled, against the bicubic resampling written out here
+    (horizontal pass, float32 intermediate as PIL's 'F' images, vertical pass)."""
+    for shape in ((40, 50, 3), (600, 450, 3)):
+        image = rng.integers(0, 256, shape).astype(np.uint8)
+        ours = fid.clean_fid_input(image) * 128.0 + 128.0
+        rows, cols = _bicubic_weights(shape[0], 299), _bicubic_weights(shape[1], 299)
+        for c in range(3):
+            horizontal = (image[:, :, c].astype(np.float64) @ cols.T).astype(np.float32)
+            reference = np.clip((rows @ horizontal.astype(np.float64)).astype(np.float32), 0, 255)
+            np.testing.assert_allclose(ours[..., c], reference, rtol=0, atol=1e-4, err_msg=f"{shape} channel {c}")
+        assert ours.std() > 10 and (ours.max() > 250 or ours.min() < 5)  # really a non-constant image
+
+
 def test_clean_fid_input():
     constant = np.full((40, 50, 3), 200, np.uint8)
     out = fid.clean_fid_input(constant)
