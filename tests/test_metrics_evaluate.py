@@ -1,6 +1,7 @@
 """End-to-end `jcompose.evaluate` on a few generated PNGs with tiny random networks."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -62,6 +63,28 @@ def _config(models, generated, reference, out, prompts):
     return c
 
 
+def _fid_by_scipy(config, generated, reference):
+    """FID recomputed outside evaluate's streaming and statistics: the same Inception features, one
+    image at a time, float64 mean/covariance by numpy and the matrix square root by scipy (pytorch-fid's
+    formula, with its eps offset where the product is singular)."""
+    from scipy import linalg
+
+    inception = evaluate.build_extractors(config)["inception"]
+    features = []
+    for folder in (generated, reference):
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]
+        features.append(np.concatenate([np.asarray(inception.apply(inception.params, inception.prepare(im)[None]),
+                                                   np.float64) for im in images]))
+    (mu1, s1), (mu2, s2) = ((f.mean(0), np.cov(f, rowvar=False)) for f in features)
+    with warnings.catch_warnings():  # 5 images: the covariances are singular (rank 4)
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(root).all():
+        offset = np.eye(len(mu1)) * 1e-6
+        root = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(root.real))
+
+
 def test_evaluate_end_to_end(tmp_path, models):
     skimage_metrics = pytest.importorskip("skimage.metrics")
     generated = _write_images(tmp_path / "gen", 0)
@@ -88,6 +111,7 @@ def test_evaluate_end_to_end(tmp_path, models):
     assert (out / "report.html").read_text().count("<tr>") >= 8
     assert Image.open(out / "examples.png").size == (256, 5 * 128)
     assert scores["fid"]["value"] > 0 and scores["fid"]["n_reference"] == 5
+    np.testing.assert_allclose(scores["fid"]["value"], _fid_by_scipy(config, generated, reference), rtol=1e-4)
     assert np.isfinite(scores["kid"]["mean"]) and np.isfinite(scores["aesthetic"]["mean"])
     assert scores["clip_score"]["convention"] == "torchmetrics"
     assert len(scores["per_image"]["clip_score_cos"]) == 5
