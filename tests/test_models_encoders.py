@@ -2,7 +2,6 @@
 
 * parity: transformers PyTorch builds and randomises each model (N(0, 0.02^2) on every
   parameter), `save_pretrained` writes safetensors, jcompose loads it torch-free, both run;
-* migration: the same random tree through transformers' Flax classes (4.x only) and ours;
 * export: jcompose writes, transformers PyTorch `from_pretrained` loads;
 * bad input: errors name the file and the key.
 """
@@ -228,69 +227,7 @@ def test_dinov2_518px_checkpoint_at_224px_equals_pytorch(tmp_path, rng):
     assert _err(resized, ref) > 1e-2 * float(ref.abs().max())
 
 
-# -------------------------------------------------------------------------------- migration
-
-
-def _flax_classes():
-    try:
-        from transformers import FlaxCLIPModel, FlaxCLIPTextModel, FlaxDinov2Model, FlaxViTModel
-    except ImportError:
-        import transformers
-
-        pytest.skip(f"transformers {transformers.__version__} has no Flax classes (removed in v5): "
-                    "nothing to migrate from")
-    return FlaxCLIPTextModel, FlaxCLIPModel, FlaxViTModel, FlaxDinov2Model
-
-
-def _shape_tree(tree):
-    return {k: tuple(v.shape) for k, v in flatten_dict(dict(tree)).items()}
-
-
-@pytest.mark.parametrize("family", ["clip-text-sd15", "clip-text-sd21", "clip", "vit", "dinov2-swiglu", "dinov2-mlp"])
-def test_same_params_and_outputs_as_transformers_flax_classes(family, rng):
-    """Same tree (names and shapes) and outputs < 1e-5 on one random tree. transformers' Flax
-    DINOv2 multiplies LayerScale by layerscale_value twice (PyTorch does not), so it is 1 here."""
-    flax_text, flax_clip, flax_vit, flax_dinov2 = _flax_classes()
-    pixels = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
-    if family.startswith("clip-text"):
-        config = _text_config("sd15" if family.endswith("sd15") else "sd21-base")
-        theirs = flax_text(config, _do_init=False)
-        ours = clip.CLIPTextModel(clip.CLIPTextConfig.from_dict(config.to_dict(), "t"))
-        ids, mask = _text_inputs(rng)
-        run_theirs = lambda p: theirs(ids, mask, params=p)  # noqa: E731
-        run_ours = lambda p: ours.apply({"params": p}, ids, mask)  # noqa: E731
-        init_args, fields = (ids,), ("last_hidden_state", "pooler_output")
-    elif family == "clip":
-        config = _tiny_clip_config()
-        theirs = flax_clip(config, _do_init=False)
-        ours = clip.CLIPModel(clip.CLIPConfig.from_dict(config.to_dict(), "t"))
-        ids = rng.integers(0, 98, size=(2, 16))
-        ids[:, 7] = 98
-        run_theirs = lambda p: theirs(ids, pixels.transpose(0, 3, 1, 2), params=p)  # noqa: E731
-        run_ours = lambda p: ours.apply({"params": p}, ids, pixels)  # noqa: E731
-        init_args, fields = (ids, pixels), ("logits_per_image", "text_embeds", "image_embeds")
-    else:
-        if family == "vit":
-            config = _vit_config()
-            theirs = flax_vit(config, _do_init=False)
-            ours = vit.ViTModel(vit.ViTConfig.from_dict(config.to_dict(), "t"))
-        else:
-            config = _dinov2_config(family.endswith("swiglu"), image_size=56)
-            theirs = flax_dinov2(config, _do_init=False)
-            ours = vit.Dinov2Model(vit.Dinov2Config.from_dict(config.to_dict(), "t"))
-            pixels = rng.normal(size=(2, 56, 56, 3)).astype(np.float32)
-        run_theirs = lambda p: theirs(pixels.transpose(0, 3, 1, 2), params=p)  # noqa: E731
-        run_ours = lambda p: ours.apply({"params": p}, pixels)  # noqa: E731
-        init_args, fields = (pixels,), ("last_hidden_state", "pooler_output")
-    params = tiny.random_params(theirs.params_shape_tree, 9)
-    dummy = jax.eval_shape(lambda: ours.init(jax.random.PRNGKey(0), *init_args))["params"]
-    assert _shape_tree(dummy) == _shape_tree(theirs.params_shape_tree)
-    a, b = run_theirs(params), run_ours(params)
-    for field in fields:
-        assert _err(getattr(b, field), getattr(a, field)) < 1e-5, field
-
-
-# ------------------------------------------------------------------------------------ export
+# --------------------------------------------------------------------------------- export
 
 
 def _random_module(family):

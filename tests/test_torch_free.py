@@ -1,6 +1,16 @@
-"""Loading and running real-format folders with torch made unimportable, as a user without it."""
+"""jcompose runs without PyTorch and without diffusers' / transformers' Flax classes.
+
+A subprocess hides `torch` and `diffusers` before anything is imported (every import finder
+reports them absent, as on a machine without them) and records each lookup with the file that
+made it. It imports every entry point, loads a tiny base from PyTorch-layout safetensors and runs
+UNet, ControlNet, VAE, text encoder and DINOv2. The parent asserts that no lookup came from
+jcompose's own code (transformers' availability probes are fine), that no transformers Flax module
+was loaded, and that the outputs equal the same computation from the Flax msgpack files in this
+process.
+"""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,13 +20,53 @@ import numpy as np
 
 from jcompose.models import loading
 
-_SCRIPT = textwrap.dedent(
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OWN_CODE = tuple(os.path.join(REPO, d) + os.sep for d in ("jcompose", "configs", "input_pipeline"))
+
+_HIDE = textwrap.dedent(
     """
+    import importlib.abc
     import sys
-    sys.modules["torch"] = None  # any `import torch` now raises ImportError
+
+    lookups = []  # (module name, file that asked)
+
+    def _asker():
+        frame = sys._getframe(2)
+        while frame and ("importlib" in frame.f_code.co_filename or frame.f_code.co_filename.startswith("<frozen")):
+            frame = frame.f_back
+        return frame.f_code.co_filename if frame else "?"
+
+    class Hidden(importlib.abc.MetaPathFinder):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "diffusers"):
+                lookups.append((name, _asker()))
+                return None
+            find = getattr(self.inner, "find_spec", None)
+            return find(name, path, target) if find else None
+
+        def find_distributions(self, *args, **kwargs):  # package metadata: hidden packages have none
+            find = getattr(self.inner, "find_distributions", None)
+            return [d for d in (find(*args, **kwargs) if find else ())
+                    if (d.metadata["Name"] or "").lower() not in ("torch", "diffusers")]
+
+        def invalidate_caches(self):
+            getattr(self.inner, "invalidate_caches", lambda: None)()
+
+    sys.meta_path[:] = [Hidden(f) for f in sys.meta_path]
+    """
+)
+
+_SCRIPT = _HIDE + textwrap.dedent(
+    """
     import json
     import numpy as np
     import jax.numpy as jnp
+    import configs.common, input_pipeline.pipeline, input_pipeline.anyscene_benchmark  # noqa: F401
+    import jcompose.train, jcompose.compose, jcompose.evaluate, jcompose.convert, jcompose.sweep  # noqa: F401
+    import jcompose.bench  # noqa: F401
     from jcompose.models import loading
 
     folder, dinov2, out = sys.argv[1:4]
@@ -25,15 +75,18 @@ _SCRIPT = textwrap.dedent(
     dino = loading.load_dinov2(dinov2, weights="safetensors")
     inputs = np.load(out + ".in.npz")
     tokens = pipe.tokenizer(["a photo of sks dog"], padding="max_length", max_length=16, return_tensors="np").input_ids
-    ctx = pipe.text_encoder.module(tokens, params=pipe.text_encoder.params).last_hidden_state
+    ctx = pipe.text_encoder.module.apply({"params": pipe.text_encoder.params}, tokens).last_hidden_state
     x, t = inputs["x"], jnp.array([321])
-    down, mid = pipe.controlnet.module.apply({"params": pipe.controlnet.params}, x, t, ctx, inputs["cond"], return_dict=False)
-    eps = pipe.unet.module.apply({"params": pipe.unet.params}, x, t, ctx, down_block_additional_residuals=down,
-                                 mid_block_additional_residual=mid).sample
+    res = pipe.controlnet.module.apply({"params": pipe.controlnet.params}, x, t, ctx, inputs["cond"])
+    eps = pipe.unet.module.apply({"params": pipe.unet.params}, x, t, ctx,
+                                 down_block_additional_residuals=res.down_block_res_samples,
+                                 mid_block_additional_residual=res.mid_block_res_sample).sample
     image = pipe.vae.module.apply({"params": pipe.vae.params}, x, method=pipe.vae.module.decode).sample
-    feats = dino.module(inputs["pixels"], params=dino.params).last_hidden_state
+    feats = dino.module.apply({"params": dino.params}, inputs["pixels"]).last_hidden_state
     np.savez(out, tokens=tokens, ctx=ctx, eps=eps, image=image, feats=feats)
-    print(json.dumps({"torch_imported": sys.modules.get("torch") is not None}))
+    flax_modules = sorted(m for m in sys.modules if m.startswith("transformers") and "flax" in m)
+    print(json.dumps({"lookups": lookups, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in (
+        "torch", "diffusers")), "transformers_flax": flax_modules}))
     """
 )
 
@@ -43,7 +96,7 @@ def test_pytorch_free_load_and_forward(tiny_bases, tiny_dinov2, tmp_path):
     inputs = dict(
         x=rng.normal(size=(1, 4, 8, 8)).astype(np.float32),
         cond=rng.uniform(size=(1, 3, 64, 64)).astype(np.float32),
-        pixels=rng.normal(size=(1, 3, 224, 224)).astype(np.float32),
+        pixels=rng.normal(size=(1, 224, 224, 3)).astype(np.float32),
     )
     out = str(tmp_path / "out")
     np.savez(out + ".in.npz", **inputs)
@@ -52,21 +105,39 @@ def test_pytorch_free_load_and_forward(tiny_bases, tiny_dinov2, tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"torch_imported": False}
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    ours = [(name, where) for name, where in report["lookups"] if where.startswith(OWN_CODE)]
+    assert ours == [], ours  # jcompose itself never even looks for torch or diffusers
+    assert report["loaded"] == [] and report["transformers_flax"] == [], report
     got = np.load(out + ".npz")
 
     # The same computation from the Flax msgpack files, in this process.
     pipe = loading.load_pipeline(tiny_bases["sd15"], weights="msgpack",
                                  components=("unet", "vae", "text_encoder", "controlnet"))
     dino = loading.load_dinov2(tiny_dinov2, weights="msgpack")
-    ctx = pipe.text_encoder.module(got["tokens"], params=pipe.text_encoder.params).last_hidden_state
+    ctx = pipe.text_encoder.module.apply({"params": pipe.text_encoder.params}, got["tokens"]).last_hidden_state
     t = jnp.array([321])
-    down, mid = pipe.controlnet.module.apply({"params": pipe.controlnet.params}, inputs["x"], t, ctx, inputs["cond"],
-                                             return_dict=False)
+    res = pipe.controlnet.module.apply({"params": pipe.controlnet.params}, inputs["x"], t, ctx, inputs["cond"])
     eps = pipe.unet.module.apply({"params": pipe.unet.params}, inputs["x"], t, ctx,
-                                 down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+                                 down_block_additional_residuals=res.down_block_res_samples,
+                                 mid_block_additional_residual=res.mid_block_res_sample).sample
     image = pipe.vae.module.apply({"params": pipe.vae.params}, inputs["x"], method=pipe.vae.module.decode).sample
-    feats = dino.module(inputs["pixels"], params=dino.params).last_hidden_state
+    feats = dino.module.apply({"params": dino.params}, inputs["pixels"]).last_hidden_state
     for name, want in (("ctx", ctx), ("eps", eps), ("image", image), ("feats", feats)):
         np.testing.assert_allclose(got[name], np.asarray(want), atol=1e-5, err_msg=name)
     assert float(jnp.abs(jnp.asarray(got["eps"])).mean()) > 0.01  # the ControlNet residuals are not silent
+
+
+def test_the_hook_names_the_importing_file(tmp_path):
+    """The hook above sees an import of torch from a module file and names that file (so an empty
+    list of own-code lookups means something), and the import fails as without torch."""
+    (tmp_path / "probe_module.py").write_text("try:\n    import torch\nexcept ImportError:\n    pass\n")
+    probe = _HIDE + textwrap.dedent(
+        f"""
+        sys.path.insert(0, {str(tmp_path)!r})
+        import probe_module  # noqa: F401
+        print(sorted(set(lookups)), "torch" in sys.modules)  # each wrapped finder sees the lookup
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == f"[('torch', {str(tmp_path / 'probe_module.py')!r})] False", run.stdout + run.stderr

@@ -29,11 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
-from flax.traverse_util import flatten_dict
 
 from jcompose.models import encoders, pt_layout
-from jcompose.models.files import (DIFFUSERS_FLAX_WEIGHTS, DIFFUSERS_PT_WEIGHTS, TRANSFORMERS_FLAX_WEIGHTS,
-                                   TRANSFORMERS_PT_WEIGHTS, Loaded, cast_params, check_tree, find_weights,
+from jcompose.models.files import (DIFFUSERS_FLAX_WEIGHTS, DIFFUSERS_PT_WEIGHTS, Loaded, cast_params, check_tree, find_weights,
                                    read_msgpack, read_safetensors, require_dir)
 from jcompose.models.controlnet import ConditioningEmbedding, ControlNetModel
 from jcompose.models.diffusers_config import (

@@ -34,6 +34,8 @@ _VAE_ATTENTION_NAMES = {
     "proj_attn": ("to_out.0", "proj_attn"),
 }
 
+_ROOTS_V5_DROPS = frozenset({"text_model", "vision_model"})
+
 _INDEX_SUFFIX = re.compile(r"^(.*[A-Za-z])_(\d+)$")
 
 
@@ -100,7 +102,12 @@ def transformers_keys(flax_key: FlaxKey, prefix: str = "") -> list[str]:
     """
     *modules, leaf = flax_key
     name = ".".join([*modules, "weight" if leaf in ("kernel", "scale", "embedding") else leaf])
-    return [name, f"{prefix}.{name}"] if prefix else [name]
+    names = [name, f"{prefix}.{name}"] if prefix else [name]
+    if modules and modules[0] in _ROOTS_V5_DROPS:
+        # transformers 5 saves CLIPTextModel / CLIPVisionModel without their `text_model.` /
+        # `vision_model.` root (and loads both spellings); published SD folders keep the root.
+        names.append(name.split(".", 1)[1])
+    return names
 
 
 def state_dict_to_flax(
