@@ -1,16 +1,20 @@
 """Methods: one small module each, built from a config, called only through `base.Method`."""
 
+import importlib
+
 from jcompose.methods.base import Method
+
+# config.method -> (module, class); imported on demand so one method's dependencies never load another's.
+METHODS = {
+    "denoise": ("jcompose.methods.denoise", "DenoiseMethod"),
+    "anyscene": ("jcompose.methods.anyscene", "AnySceneMethod"),
+    "dreamcom": ("jcompose.methods.dreamcom", "DreamComMethod"),
+}
 
 
 def build(config) -> Method:
     """The method named by `config.method`."""
-    if config.method == "denoise":
-        from jcompose.methods.denoise import DenoiseMethod
-
-        return DenoiseMethod(config)
-    if config.method == "anyscene":
-        from jcompose.methods.anyscene import AnySceneMethod
-
-        return AnySceneMethod(config)
-    raise ValueError(f"config.method = {config.method!r}: unknown; available: 'denoise', 'anyscene'")
+    if config.method not in METHODS:
+        raise ValueError(f"config.method = {config.method!r}: unknown; available: {', '.join(map(repr, METHODS))}")
+    module, cls = METHODS[config.method]
+    return getattr(importlib.import_module(module), cls)(config)

@@ -1,0 +1,234 @@
+"""DreamCom: fine-tune the SD 1.5 inpainting UNet on 3-5 photos of one object, then inpaint it into a box.
+
+The released recipe (bcmi/DreamCom-Image-Composition; reference/dreamcom.md A.1-A.3), on the shared engine:
+
+* the whole 9-channel UNet trains (text encoder optionally, `model.train_text_encoder`); VAE frozen;
+* UNet input = [noisy latents; box mask at latent size (nearest: m[::8, ::8]); masked-image latents]
+  (the masked image is the photo with its box set to 0; both latents are VAE samples, as released);
+* loss = epsilon MSE weighted by the padding-free loss mask, per sample sum over (C, h, w) divided by
+  the mask's sum over (h, w) (the released normalisation, so C times a per-element mean), then the
+  batch mean; t uniform;
+* context: the released token layout. E_empty = CLIP(""), with positions 1..n replaced by the instance
+  prompt's ("a photo of sks <class>") and n+1..2n by the background prompt's ("background"), n = (L-1)//2
+  (38 of 77); masked cross-attention at every layer, in training and sampling: inside the box only
+  tokens 1..n, outside nothing, SOT dropped, no renormalisation;
+* sampling: DDIM (50 steps, CFG 7.5, both halves masked), masked self-attention on the released layers
+  (the last 5 decoder self-attention layers, `sample.self_attention = "released"`) or the paper's rule
+  (every decoder self-attention layer except the last 6, `"paper"`), or none.
+
+One model per object: the engine trains several objects at once by vmapping this loss over a leading
+model axis (`num_models`, `make_source(k)`, `make_transform(k)`); the method itself sees one object.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from input_pipeline import dreamcom as dreamcom_data
+from input_pipeline import dreamcom_objects
+from jcompose import attention, diffusion
+from jcompose.models import loading, tiny
+
+SELF_ATTENTION_RULES = ("released", "paper", "none")
+VAE_FACTOR = 8
+
+
+def latent_mask(mask: jax.Array) -> jax.Array:
+    """(B, H, W, 1) pixel mask -> (B, H/8, W/8) by nearest sampling (m[::8, ::8], torch's default rule)."""
+    return mask[:, ::VAE_FACTOR, ::VAE_FACTOR, 0].astype(jnp.float32)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, loss_mask: jax.Array) -> jax.Array:
+    """The released loss: per sample sum((pred - target)^2 * m) over (C, h, w) / sum(m) over (h, w), batch mean.
+
+    pred, target: (B, C, h, w); loss_mask: (B, h, w) in {0, 1}.
+    """
+    m = loss_mask[:, None]
+    per_sample = jnp.sum((pred - target) ** 2 * m, axis=(1, 2, 3)) / jnp.maximum(jnp.sum(m, axis=(1, 2, 3)), 1.0)
+    return jnp.mean(per_sample)
+
+
+class DreamComMethod:
+    """The DreamCom recipe (see module doc); built from `configs/dreamcom.py`."""
+
+    def __init__(self, config):
+        self.config = config
+        self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+        if config.sample.self_attention not in SELF_ATTENTION_RULES:
+            raise ValueError(f"config.sample.self_attention = {config.sample.self_attention!r}: expected one of "
+                             f"{SELF_ATTENTION_RULES}")
+        self.objects = dreamcom_objects.parse_objects(config.data)
+        self.workdir: Path | None = None
+
+    @property
+    def num_models(self) -> int:
+        """Independent models the run trains: one per object."""
+        return len(self.objects)
+
+    # -------------------------------------------------------------------------------- models
+    def base_folder(self, workdir: str | Path | None) -> Path:
+        base = self.config.model.base
+        if base.startswith("tiny:"):  # a tiny random inpainting base written into the workdir
+            name = base.split(":", 1)[1]
+            folder = Path(workdir) / "base" / name
+            if not (folder / "unet").is_dir():
+                tiny.write_tiny_base(folder, name, formats=("msgpack",), seed=self.config.seed)
+            return folder
+        return Path(base)
+
+    def load_models(self, base_folder: str | Path) -> None:
+        """The inpainting base: 9-channel UNet, VAE, text encoder, tokenizer, scheduler."""
+        self.pipe = loading.load_pipeline(base_folder, dtype=self.dtype, unet_expect={"in_channels": 9})
+        self.schedule = diffusion.make_schedule(self.pipe.scheduler)
+
+    def init(self, workdir: str) -> tuple[Any, Any]:
+        self.workdir = Path(workdir)
+        self.load_models(self.base_folder(workdir))
+        params, frozen = {"unet": self.pipe.unet.params}, {"vae": self.pipe.vae.params}
+        (params if self.config.model.train_text_encoder else frozen)["text_encoder"] = self.pipe.text_encoder.params
+        return params, frozen
+
+    # ---------------------------------------------------------------------------------- data
+    def _resolved(self, index: int):
+        ref, source = dreamcom_objects.resolve(self.objects[index], self.config.data, self.workdir)
+        self.objects[index] = ref
+        return ref, source
+
+    def make_source(self, index: int = 0):
+        """The reference photos (with masks) of object `index`."""
+        return self._resolved(index)[1]
+
+    def tokenize(self, prompts) -> np.ndarray:
+        """Prompts -> (B, L) int32 ids padded with the tokenizer's pad token to its context length."""
+        tok = self.pipe.tokenizer
+        return np.asarray(tok(list(prompts), padding="max_length", max_length=tok.model_max_length,
+                              truncation=True).input_ids, np.int32)
+
+    def prompt(self, index: int = 0) -> str:
+        m = self.config.model
+        return m.template.format(token=m.token, noun=self._resolved(index)[0].class_noun)
+
+    def make_transform(self, index: int = 0):
+        d = self.config.data
+        ref, _ = self._resolved(index)
+        example = dreamcom_data.make_transform(class_noun=ref.class_noun, token=self.config.model.token,
+                                               template=self.config.model.template, size=d.image_size,
+                                               zoom_prob=d.zoom_prob, fill=d.fill)
+        ids = self.tokenize([self.prompt(index)])[0]
+
+        def transform(record: dict, rng: np.random.Generator) -> dict:
+            out = example(record, rng)
+            return {"image": out["image"], "mask": out["mask"], "masked_image": out["masked_image"],
+                    "loss_mask": out["loss_mask"], "input_ids": ids}
+
+        return transform
+
+    # ---------------------------------------------------------------------------------- model
+    @property
+    def num_inside(self) -> int:
+        """n: context positions 1..n carry the instance prompt (38 of 77, as released)."""
+        length = self.pipe.tokenizer.model_max_length
+        return self.config.model.num_inside or (length - 1) // 2
+
+    def _encode_text(self, text_params, ids) -> jax.Array:
+        text = self.pipe.text_encoder.module
+        return text.apply({"params": text_params}, jnp.asarray(ids)).last_hidden_state.astype(self.dtype)
+
+    def text_params(self, params, frozen):
+        return params["text_encoder"] if "text_encoder" in params else frozen["text_encoder"]
+
+    def training_context(self, text_params, input_ids) -> jax.Array:
+        """(B, L, D): CLIP("") with 1..n from the instance prompt and n+1..2n from the background prompt."""
+        n = self.num_inside
+        empty, background = (self.tokenize([p]) for p in ("", self.config.model.background_prompt))
+        e_in = self._encode_text(text_params, input_ids)
+        e_out = jnp.broadcast_to(self._encode_text(text_params, background), e_in.shape)
+        ctx = jnp.broadcast_to(self._encode_text(text_params, empty), e_in.shape)
+        ctx = ctx.at[:, 1:n + 1].set(e_in[:, 1:n + 1])
+        return ctx.at[:, n + 1:2 * n + 1].set(e_out[:, 1:n + 1])
+
+    def cross_control(self, mask_latent) -> attention.MaskedCrossAttention:
+        return attention.MaskedCrossAttention(mask_latent, foreground_tokens=tuple(range(1, self.num_inside + 1)))
+
+    def _latents(self, frozen, images, key) -> jax.Array:
+        """(B, H, W, 3) in [-1, 1] -> sampled scaled latents (B, 4, H/8, W/8) float32, no gradient."""
+        vae = self.pipe.vae.module
+        dist = vae.apply({"params": frozen["vae"]}, images.transpose(0, 3, 1, 2), method=vae.encode).latent_dist
+        return jax.lax.stop_gradient((dist.sample(key) * vae.scaling_factor).astype(jnp.float32))
+
+    def unet_input(self, frozen, batch, key) -> tuple[jax.Array, jax.Array]:
+        """(box mask (B, h, w), extra channels [mask; masked latents] (B, 5, h, w))."""
+        m = latent_mask(batch["mask"])
+        masked = self._latents(frozen, batch["masked_image"], key)
+        return m, jnp.concatenate([m[:, None], masked], axis=1)
+
+    def loss(self, params, frozen, batch, rng):
+        k_latent, k_masked, k_noise, k_t = jax.random.split(rng, 4)
+        latents = self._latents(frozen, batch["image"], k_latent)
+        mask, extra = self.unet_input(frozen, batch, k_masked)
+        noise = jax.random.normal(k_noise, latents.shape)
+        t = diffusion.uniform_timesteps(k_t, latents.shape[0], self.schedule.num_train_timesteps)
+        noisy = diffusion.add_noise(self.schedule, latents, noise, t)
+        text = self.text_params(params, frozen)
+        context = self.training_context(text, batch["input_ids"])
+        if "text_encoder" not in params:
+            context = jax.lax.stop_gradient(context)
+        ctx = attention.AttentionContext((self.cross_control(mask),), latent_hw=tuple(latents.shape[2:]))
+        x_in = jnp.concatenate([noisy, extra], axis=1).astype(self.dtype)
+        pred = self.pipe.unet.module.apply({"params": params["unet"]}, x_in, t, context, attention=ctx).sample
+        target = diffusion.training_target(self.schedule, latents, noise, t)
+        loss = masked_mse(pred.astype(jnp.float32), target, latent_mask(batch["loss_mask"]))
+        return loss, {"masked_mse": loss, "mse": jnp.mean((pred.astype(jnp.float32) - target) ** 2)}
+
+    # ------------------------------------------------------------------------------- sampling
+    @cached_property
+    def decoder_self_attention(self) -> list[str]:
+        """Names of the UNet's decoder self-attention layers in call order (traced once, no FLOPs)."""
+        unet = self.pipe.unet.module
+        size = 2 ** len(unet.down_block_types)
+        calls = attention.attention_layers(lambda ctx: unet.apply(
+            {"params": self.pipe.unet.params}, jnp.zeros((1, 9, size, size)), jnp.ones((1,), jnp.int32),
+            jnp.zeros((1, 1, unet.cross_attention_dim)), attention=ctx), (size, size))
+        return [c.name for c in calls if not c.is_cross and c.path[0].startswith("up_blocks")]
+
+    def self_attention_layers(self, rule: str | None = None) -> frozenset[str]:
+        """The masked self-attention layers of a rule: released = last 5 decoder layers, paper = all but the
+        last 6, none = no layer."""
+        rule = rule or self.config.sample.self_attention
+        if rule not in SELF_ATTENTION_RULES:
+            raise ValueError(f"self-attention rule {rule!r}: expected one of {SELF_ATTENTION_RULES}")
+        decoder = self.decoder_self_attention
+        chosen = {"released": decoder[-5:], "paper": decoder[:-6], "none": []}[rule]
+        return frozenset(chosen)
+
+    def sample(self, params, frozen, batch, rng, num_steps=None, guidance_scale=None, self_attention=None):
+        """Inpaints each batch box: (B, H, W, 3) in [-1, 1].
+
+        batch: image (B, H, W, 3) [-1, 1] (only its shape is used), mask (B, H, W, 1) {0, 1},
+        masked_image (B, H, W, 3), input_ids (B, L) of "a photo of sks <class>".
+        """
+        sc = self.config.sample
+        num_steps = num_steps or sc.steps
+        guidance_scale = sc.guidance_scale if guidance_scale is None else guidance_scale
+        k_masked, k_noise = jax.random.split(rng)
+        mask, extra = self.unet_input(frozen, batch, k_masked)
+        text = self.text_params(params, frozen)
+        context = self._encode_text(text, batch["input_ids"])  # the plain prompt, as the released test.py
+        uncond = jnp.broadcast_to(self._encode_text(text, self.tokenize([""])), context.shape)
+        controls = [self.cross_control(mask)]
+        layers = self.self_attention_layers(self_attention)
+        if layers:
+            controls.append(attention.MaskedSelfAttention(mask, layers=layers))
+        unet, vae = self.pipe.unet.module, self.pipe.vae.module
+        latents = jax.random.normal(k_noise, (mask.shape[0], unet.out_channels, *mask.shape[1:]))
+        denoise = diffusion.guided_denoiser(unet, params["unet"], context, uncond, guidance_scale,
+                                            extra_channels=extra, controls=tuple(controls))
+        z = diffusion.sample(denoise, latents, self.schedule, self.pipe.scheduler, num_steps, method=sc.sampler)
+        image = vae.apply({"params": frozen["vae"]}, z / vae.scaling_factor, method=vae.decode).sample
+        return jnp.clip(image.transpose(0, 2, 3, 1).astype(jnp.float32), -1, 1)
