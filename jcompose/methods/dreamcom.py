@@ -153,8 +153,12 @@ class DreamComMethod:
         ctx = ctx.at[:, 1:n + 1].set(e_in[:, 1:n + 1])
         return ctx.at[:, n + 1:2 * n + 1].set(e_out[:, 1:n + 1])
 
-    def cross_control(self, mask_latent) -> attention.MaskedCrossAttention:
-        return attention.MaskedCrossAttention(mask_latent, foreground_tokens=tuple(range(1, self.num_inside + 1)))
+    def controls(self, mask_latent, *, sampling: bool, self_attention: str | None = None) -> tuple:
+        """The attention controls of a UNet call on box masks (B, h, w): masked cross-attention always
+        (instance tokens 1..n inside the box, nothing outside), masked self-attention when sampling."""
+        cross = attention.MaskedCrossAttention(mask_latent, foreground_tokens=tuple(range(1, self.num_inside + 1)))
+        layers = self.self_attention_layers(self_attention) if sampling else frozenset()
+        return (cross, attention.MaskedSelfAttention(mask_latent, layers=layers)) if layers else (cross,)
 
     def _latents(self, frozen, images, key) -> jax.Array:
         """(B, H, W, 3) in [-1, 1] -> sampled scaled latents (B, 4, H/8, W/8) float32, no gradient."""
@@ -179,7 +183,7 @@ class DreamComMethod:
         context = self.training_context(text, batch["input_ids"])
         if "text_encoder" not in params:
             context = jax.lax.stop_gradient(context)
-        ctx = attention.AttentionContext((self.cross_control(mask),), latent_hw=tuple(latents.shape[2:]))
+        ctx = attention.AttentionContext(self.controls(mask, sampling=False), latent_hw=tuple(latents.shape[2:]))
         x_in = jnp.concatenate([noisy, extra], axis=1).astype(self.dtype)
         pred = self.pipe.unet.module.apply({"params": params["unet"]}, x_in, t, context, attention=ctx).sample
         target = diffusion.training_target(self.schedule, latents, noise, t)
@@ -221,14 +225,11 @@ class DreamComMethod:
         text = self.text_params(params, frozen)
         context = self._encode_text(text, batch["input_ids"])  # the plain prompt, as the released test.py
         uncond = jnp.broadcast_to(self._encode_text(text, self.tokenize([""])), context.shape)
-        controls = [self.cross_control(mask)]
-        layers = self.self_attention_layers(self_attention)
-        if layers:
-            controls.append(attention.MaskedSelfAttention(mask, layers=layers))
+        controls = self.controls(mask, sampling=True, self_attention=self_attention)
         unet, vae = self.pipe.unet.module, self.pipe.vae.module
         latents = jax.random.normal(k_noise, (mask.shape[0], unet.out_channels, *mask.shape[1:]))
         denoise = diffusion.guided_denoiser(unet, params["unet"], context, uncond, guidance_scale,
-                                            extra_channels=extra, controls=tuple(controls))
+                                            extra_channels=extra, controls=controls)
         z = diffusion.sample(denoise, latents, self.schedule, self.pipe.scheduler, num_steps, method=sc.sampler)
         image = vae.apply({"params": frozen["vae"]}, z / vae.scaling_factor, method=vae.decode).sample
         return jnp.clip(image.transpose(0, 2, 3, 1).astype(jnp.float32), -1, 1)

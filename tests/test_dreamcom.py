@@ -1,0 +1,138 @@
+"""DreamCom: the loss against numpy on the same draw, and the attention masks it trains and samples with."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from configs.common import load
+from input_pipeline.pipeline import make_iterator
+from jcompose import attention, methods
+from jcompose.attention import CAPTURE_COLLECTION
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, compile_cache):
+    config = load("configs/dreamcom.py:tiny")
+    method = methods.build(config)
+    params, frozen = method.init(str(tmp_path_factory.mktemp("dreamcom")))
+    data = make_iterator(method.make_source(0), method.make_transform(0), per_process_batch=2, seed=0)
+    for _ in range(30):  # a batch with zoom-out padding, so the loss mask is exercised too
+        batch = {k: jnp.asarray(v) for k, v in next(data).items()}
+        if float(batch["loss_mask"][:, ::8, ::8].mean()) < 0.95:
+            break
+    return method, params, frozen, batch
+
+
+def _alphas_cumprod():
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2  # the tiny base's scaled-linear
+    return np.cumprod(1 - betas).astype(np.float32).astype(np.float64)
+
+
+def test_loss_equals_numpy_on_the_same_draw(setup):
+    method, params, frozen, batch = setup
+    rng = jax.random.PRNGKey(3)
+    loss, metrics = jax.jit(method.loss)(params, frozen, batch, rng)
+
+    # The same draw, the forward through the modules called directly, the loss in numpy.
+    k_latent, k_masked, k_noise, k_t = jax.random.split(rng, 4)
+    vae, unet, text = method.pipe.vae.module, method.pipe.unet.module, method.pipe.text_encoder.module
+
+    def latents(images, key):
+        dist = vae.apply({"params": frozen["vae"]}, np.asarray(images).transpose(0, 3, 1, 2), method=vae.encode)
+        return np.asarray(dist.latent_dist.sample(key)) * vae.scaling_factor
+
+    z0, zm = latents(batch["image"], k_latent), latents(batch["masked_image"], k_masked)
+    mask = np.asarray(batch["mask"])[:, ::8, ::8, 0]
+    loss_mask = np.asarray(batch["loss_mask"])[:, ::8, ::8, 0]
+    noise = np.asarray(jax.random.normal(k_noise, z0.shape))
+    t = np.asarray(jax.random.randint(k_t, (2,), 0, 1000))
+    a = _alphas_cumprod()[t][:, None, None, None]
+    zt = np.sqrt(a) * z0 + np.sqrt(1 - a) * noise
+
+    def encode(ids):
+        return np.asarray(text.apply({"params": frozen["text_encoder"]}, np.asarray(ids)).last_hidden_state)
+
+    n = (16 - 1) // 2  # the tiny tokenizer's 16 positions: instance 1..7, background 8..14
+    e_in, e_out, e_empty = encode(batch["input_ids"]), encode(method.tokenize(["background"])), encode(
+        method.tokenize([""]))
+    context = np.repeat(e_empty, 2, axis=0)
+    context[:, 1:n + 1] = e_in[:, 1:n + 1]
+    context[:, n + 1:2 * n + 1] = e_out[:, 1:n + 1]
+    control = attention.MaskedCrossAttention(mask, foreground_tokens=tuple(range(1, n + 1)))
+    x_in = np.concatenate([zt, mask[:, None], zm], axis=1).astype(np.float32)
+    eps = np.asarray(unet.apply({"params": params["unet"]}, x_in, jnp.asarray(t), context,
+                                attention=attention.AttentionContext((control,), latent_hw=(8, 8))).sample, np.float64)
+    per_sample = [((eps[b] - noise[b]) ** 2 * loss_mask[b]).sum() / loss_mask[b].sum() for b in range(2)]
+    want = float(np.mean(per_sample))
+    print(f"jcompose {float(loss):.7f} numpy {want:.7f}; box area {mask.mean():.2f}, loss-mask area {loss_mask.mean():.2f}")
+    assert abs(float(loss) - want) < 1e-5 * max(1.0, want)
+    np.testing.assert_allclose(float(metrics["mse"]), np.mean((eps - noise) ** 2), rtol=1e-5)
+    assert 0 < mask.mean() < 1 and loss_mask.mean() < 1  # a real box and padding: both masks are exercised
+
+
+@struct.dataclass
+class _CaptureAll(attention.Control):
+    """Test probe: sows the (already controlled) probabilities of every attention layer of one kind."""
+
+    cross: bool = struct.field(pytree_node=False, default=True)
+
+    def applies(self, call):
+        return call.is_cross == self.cross
+
+    def __call__(self, probs, call, module):
+        module.sow(CAPTURE_COLLECTION, "probs", probs)
+        return probs
+
+
+def _captured(method, params, frozen, batch, controls, probe):
+    mask, extra = method.unet_input(frozen, batch, jax.random.PRNGKey(0))
+    x = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(1), (2, 4, 8, 8)), extra], axis=1)
+    context = method.training_context(frozen["text_encoder"], batch["input_ids"])
+    _, state = method.pipe.unet.module.apply(
+        {"params": params["unet"]}, x, jnp.array([300, 700]), context, mutable=[CAPTURE_COLLECTION],
+        attention=attention.AttentionContext(tuple(controls(mask)) + (probe,), latent_hw=(8, 8)))
+    return np.asarray(mask), jax.tree_util.tree_leaves_with_path(state)
+
+
+def _layer_mask(mask, probs):
+    factor = int(round((mask.shape[1] * mask.shape[2] / probs.shape[2]) ** 0.5))
+    return mask[:, ::factor, ::factor].reshape(mask.shape[0], -1)  # (B, Nq)
+
+
+def test_training_cross_attention_keeps_instance_tokens_inside_the_box(setup):
+    method, params, frozen, batch = setup
+    n = method.num_inside
+    mask, maps = _captured(method, params, frozen, batch, lambda m: method.controls(m, sampling=False),
+                           _CaptureAll(cross=True))
+    assert len(maps) == 7  # every cross-attention layer of the tiny UNet (2 down, mid, 4 up)
+    for path, probs in maps:
+        probs = np.asarray(probs)  # (B, heads, Nq, Nk)
+        inside = _layer_mask(mask, probs)[:, None, :, None]
+        outside_mass = (probs[..., 1:n + 1] * (1 - inside)).sum()
+        inside_mass = (probs[..., 1:n + 1] * inside).sum()
+        assert outside_mass == 0.0, jax.tree_util.keystr(path)
+        assert inside_mass > 0, jax.tree_util.keystr(path)
+        assert np.abs(probs[..., 0]).max() == 0 and np.abs(probs[..., n + 1:]).max() == 0  # SOT, background
+
+
+@pytest.mark.parametrize("rule", ["released", "none"])
+def test_sampling_self_attention_does_not_mix_box_and_background(setup, rule):
+    method, params, frozen, batch = setup
+    layers = method.self_attention_layers(rule)
+    mask, maps = _captured(method, params, frozen, batch,
+                           lambda m: method.controls(m, sampling=True, self_attention=rule), _CaptureAll(cross=False))
+    masked = 0
+    for path, probs in maps:
+        name = "/".join(k.key for k in path[1:-2])  # .../attn1/probs/0 -> layer path
+        probs = np.asarray(probs)
+        m = _layer_mask(mask, probs)
+        across = m[:, None, :, None] * (1 - m[:, None, None, :]) + (1 - m[:, None, :, None]) * m[:, None, None, :]
+        mixed = (probs * across).sum()
+        if name in layers:
+            masked += 1
+            assert mixed == 0.0, name
+        elif across.any():
+            assert mixed > 0, name
+    assert masked == len(layers) == (4 if rule == "released" else 0)  # the tiny UNet's 4 decoder layers
