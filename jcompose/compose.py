@@ -296,6 +296,8 @@ def compose_benchmark(args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jcompose.compose", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of input errors too (or set "
+                        f"{cli.DEBUG_ENV}=1); accepted anywhere on the line")
     sub = parser.add_subparsers(dest="method", required=True)
     p = sub.add_parser("anyscene", help="generate a scene around composited foregrounds (AnyScene)")
     p.add_argument("--base", required=True, help="SD 1.5 base-model folder (diffusers layout)")

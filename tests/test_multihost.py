@@ -18,7 +18,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from toy_method import ToyMethod, toy_config
 
 from input_pipeline.pipeline import make_iterator
