@@ -84,6 +84,7 @@ def make_transform(
     max_target_region: float = 0.8,
     region_rule: str = "any",
     hf_thresh: int = 50,
+    shape_control: bool = False,
 ) -> Callable[[dict, np.random.Generator], dict]:
     """Build `transform(pair_record, rng) -> example`; defaults are the released training values.
 
@@ -102,6 +103,11 @@ def make_transform(
       max_target_region: expanded target box sides <= this fraction (1.0 for try-on sets).
       region_rule: 'any' or 'both' (see `_region_ok`).
       hf_thresh: Sobel magnitude threshold of the HF map.
+      shape_control: without augmentation, the mask channel is the target mask itself instead of
+        the box (the released demo's "Enable Shape Control").
+
+    A record may carry its dataset's "region_rule" and "max_target_region" (the released mixture's
+    per-dataset settings, `anydoor_mixture.TagPair`); they take precedence over the arguments.
 
     Inference as in the released run_inference.py: augment=False, ref_expand_tenths=(12, 13) (1.2),
     crop_expand_tenths=(15, 30); the filters still apply.
@@ -125,6 +131,10 @@ def make_transform(
         if "dynamic" not in record:
             raise RecordError(source, "missing field 'dynamic' (bool: True for a video pair, False for an image)")
         dynamic = _dynamic(record["dynamic"], source)
+        rule = record.get("region_rule", region_rule)
+        max_region = float(record.get("max_target_region", max_target_region))
+        if rule not in ("any", "both"):
+            raise RecordError(source, f"field 'region_rule' must be 'any' or 'both', got {rule!r}")
 
         # Filters (the released asserts); checked before any work.
         score = imaging.mask_concentration(ref_mask)
@@ -135,11 +145,11 @@ def make_transform(
             if not mask_area[0] <= frac <= mask_area[1]:
                 raise RecordError(source, f"{name} mask covers {frac:.4f} of the image, outside {mask_area}")
         ref_box = imaging.bbox_from_mask(ref_mask)
-        if not _region_ok(ref_box, ref_mask.shape, min_ref_region, "min", region_rule):
+        if not _region_ok(ref_box, ref_mask.shape, min_ref_region, "min", rule):
             raise RecordError(source, f"reference object box {ref_box} is under {min_ref_region} of the image")
         tar_box = imaging.expand_box(imaging.bbox_from_mask(tar_mask), target_box_ratio, tar_mask.shape)
-        if not _region_ok(tar_box, tar_mask.shape, max_target_region, "max", region_rule):
-            raise RecordError(source, f"target box {tar_box} exceeds {max_target_region} of the image")
+        if not _region_ok(tar_box, tar_mask.shape, max_region, "max", rule):
+            raise RecordError(source, f"target box {tar_box} exceeds {max_region} of the image")
 
         # Reference: object on white, cropped, padded, squared, resized.
         white = np.where(ref_mask[..., None] > 0, ref, np.uint8(255))
@@ -169,6 +179,8 @@ def make_transform(
         collage[y0:y1, x0:x1] = imaging.resize(hf, (y1 - y0, x1 - x0))  # stretched, aspect not kept
         if augment and rng.random() >= box_mask_prob:
             shape_mask = imaging.perturb_mask(tar_m, rng)
+        elif shape_control and not augment:
+            shape_mask = tar_m.copy()
         else:
             shape_mask = imaging.box_mask(tar_m.shape, (y0, y1, x0, x1))
 

@@ -9,6 +9,7 @@ METHODS = {
     "denoise": ("jcompose.methods.denoise", "DenoiseMethod"),
     "anyscene": ("jcompose.methods.anyscene", "AnySceneMethod"),
     "dreamcom": ("jcompose.methods.dreamcom", "DreamComMethod"),
+    "anydoor": ("jcompose.methods.anydoor", "AnyDoorMethod"),
 }
 
 

@@ -28,18 +28,28 @@ from jcompose.models.clip import Block, EncoderOutput, activation, attend, check
 from jcompose.models.diffusers_config import ConfigError
 
 _PYTORCH_CUBIC_A = -0.75
+INTERPOLATIONS = ("transformers", "dinov2_hub")
+_HUB_OFFSET = 0.1  # the hub adds it to the patch count so floor(S * scale) lands on h despite rounding
 
 
-def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+def bicubic_matrix(in_size: int, out_size: int, scale_factor: float | None = None) -> np.ndarray:
     """(out_size, in_size) float32 matrix M with ``M @ x`` = PyTorch's 1-D bicubic resize of x.
 
-    Matches `torch.nn.functional.interpolate(..., size=out_size, mode="bicubic",
-    align_corners=False)` along one axis: scale ``in / out`` in float32, cubic coefficient -0.75,
-    taps clamped to the edge, no antialiasing (also when shrinking).
+    Matches `torch.nn.functional.interpolate(..., mode="bicubic", align_corners=False)` along one
+    axis: with `scale_factor` None, as called with ``size=out_size`` (source step ``in / out`` in
+    float32); with a scale factor, as called with ``scale_factor=`` (step ``float32(1 / scale)``,
+    PyTorch's rule whenever a scale is given; `out_size` must then be floor(in * scale)). Cubic
+    coefficient -0.75, taps clamped to the edge, no antialiasing (also when shrinking).
     """
     a = _PYTORCH_CUBIC_A
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    if scale_factor is None:
+        step = np.float32(in_size) / np.float32(out_size)
+    else:
+        if int(np.floor(np.float64(in_size) * scale_factor)) != out_size:
+            raise ValueError(f"scale_factor {scale_factor} maps {in_size} to {int(in_size * scale_factor)}, "
+                             f"not {out_size}")
+        step = np.float32(1.0 / scale_factor)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * step - np.float32(0.5)
     left = np.floor(src)
     t = (src - left).astype(np.float64)
 
@@ -58,17 +68,21 @@ def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
-def interpolate_positions(table: jax.Array, grid: tuple[int, int]) -> jax.Array:
+def interpolate_positions(table: jax.Array, grid: tuple[int, int], rule: str = "transformers") -> jax.Array:
     """(1, 1 + S*S, D) position table -> (1, 1 + h*w, D) for a (h, w) patch grid, in float32.
 
     The CLS entry is kept; the S x S patch entries are bicubic-resampled as transformers PyTorch
-    does (see module doc). Shapes are static, so the matrices are host constants.
+    does (`rule` "transformers") or as the DINOv2 hub code does ("dinov2_hub": scale factor
+    (h + 0.1) / S per axis); see the module doc. Shapes are static, so the matrices are host constants.
     """
+    if rule not in INTERPOLATIONS:
+        raise ValueError(f"position interpolation {rule!r}: expected one of {INTERPOLATIONS}")
     side = int(round((table.shape[1] - 1) ** 0.5))
     if side * side != table.shape[1] - 1:
         raise ValueError(f"position table of {table.shape[1] - 1} patch entries is not a square grid")
     patches = table[0, 1:].astype(jnp.float32).reshape(side, side, -1)
-    rows, cols = (jnp.asarray(bicubic_matrix(side, n)) for n in grid)
+    scales = [None if rule == "transformers" else (n + _HUB_OFFSET) / side for n in grid]
+    rows, cols = (jnp.asarray(bicubic_matrix(side, n, s)) for n, s in zip(grid, scales))
     resized = jnp.einsum("oh,pw,hwd->opd", rows, cols, patches, precision=jax.lax.Precision.HIGHEST)
     resized = resized.reshape(1, grid[0] * grid[1], -1).astype(table.dtype)
     return jnp.concatenate([table[:, :1], resized], axis=1)
@@ -249,6 +263,7 @@ class ViTEmbeddings(Block):
     """CLS token + patch conv + position table (resampled when the patch grid differs)."""
 
     dinov2: bool = False
+    interpolation: str = "transformers"
 
     @nn.compact
     def __call__(self, pixels: jax.Array, interpolate: bool, bool_masked_pos: jax.Array | None = None) -> jax.Array:
@@ -271,7 +286,7 @@ class ViTEmbeddings(Block):
             if not interpolate:
                 raise ValueError(f"image {height}x{width} differs from the model's {cfg.image_size}x{cfg.image_size}; "
                                  "pass interpolate_pos_encoding=True to resample the position embeddings")
-            table = interpolate_positions(table, grid)
+            table = interpolate_positions(table, grid, self.interpolation)
         return x + table.astype(self.dtype)
 
 
@@ -305,11 +320,17 @@ class Dinov2Model(Block):
     ``apply({"params": p}, pixels_nhwc[, bool_masked_pos])`` -> EncoderOutput with
     last_hidden_state (B, 1 + N, D) after the final LayerNorm and pooler_output = its CLS (B, D).
     Any image size: the position table is resampled as in PyTorch (e.g. a 518-px checkpoint's
-    37x37 grid to 16x16 at 224 px -> 257 tokens).
+    37x37 grid to 16x16 at 224 px -> 257 tokens), by `interpolation`: "transformers" (transformers
+    PyTorch's rule, default) or "dinov2_hub" (Meta's hub code, which AnyDoor runs; see module doc).
     """
+
+    interpolation: str = "transformers"
 
     @nn.compact
     def __call__(self, pixels: jax.Array, bool_masked_pos: jax.Array | None = None) -> EncoderOutput:
-        x = self.sub(ViTEmbeddings, "embeddings", dinov2=True)(pixels, True, bool_masked_pos)
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"Dinov2Model.interpolation = {self.interpolation!r}: expected one of {INTERPOLATIONS}")
+        x = self.sub(ViTEmbeddings, "embeddings", dinov2=True, interpolation=self.interpolation)(
+            pixels, True, bool_masked_pos)
         x = self.layer_norm("layernorm")(self.sub(ViTEncoder, "encoder", dinov2=True)(x))
         return EncoderOutput(x, x[:, 0])

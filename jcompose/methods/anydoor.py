@@ -1,0 +1,313 @@
+"""AnyDoor: zero-shot object teleportation on SD 2.1-base (ali-vilab/AnyDoor; reference/anydoor.md 1, 2, 4, 5).
+
+* ID tokens: frozen DINOv2 (ViT-g/14) on the 224-px reference (the object on white; ImageNet
+  normalisation), [CLS; 256 patches] after the final LayerNorm (257 x 1536), through a linear
+  projector to the UNet's context width (1024). They replace the text context in the UNet and in
+  the detail extractor; no text encoder is loaded.
+* Detail extractor: a ControlNet copy of the UNet encoder that does not see the noisy latent (no
+  conv_in: the 4-channel hint embedding -- 16/32/96/256 convs, zero conv to 320 -- is its input),
+  reading the collage (HF map in the target box, RGB in [-1, 1]) + shape mask; 13 zero convs; its
+  residuals are added to the UNet's mid-block output and to every decoder skip.
+* Trained: extractor, projector (`model.train_projector`; the released code never gives it a
+  gradient, False reproduces that: it then stays at its seeded random init, in `frozen`), UNet
+  decoder (up blocks, conv_norm_out, conv_out). Frozen, with no backward pass: UNet encoder, mid
+  block and time embedding (run by `unet.encode` under stop_gradient, as the released no_grad, so
+  no gradient reaches the ID tokens through them either), VAE, DINOv2.
+* Loss: epsilon MSE (mean over C, h, w and the batch); t from `diffusion.adaptive_timesteps` by each
+  example's `dynamic` label. Optional condition dropout (`model.id_dropout`, released: 0): the
+  reference becomes a black image, whose tokens are the unconditional ones.
+* Sampling: DDIM (eta 0), CFG with the unconditional ID tokens = projector(DINOv2(black image)), the
+  hint the same for both halves (the extractor sees each half's tokens, as released).
+
+Param trees: params = {"extractor", "unet_decoder"[, "projector"]}, frozen = {"unet_encoder",
+"vae", "dinov2"[, "projector"]}; the UNet trees are the diffusers UNet's, split by top-level name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from input_pipeline import anydoor as anydoor_data
+from jcompose import diffusion
+from jcompose.models import encoders, loading, tiny, vit
+from jcompose.models.controlnet import ConditioningEmbedding
+from jcompose.models.diffusers_config import ConfigError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+DECODER_KEYS = ("conv_norm_out", "conv_out")  # plus every "up_blocks_<i>"
+TINY_DINOV2_IMAGE_SIZE = 518  # the published ViT-g/14's 37x37 position grid
+
+
+def is_decoder_key(name: str) -> bool:
+    """Whether a top-level UNet param name belongs to the decoder (trained by AnyDoor)."""
+    return name.startswith("up_blocks") or name in DECODER_KEYS
+
+
+def split_unet(params: dict) -> tuple[dict, dict]:
+    """UNet params -> (encoder: conv_in, time embedding, down blocks, mid block; decoder)."""
+    encoder = {k: v for k, v in params.items() if not is_decoder_key(k)}
+    decoder = {k: v for k, v in params.items() if is_decoder_key(k)}
+    return encoder, decoder
+
+
+def write_tiny_dinov2(folder: Path, seed: int) -> Path:
+    """A tiny random DINOv2 (tiny.dinov2_config with a 518-px, 37x37 position grid) as a msgpack folder."""
+    model = vit.Dinov2Model(dataclasses.replace(tiny.dinov2_config(), image_size=TINY_DINOV2_IMAGE_SIZE))
+    params = tiny.random_params(encoders.abstract_params(model), seed)
+    return encoders.export_encoder(model, params, folder, ("msgpack",))
+
+
+def latent_box(mask_channel: jax.Array, factor: int = 8) -> jax.Array:
+    """(B, H, W) collage mask channel ({-1, 0, 1}) -> (B, H/f, W/f) float {0, 1}: latent cells with any
+    pixel inside the box / shape mask (where the object is generated; for the `box_mse` metric)."""
+    b, h, w = mask_channel.shape
+    cells = mask_channel.reshape(b, h // factor, factor, w // factor, factor).max(axis=(2, 4))
+    return (cells > 0.5).astype(jnp.float32)
+
+
+class AnyDoorMethod:
+    """The AnyDoor recipe (see module doc); built from `configs/anydoor.py`."""
+
+    def __init__(self, config):
+        self.config = config
+        self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+        if config.model.dinov2_interpolation not in vit.INTERPOLATIONS:
+            raise ConfigError(f"config.model.dinov2_interpolation = {config.model.dinov2_interpolation!r}: expected "
+                              f"one of {vit.INTERPOLATIONS}")
+        if not 0.0 <= config.model.id_dropout < 1.0:
+            raise ConfigError(f"config.model.id_dropout = {config.model.id_dropout!r}: expected a probability in [0, 1)")
+        self.workdir: Path | None = None
+
+    # -------------------------------------------------------------------------------- models
+    def base_folder(self, workdir: str | Path | None) -> Path:
+        base = self.config.model.base
+        if base.startswith("tiny:"):  # a tiny random SD 2.1-base written into the workdir
+            folder = Path(workdir) / "base" / base.split(":", 1)[1]
+            if not (folder / "unet").is_dir():
+                tiny.write_tiny_base(folder, base.split(":", 1)[1], formats=("msgpack",), seed=self.config.seed)
+            return folder
+        return Path(base)
+
+    def dinov2_folder(self, workdir: str | Path | None) -> Path:
+        if self.config.model.dinov2 == "tiny":
+            folder = Path(workdir) / "dinov2"
+            if not (folder / "config.json").is_file():
+                write_tiny_dinov2(folder, self.config.seed + 5)
+            return folder
+        return Path(self.config.model.dinov2)
+
+    def load_models(self, base_folder: str | Path, dinov2_folder: str | Path) -> None:
+        """Loads the SD 2.x UNet, VAE and scheduler and the DINOv2 encoder; builds the extractor module.
+
+        Raises ConfigError naming the file for a UNet whose cross_attention_dim is not
+        `model.context_dim` (1024: SD 2.x) or a base that does not predict epsilon.
+        """
+        m = self.config.model
+        base_folder = Path(base_folder)
+        try:
+            self.pipe = loading.load_pipeline(base_folder, ("unet", "vae", "scheduler"), dtype=self.dtype,
+                                              unet_expect={"cross_attention_dim": m.context_dim, "in_channels": 4})
+        except ConfigError as err:
+            raise ConfigError(f"{err}: AnyDoor needs an SD 2.x base with a {m.context_dim}-d context and a 4-channel "
+                              "UNet (released: stable-diffusion-2-1-base)") from None
+        if self.pipe.scheduler.prediction_type != "epsilon":
+            raise ConfigError(f"{base_folder / 'scheduler' / 'scheduler_config.json'}: prediction_type = "
+                              f"{self.pipe.scheduler.prediction_type!r}; AnyDoor trains eps-prediction on "
+                              "SD 2.1-base (512 px), not the 768-px v-prediction SD 2.1")
+        self.schedule = diffusion.make_schedule(self.pipe.scheduler)
+        self.unet = self.pipe.unet.module.clone(remat=m.remat)
+        self.vae = self.pipe.vae.module
+        dino = encoders.load_dinov2(dinov2_folder, dtype=self.dtype)
+        self.dinov2 = dino.module.clone(interpolation=m.dinov2_interpolation)
+        self.dinov2_params = dino.params
+        self.extractor = loading.controlnet_like(self.unet, tuple(m.hint_widths), conditioning_channels=4,
+                                                 reads_latent=False).clone(remat=m.remat)
+
+    @property
+    def id_width(self) -> int:
+        return self.dinov2.config.hidden_size
+
+    def init_extractor(self, unet_params: dict, rng: jax.Array) -> dict:
+        """The extractor's params: the UNet encoder's time embedding, down and mid blocks copied; a fresh
+        hint embedding (its last conv zero); every zero conv zero (so its residuals start at 0)."""
+        expected = loading.abstract_params(self.extractor)
+        size = 2 ** len(self.config.model.hint_widths)
+        embedding = ConditioningEmbedding(self.unet.block_out_channels[0], tuple(self.config.model.hint_widths))
+        params = {}
+        for name, spec in expected.items():
+            if name == "controlnet_cond_embedding":
+                params[name] = jax.jit(embedding.init)(rng, jnp.zeros((1, size, size, 4)))["params"]
+            elif name in unet_params:
+                params[name] = unet_params[name]
+            else:
+                params[name] = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), spec)
+        return params
+
+    def init_projector(self, seed: int) -> dict:
+        """(D_dino -> D_context) linear layer, initialised as torch.nn.Linear (U(+-1/sqrt(D_dino)))."""
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.id_width)
+        shape = (self.id_width, self.unet.cross_attention_dim)
+        return {"kernel": jnp.asarray(rng.uniform(-bound, bound, shape), jnp.float32),
+                "bias": jnp.asarray(rng.uniform(-bound, bound, shape[1:]), jnp.float32)}
+
+    def init(self, workdir: str) -> tuple[Any, Any]:
+        self.workdir = Path(workdir)
+        self.load_models(self.base_folder(workdir), self.dinov2_folder(workdir))
+        encoder, decoder = split_unet(self.pipe.unet.params)
+        params = {"extractor": self.init_extractor(self.pipe.unet.params, jax.random.PRNGKey(self.config.seed)),
+                  "unet_decoder": decoder}
+        frozen = {"unet_encoder": encoder, "vae": self.pipe.vae.params, "dinov2": self.dinov2_params}
+        (params if self.config.model.train_projector else frozen)["projector"] = self.init_projector(
+            self.config.seed + 7)
+        return params, frozen
+
+    # ---------------------------------------------------------------------------------- data
+    def make_source(self):
+        """The released mixture of the datasets in `data.roots` (input_pipeline/anydoor_mixture.py), or with
+        `data.synthetic` a generated YouTube-VOS-layout + COCO-layout set in <workdir>/data."""
+        from input_pipeline import anydoor_mixture
+
+        d = self.config.data
+        if d.synthetic:
+            if self.workdir is None:
+                raise ValueError("config.data.synthetic needs init(workdir) first (the data is written there)")
+            return synthetic_mixture(self.workdir / "data", d)
+        roots = {k: str(v) for k, v in d.roots.items() if v}
+        return anydoor_mixture.released_mixture(roots, seed=d.seed, weights=dict(d.weights))
+
+    def make_transform(self, **overrides):
+        """The released `process_pairs` (input_pipeline/anydoor.py) at the config's sizes; keyword
+        arguments override `anydoor.make_transform`'s (e.g. inference settings)."""
+        d = self.config.data
+        kwargs = dict(size=d.image_size, ref_size=d.reference_size, box_mask_prob=d.box_mask_prob)
+        return anydoor_data.make_transform(**{**kwargs, **overrides})
+
+    # ---------------------------------------------------------------------------------- model
+    def projector(self, params, frozen) -> dict:
+        return params["projector"] if "projector" in params else frozen["projector"]
+
+    def id_tokens(self, params, frozen, reference: jax.Array) -> jax.Array:
+        """(B, R, R, 3) reference in [-1, 1] -> ID tokens (B, 1 + (R/14)^2, D_context) in the compute dtype."""
+        pixels = ((reference.astype(jnp.float32) + 1.0) / 2.0 - IMAGENET_MEAN) / IMAGENET_STD
+        features = self.dinov2.apply({"params": frozen["dinov2"]}, pixels.astype(self.dtype)).last_hidden_state
+        features = jax.lax.stop_gradient(features)
+        proj = self.projector(params, frozen)
+        tokens = features @ proj["kernel"].astype(self.dtype) + proj["bias"].astype(self.dtype)
+        if "projector" not in params:
+            tokens = jax.lax.stop_gradient(tokens)
+        return tokens.astype(self.dtype)
+
+    def uncond_tokens(self, params, frozen, like: jax.Array) -> jax.Array:
+        """projector(DINOv2(black image)) broadcast to the shape of `like` (B, N, D)."""
+        size = self.config.data.reference_size
+        black = -jnp.ones((1, size, size, 3), jnp.float32)
+        return jnp.broadcast_to(self.id_tokens(params, frozen, black), like.shape)
+
+    def residuals(self, params, t, context, hint):
+        """The extractor's (13 down residuals (NHWC), mid residual) for hint (B, 4, H, W), t (B,), tokens."""
+        out = self.extractor.apply({"params": params["extractor"]}, None, t, context, hint.astype(self.dtype),
+                                   conditioning_scale=self.config.model.control_scale)
+        return out.down_block_res_samples, out.mid_block_res_sample
+
+    def predict(self, params, frozen, noisy, t, context, hint) -> jax.Array:
+        """Noise prediction (B, 4, h, w) float32: frozen encoder (no backward), residuals, trained decoder."""
+        down, mid = self.residuals(params, t, context, hint)
+        state = self.unet.apply({"params": frozen["unet_encoder"]}, noisy.astype(self.dtype), t, context,
+                                method=self.unet.encode)
+        state = jax.lax.stop_gradient(state)
+        if len(down) != len(state.skips):
+            raise ValueError(f"{len(down)} extractor residuals for {len(state.skips)} UNet skips")
+        state = state.replace(skips=tuple(s + r.astype(s.dtype) for s, r in zip(state.skips, down)),
+                              hidden=state.hidden + mid.astype(state.hidden.dtype))
+        out = self.unet.apply({"params": params["unet_decoder"]}, state, context, method=self.unet.decode)
+        return out.sample.astype(jnp.float32)
+
+    def latents(self, frozen, images, key) -> jax.Array:
+        """(B, H, W, 3) in [-1, 1] -> sampled scaled latents (B, 4, H/8, W/8) float32, no gradient."""
+        dist = self.vae.apply({"params": frozen["vae"]}, images.astype(self.dtype).transpose(0, 3, 1, 2),
+                              method=self.vae.encode).latent_dist
+        return jax.lax.stop_gradient((dist.sample(key) * self.vae.scaling_factor).astype(jnp.float32))
+
+    def draw(self, frozen, batch, rng):
+        """The random parts of one loss: (latents, noise, t, dropped (B,) bool), from `rng` as `loss` splits it."""
+        k_latent, k_noise, k_t, k_drop = jax.random.split(rng, 4)
+        latents = self.latents(frozen, batch["target"], k_latent)
+        noise = jax.random.normal(k_noise, latents.shape)
+        t = diffusion.adaptive_timesteps(k_t, jnp.asarray(batch["dynamic"]), self.schedule.num_train_timesteps,
+                                         self.config.loss.uniform_probability)
+        dropped = jax.random.uniform(k_drop, (latents.shape[0],)) < self.config.model.id_dropout
+        return latents, noise, t, dropped
+
+    def loss_terms(self, params, frozen, batch, latents, noise, t, dropped):
+        """Epsilon MSE for given draws (see `draw`): (loss, metrics)."""
+        reference = jnp.where(dropped[:, None, None, None], -1.0, batch["reference"].astype(jnp.float32))
+        context = self.id_tokens(params, frozen, reference)
+        hint = batch["collage"].astype(jnp.float32).transpose(0, 3, 1, 2)
+        noisy = diffusion.add_noise(self.schedule, latents, noise, t)
+        pred = self.predict(params, frozen, noisy, t, context, hint)
+        err = (pred - diffusion.training_target(self.schedule, latents, noise, t)) ** 2
+        mse = jnp.mean(err)
+        box = latent_box(batch["collage"][..., 3])[:, None]
+        box_mse = jnp.sum(err * box) / jnp.maximum(jnp.sum(box) * err.shape[1], 1.0)
+        return mse, {"mse": mse, "box_mse": box_mse, "t_mean": jnp.mean(t.astype(jnp.float32))}
+
+    def loss(self, params, frozen, batch, rng):
+        return self.loss_terms(params, frozen, batch, *self.draw(frozen, batch, rng))
+
+    # ------------------------------------------------------------------------------- sampling
+    def unet_params(self, params, frozen) -> dict:
+        """The whole UNet tree: frozen encoder + trained decoder."""
+        return {**frozen["unet_encoder"], **params["unet_decoder"]}
+
+    def sample(self, params, frozen, batch, rng, num_steps=None, guidance_scale=None, noise=None):
+        """Generated target squares (B, H, W, 3) in [-1, 1].
+
+        batch: reference (B, R, R, 3) in [-1, 1], collage (B, H, W, 4) (RGB in [-1, 1], mask channel in
+        {-1, 0, 1}); H, W multiples of 8. noise: optional initial latents (B, 4, H/8, W/8) (else drawn
+        from `rng`), so several objects can be generated in one call with the noise of single calls.
+        """
+        sc = self.config.sample
+        num_steps = num_steps or sc.steps
+        guidance_scale = sc.guidance_scale if guidance_scale is None else guidance_scale
+        context = self.id_tokens(params, frozen, jnp.asarray(batch["reference"], jnp.float32))
+        uncond = self.uncond_tokens(params, frozen, context)
+        hint = jnp.asarray(batch["collage"], jnp.float32).transpose(0, 3, 1, 2)
+        hint2 = jnp.concatenate([hint, hint])  # [uncond; cond] halves see the same hint
+
+        def hook(x_in, t_in, ctx):
+            return self.residuals(params, t_in, ctx, hint2)
+
+        b, h, w = hint.shape[0], hint.shape[2] // 8, hint.shape[3] // 8
+        latents = jax.random.normal(rng, (b, self.unet.in_channels, h, w)) if noise is None else noise
+        denoise = diffusion.guided_denoiser(self.unet, self.unet_params(params, frozen), context, uncond,
+                                            guidance_scale, residuals=hook)
+        z = diffusion.sample(denoise, latents, self.schedule, self.pipe.scheduler, num_steps, method="ddim",
+                             eta=sc.eta, rng=jax.random.fold_in(rng, 1) if sc.eta > 0 else None)
+        image = self.vae.apply({"params": frozen["vae"]}, (z / self.vae.scaling_factor).astype(self.dtype),
+                               method=self.vae.decode).sample
+        return jnp.clip(image.transpose(0, 2, 3, 1).astype(jnp.float32), -1, 1)
+
+
+def synthetic_mixture(root: Path, data) -> Any:
+    """The generated training set: YouTube-VOS-layout video pairs (tagged as ytb_vos) and COCO-layout
+    same-image pairs (tagged as lvis), mixed at their released weights; written under `root` once."""
+    from input_pipeline import anydoor_mixture, pipeline
+    from input_pipeline.sources import coco, synthetic, video
+
+    if not (root / "youtube_vos" / "meta.json").is_file():
+        synthetic.write_synthetic(root, num_images=data.num_images, num_videos=data.num_videos,
+                                  num_frames=data.num_frames, image_size=(96, 128), seed=data.seed)
+    clips = video.VideoSource(root / "youtube_vos", "youtube_vos")
+    images = coco.CocoSource(root / "coco" / "images", root / "coco" / "annotations" / "instances.json")
+    weights = anydoor_mixture.RELEASED_WEIGHTS
+    return pipeline.mix_sources([
+        (clips, weights["ytb_vos"], anydoor_mixture.TagPair("ytb_vos", video.sample_pair)),
+        (images, weights["lvis"], anydoor_mixture.TagPair("lvis", coco.image_pair))], seed=data.seed)
