@@ -1,0 +1,440 @@
+"""AnyDoor on tiny models (jcompose/methods/anydoor.py, anydoor_inference.py, configs/anydoor.py).
+
+References: diffusers ControlNetModel with conv_in's output replaced by zeros (the released extractor
+never sees x_t); transformers Dinov2Model with the DINOv2 hub's position interpolation written in
+torch (F.interpolate with a scale factor); the loss recomputed in numpy from the same rng splits
+through the modules' own full calls; gradients with respect to both the trained and the frozen trees.
+One value_and_grad program (batch 2) serves the loss, gradient and learning tests.
+"""
+
+import dataclasses
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs.anydoor import get_config
+from input_pipeline.anydoor_mixture import RELEASED_WEIGHTS
+from input_pipeline.pipeline import make_iterator
+from jcompose import cli
+from jcompose.methods import anydoor
+from jcompose.methods import anydoor_inference as inference
+from jcompose.models import encoders, loading, tiny, vit
+from jcompose.models.diffusers_config import ConfigError
+
+ATOL = 1e-4
+
+
+def _torch():
+    torch = pytest.importorskip("torch", reason="parity tests need the parity extra: pip install -e '.[parity]'")
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    return torch
+
+
+def _randomise_torch(model, seed):
+    torch = _torch()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+def randomised(tree, seed):
+    """Every leaf random (zero convs included), so every residual and gradient path is live."""
+    return jax.tree_util.tree_map(jnp.asarray, tiny.random_params(jax.eval_shape(lambda: tree), seed))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, compile_cache):
+    workdir = tmp_path_factory.mktemp("anydoor")
+    method = anydoor.AnyDoorMethod(get_config("tiny"))
+    params, frozen = method.init(str(workdir))
+    data = make_iterator(method.make_source(), method.make_transform(), per_process_batch=2, seed=0)
+    return method, params, frozen, next(data), workdir
+
+
+@pytest.fixture(scope="module")
+def grad_fn(setup):
+    """(params, frozen, batch, rng) -> ((loss, metrics), (d params, d frozen))."""
+    return jax.jit(jax.value_and_grad(setup[0].loss, argnums=(0, 1), has_aux=True))
+
+
+@pytest.fixture(scope="module")
+def random_step(setup, grad_fn):
+    """The loss and gradients at random trained params on a batch with dynamic labels 0 and 1."""
+    method, params, frozen, batch, _ = setup
+    p = randomised(params, 11)
+    batch = dict(batch, dynamic=np.array([0, 1], np.int32))
+    rng = jax.random.PRNGKey(5)
+    (loss, metrics), grads = grad_fn(p, frozen, batch, rng)
+    return p, batch, rng, loss, metrics, grads
+
+
+# ------------------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parity
+def test_extractor_residuals_match_diffusers_controlnet_without_conv_in(setup, tmp_path, rng):
+    """diffusers adds conv_in(x_t) to the hint embedding; AnyDoor's extractor starts from the hint
+    embedding alone. Equivalent in diffusers: conv_in's output replaced by zeros (a forward hook)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch = _torch()
+    method = setup[0]
+    unet_cfg = tiny.unet_config("sd21-base")
+    kwargs = {k: v for k, v in unet_cfg.items() if k not in ("up_block_types", "out_channels", "sample_size")}
+    pt = _randomise_torch(diffusers.ControlNetModel(**kwargs, conditioning_channels=4,
+                                                    conditioning_embedding_out_channels=(16, 32, 32, 32)), 2)
+    pt.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = loading.load_controlnet(tmp_path)
+    ours = {k: v for k, v in loaded.params.items() if k != "conv_in"}
+    assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(
+        loading.abstract_params(method.extractor))  # the method's extractor has exactly this tree
+
+    x = rng.normal(size=(2, 4, 8, 8)).astype(np.float32)  # any latent: the extractor must ignore it
+    t = np.array([17, 803])
+    ctx = rng.normal(size=(2, 257, 64)).astype(np.float32)
+    hint = np.concatenate([rng.uniform(-1, 1, (2, 3, 64, 64)), rng.choice([-1.0, 0.0, 1.0], (2, 1, 64, 64))],
+                          axis=1).astype(np.float32)
+    down, mid = method.residuals({"extractor": ours}, jnp.asarray(t), ctx, hint)
+    args = (torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx), torch.from_numpy(hint))
+    with torch.no_grad():
+        plain = pt(*args, return_dict=False)
+        hook = pt.conv_in.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
+        want = pt(*args, return_dict=False)
+        hook.remove()
+    assert len(down) == len(want[0]) == 6  # tiny: conv_in slot + 3 layers + 2 downsamplers (13 in SD 2.1)
+    errors = [float(np.abs(np.asarray(a).transpose(0, 3, 1, 2) - b.numpy()).max()) for a, b in zip(down, want[0])]
+    errors.append(float(np.abs(np.asarray(mid).transpose(0, 3, 1, 2) - want[1].numpy()).max()))
+    scale = max(float(b.abs().max()) for b in want[0])
+    print(f"max |jcompose - diffusers without conv_in| per residual: {['%.1e' % e for e in errors]} (scale {scale:.2f})")
+    assert max(errors) < ATOL
+    # conv_in(x_t) really changes diffusers' residuals, so the bypass is what is compared
+    assert float(np.abs(np.asarray(mid).transpose(0, 3, 1, 2) - plain[1].numpy()).max()) > 100 * ATOL
+
+
+@pytest.mark.parity
+def test_dinov2_hub_interpolation_matches_torch_scale_factor(tmp_path, rng):
+    """A 37x37 position grid (518 px, as ViT-g/14) at 224 px: the DINOv2 hub code resamples it with
+    `F.interpolate(scale_factor=(16 + 0.1) / 37, mode="bicubic")` (source step 1 / scale), not with
+    size=(16, 16) (step 37 / 16) as transformers does."""
+    transformers = pytest.importorskip("transformers")
+    torch = _torch()
+    config = dataclasses.replace(tiny.dinov2_config(), image_size=518)
+    pt = _randomise_torch(transformers.Dinov2Model(transformers.Dinov2Config(
+        **{k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures")})), 8)
+    pt.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = encoders.load_dinov2(tmp_path)
+    hub = loaded.module.clone(interpolation="dinov2_hub")
+
+    def hub_positions(self, embeddings, height, width):  # Meta's rule, restated in torch
+        table = self.position_embeddings
+        n, side, patch = table.shape[1] - 1, 37, config.patch_size
+        if embeddings.shape[1] - 1 == n and height == width:
+            return table
+        grid = table[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+        scale = ((height // patch + 0.1) / side, (width // patch + 0.1) / side)
+        grid = torch.nn.functional.interpolate(grid, scale_factor=scale, mode="bicubic")
+        return torch.cat([table[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, table.shape[-1])], dim=1)
+
+    with torch.no_grad():
+        table = pt.embeddings.position_embeddings
+        for height, width in ((224, 224), (168, 224)):
+            pixels = rng.normal(size=(2, height, width, 3)).astype(np.float32)
+            nchw = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+            by_size = pt(pixel_values=nchw).last_hidden_state.numpy()
+            pt.embeddings.interpolate_pos_encoding = types.MethodType(hub_positions, pt.embeddings)
+            want = pt(pixel_values=nchw).last_hidden_state.numpy()
+            del pt.embeddings.interpolate_pos_encoding
+            got = np.asarray(hub.apply({"params": loaded.params}, pixels).last_hidden_state)
+            grid = np.asarray(vit.interpolate_positions(jnp.asarray(table.numpy()), (height // 14, width // 14),
+                                                        "dinov2_hub"))
+            err = float(np.abs(got - want).max())
+            patches = torch.zeros(1, 1 + (height // 14) * (width // 14), 32)
+            table_err = float(np.abs(grid - hub_positions(pt.embeddings, patches, height, width).numpy()).max())
+            rules = float(np.abs(want - by_size).max())
+            print(f"{height}x{width}: hub rule max err {err:.1e} (table {table_err:.1e}); hub vs transformers "
+                  f"rule differ by {rules:.3f}")
+            assert got.shape == (2, 1 + (height // 14) * (width // 14), 32)
+            assert err < ATOL and table_err < 1e-5
+            assert rules > 100 * ATOL  # the two rules are really different functions
+
+
+# ---------------------------------------------------------------------------------- loss, grads
+
+
+def _alphas_cumprod():
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2  # SD's scaled linear
+    return np.cumprod(1 - betas).astype(np.float32)
+
+
+def test_loss_equals_numpy_on_the_same_draw(setup, random_step):
+    method, _, frozen, _, _ = setup
+    p, batch, rng, loss, metrics, _ = random_step
+    k_latent, k_noise, k_t, _ = jax.random.split(rng, 4)
+    vae, unet = method.vae, method.unet
+    dist = vae.apply({"params": frozen["vae"]}, np.asarray(batch["target"]).transpose(0, 3, 1, 2),
+                     method=vae.encode).latent_dist
+    z0 = np.asarray(dist.sample(k_latent)) * 0.18215
+    noise = np.asarray(jax.random.normal(k_noise, z0.shape))
+    # the released sample_timestep: 30% uniform in [0, 1000), else dynamic 0 -> [0, 500), 1 -> [500, 1000)
+    k_choice, k_int = jax.random.split(k_t)
+    uniform = np.asarray(jax.random.uniform(k_choice, (2,))) < 0.3
+    lo, hi = np.where(uniform, 0, [0, 500]), np.where(uniform, 1000, [500, 1000])
+    t = np.asarray(jax.random.randint(k_int, (2,), lo, hi))
+    a = _alphas_cumprod()[t][:, None, None, None]
+    zt = (np.sqrt(a) * z0 + np.sqrt(1 - a) * noise).astype(np.float32)
+
+    pixels = ((np.asarray(batch["reference"]) + 1) / 2 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    features = np.asarray(method.dinov2.apply({"params": frozen["dinov2"]}, pixels.astype(np.float32))
+                          .last_hidden_state, np.float64)
+    assert features.shape == (2, 257, 32)  # CLS + 16x16 patches of the 37x37-grid model at 224 px
+    ctx = (features @ np.asarray(p["projector"]["kernel"], np.float64) + np.asarray(p["projector"]["bias"])
+           ).astype(np.float32)
+    hint = np.asarray(batch["collage"]).transpose(0, 3, 1, 2)
+    out = method.extractor.apply({"params": p["extractor"]}, None, jnp.asarray(t), ctx, hint)
+    whole_unet = {**frozen["unet_encoder"], **p["unet_decoder"]}
+    eps = np.asarray(unet.apply({"params": whole_unet}, zt, jnp.asarray(t), ctx,
+                                down_block_additional_residuals=tuple(out.down_block_res_samples),
+                                mid_block_additional_residual=out.mid_block_res_sample).sample, np.float64)
+    want = float(np.mean((eps - noise) ** 2))
+    cells = np.asarray(batch["collage"])[..., 3].reshape(2, 8, 8, 8, 8).max(axis=(2, 4)) > 0.5
+    box = np.broadcast_to(cells[:, None], eps.shape)
+    want_box = float(((eps - noise) ** 2)[box].mean())
+    print(f"t {t.tolist()}; loss jcompose {float(loss):.7f} numpy {want:.7f}; box mse {float(metrics['box_mse']):.7f} "
+          f"numpy {want_box:.7f}")
+    assert abs(float(loss) - want) < 1e-5 * max(1.0, want)
+    assert abs(float(metrics["box_mse"]) - want_box) < 1e-5 * max(1.0, want_box)
+    assert 0 < cells.mean() < 1
+
+
+def test_gradients_reach_only_the_trained_modules(random_step):
+    _, _, _, _, _, (trained, frozen) = random_step
+    assert set(trained) == {"extractor", "unet_decoder", "projector"}
+    counts = {}
+    for name, tree in trained.items():
+        norms = [float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(tree)]
+        counts[name] = (sum(n > 0 for n in norms), len(norms))
+    for name in ("unet_encoder", "vae", "dinov2"):  # stop_gradient: no cotangent reaches them
+        assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(frozen[name])), name
+    print("leaves with non-zero gradient (of all):", counts)
+    assert all(nonzero == total for nonzero, total in counts.values()), counts
+
+
+def test_released_projector_switch_keeps_it_frozen(setup):
+    method, _, _, batch, workdir = setup
+    config = get_config("tiny")
+    config.model.train_projector = False
+    released = anydoor.AnyDoorMethod(config)
+    params, frozen = released.init(str(workdir))
+    assert "projector" in frozen and "projector" not in params
+    grad = jax.grad(lambda f: jnp.sum(released.id_tokens(params, f, jnp.asarray(batch["reference"]))))(frozen)
+    assert float(jnp.abs(grad["projector"]["kernel"]).max()) == 0.0
+    # trained (the default): the same tokens do carry a gradient to the projector
+    p, f = {"projector": frozen["projector"]}, {k: v for k, v in frozen.items() if k != "projector"}
+    grad = jax.grad(lambda q: jnp.sum(method.id_tokens(q, f, jnp.asarray(batch["reference"]))))(p)
+    assert float(jnp.abs(grad["projector"]["kernel"]).max()) > 0
+
+
+def test_fresh_extractor_is_the_unet_encoder_with_zero_residuals(setup):
+    method, params, frozen, batch, _ = setup
+    for name in ("time_embedding", "down_blocks_0", "mid_block"):
+        same = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), params["extractor"][name],
+                                      frozen["unet_encoder"][name])
+        assert all(jax.tree_util.tree_leaves(same)), name
+    ctx = method.id_tokens(params, frozen, jnp.asarray(batch["reference"]))
+    down, mid = method.residuals(params, jnp.array([10, 900]), ctx, jnp.asarray(batch["collage"]).transpose(0, 3, 1, 2))
+    assert all(float(jnp.abs(r).max()) == 0.0 for r in [*down, mid])
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_training_lowers_heldout_box_error(setup, grad_fn):
+    """Synthetic video pairs: the held-out noise-prediction error inside the target box (fixed draws)
+    falls after 30 Adam steps from the released initialisation."""
+    method, params, frozen, _, workdir = setup
+    data = make_iterator(method.make_source(), method.make_transform(), per_process_batch=2, seed=3)
+    held_config = method.config.data.copy_and_resolve_references()
+    held_config.seed = 1  # other videos and images than the training set
+    held_source = anydoor.synthetic_mixture(Path(workdir) / "heldout", held_config)
+    held = make_iterator(held_source, method.make_transform(), per_process_batch=2, seed=1)
+    held_batches = [next(held) for _ in range(2)]
+
+    def heldout_error(p):
+        return float(np.mean([grad_fn(p, frozen, b, jax.random.PRNGKey(100 + 10 * i + k))[0][1]["box_mse"]
+                              for i, b in enumerate(held_batches) for k in range(2)]))
+
+    tx = optax.adam(1e-3)
+    update = jax.jit(tx.update)
+    state, p = tx.init(params), params
+    before = heldout_error(p)
+    for step in range(30):
+        (_, _), (grads, _) = grad_fn(p, frozen, next(data), jax.random.PRNGKey(step))
+        updates, state = update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+    after = heldout_error(p)
+    print(f"held-out box MSE: step 0 {before:.4f}, step 30 {after:.4f}")
+    assert after < 0.7 * before
+
+
+# ----------------------------------------------------------------------------------- inference
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) <= radius**2).astype(np.uint8)
+
+
+def _object(rng, target_centre, background_shape=(192, 192), seed_name="a"):
+    mask = _disc((80, 80), (40, 40), 24)
+    stripes = (np.indices((80, 80)).sum(0) // 6 % 2).astype(np.uint8)
+    image = np.where(stripes[..., None] > 0, [200, 40, 40], [30, 30, 220]).astype(np.uint8)
+    image = np.where(mask[..., None] > 0, image, rng.integers(0, 255, (80, 80, 3))).astype(np.uint8)
+    return inference.ObjectInput(image, mask, _disc(background_shape, target_centre, 12),
+                                 (f"{seed_name}.png", f"{seed_name}_mask.png", f"{seed_name}_target.png"))
+
+
+def test_two_separate_objects_in_one_call_equal_two_single_calls(setup, rng):
+    method, params, frozen, _, _ = setup
+    p = randomised(params, 3)
+    background = rng.integers(0, 255, (192, 192, 3)).astype(np.uint8)
+    a, b = _object(rng, (30, 30), seed_name="a"), _object(rng, (160, 160), seed_name="b")
+    together = inference.compose(method, p, frozen, background, [a, b], seed=7, num_steps=2)
+    assert together.rounds == [[0, 1]]  # one batched call
+    first = inference.compose(method, p, frozen, background, [a], seed=7, num_steps=2)
+    second = inference.compose(method, p, frozen, first.image, [b], seed=8, num_steps=2)
+    for batched, single in ((together.generated[0], first.generated[0]), (together.generated[1], second.generated[0]),
+                            (together.image, second.image)):
+        diff = np.abs(batched.astype(int) - single.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    assert np.abs(together.image.astype(int) - background.astype(int)).sum() > 0
+    picture = inference.side_by_side(background, [a, b], together, height=128)
+    assert picture.shape[0] == 128 and picture.dtype == np.uint8
+    assert picture.shape[1] == 2 * 128 + 128 + 2 * 128 + 128  # references, background, collages, result
+
+
+def test_overlapping_objects_go_one_after_another(setup, rng):
+    method = setup[0]
+    background = rng.integers(0, 255, (192, 192, 3)).astype(np.uint8)
+    objects = [_object(rng, c) for c in ((30, 30), (40, 44), (160, 160))]
+    transform = inference.inference_transform(method)
+    examples = [inference.prepare_example(transform, o, background, 7 + i) for i, o in enumerate(objects)]
+    assert inference.plan_rounds(examples, "crop", 5) == [[0, 2], [1]]
+    # the same seed gives the same crop whatever the background pixels are
+    again = inference.prepare_example(transform, objects[1], background[::-1].copy(), 8)
+    np.testing.assert_array_equal(again["crop_box"], examples[1]["crop_box"])
+
+
+def test_shape_control_uses_the_target_mask_as_the_mask_channel(setup, rng):
+    method = setup[0]
+    background = rng.integers(0, 255, (192, 192, 3)).astype(np.uint8)
+    obj = _object(rng, (96, 96))
+    box = inference.prepare_example(inference.inference_transform(method), obj, background, 1)
+    shape = inference.prepare_example(inference.inference_transform(method, shape_control=True), obj, background, 1)
+    np.testing.assert_array_equal(box["crop_box"], shape["crop_box"])
+    np.testing.assert_array_equal(box["collage"][..., :3], shape["collage"][..., :3])
+    import cv2
+
+    y0, y1, x0, x1 = shape["crop_box"]
+    crop = obj.target_mask[y0:y1, x0:x1]
+    d = abs(crop.shape[0] - crop.shape[1])  # released pad_to_square: centred, mask padding marked 2 -> -1
+    pad = ((d // 2, d - d // 2), (0, 0)) if crop.shape[0] < crop.shape[1] else ((0, 0), (d // 2, d - d // 2))
+    expected = cv2.resize(np.pad(crop, pad, constant_values=2), (64, 64), interpolation=cv2.INTER_NEAREST)
+    expected = np.where(expected == 2, -1.0, expected).astype(np.float32)
+    np.testing.assert_array_equal(shape["collage"][..., 3], expected)
+    assert (box["collage"][..., 3] > 0).sum() > (shape["collage"][..., 3] > 0).sum()  # the box is larger
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+def _write(path, array):
+    import cv2
+
+    cv2.imwrite(str(path), array[..., ::-1] if array.ndim == 3 else array)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("mask_size", r"reference mask .*ref_mask.png is 40x50 \(WxH\) but reference .*ref.png is 80x80"),
+    ("mask_empty", r"reference mask .*ref_mask.png: empty"),
+    ("too_small", r"ref_mask.png: the object covers 0.\d+% .*released training filters"),
+    ("target_size", r"target mask .*target.png is 100x100 \(WxH\) but the background .*bg.png is 192x192"),
+    ("target_empty", r"target mask .*target.png: empty"),
+])
+def test_bad_inputs_are_named(setup, tmp_path, rng, case, message):
+    method, params, frozen, _, _ = setup
+    obj = _object(rng, (96, 96))
+    ref_mask, target = obj.reference_mask * 255, obj.target_mask * 255
+    if case == "mask_size":
+        ref_mask = ref_mask[:50, :40]
+    elif case == "mask_empty":
+        ref_mask = ref_mask * 0
+    elif case == "too_small":
+        ref_mask = _disc((80, 80), (40, 40), 3) * 255
+    elif case == "target_size":
+        target = target[:100, :100]
+    elif case == "target_empty":
+        target = target * 0
+    files = [_write(tmp_path / "ref.png", obj.reference), _write(tmp_path / "ref_mask.png", ref_mask),
+             _write(tmp_path / "target.png", target)]
+    background = inference.read_rgb(_write(tmp_path / "bg.png", rng.integers(0, 255, (192, 192, 3)).astype(np.uint8)))
+    objects = inference.read_objects([files[0]], [files[1]], [files[2]])
+    with pytest.raises(inference.AnyDoorInputError, match=message) as err:
+        inference.compose(method, params, frozen, background, objects, background_name=f"background {tmp_path}/bg.png")
+    assert cli.is_input_error(err.value)
+
+
+def test_unreadable_files_and_counts_are_named(tmp_path):
+    with pytest.raises(inference.AnyDoorInputError, match=r"--reference .*nothing.png: no such file"):
+        inference.read_objects([str(tmp_path / "nothing.png")], None, [str(tmp_path / "m.png")])
+    with pytest.raises(inference.AnyDoorInputError, match="2 --reference, 0 --reference-mask and 1 --mask"):
+        inference.read_objects(["a.png", "b.png"], None, ["m.png"])
+    rgb = _write(tmp_path / "rgb.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(inference.AnyDoorInputError, match="no alpha channel"):
+        inference.read_objects([rgb], None, [rgb])
+
+
+def test_a_base_that_is_not_sd2_is_refused_by_file(setup, tmp_path):
+    import json
+    import shutil
+
+    method, _, _, _, workdir = setup
+    sd15 = tiny.write_tiny_base(tmp_path / "sd15", "sd15", formats=("msgpack",))
+    with pytest.raises(ConfigError, match=r"sd15/unet/config.json: cross_attention_dim = 32.* SD 2.x base"):
+        method.load_models(sd15, Path(workdir) / "dinov2")
+    v_base = tmp_path / "sd21-v"
+    shutil.copytree(Path(workdir) / "base" / "sd21-base", v_base)
+    scheduler = v_base / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps({**json.loads(scheduler.read_text()), "prediction_type": "v_prediction"}))
+    with pytest.raises(ConfigError, match=r"scheduler_config.json: prediction_type = 'v_prediction'"):
+        method.load_models(v_base, Path(workdir) / "dinov2")
+
+
+# -------------------------------------------------------------------------------------- config
+
+
+def test_released_config_and_registration():
+    from jcompose import methods
+
+    c = get_config("")
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.clip_norm, c.train.batch_size) == (1e-5, 1e-2, 0.0, 32)
+    assert (c.data.image_size, c.data.reference_size, c.compute_dtype) == (512, 224, "bfloat16")
+    assert (c.sample.steps, c.sample.guidance_scale, c.sample.eta) == (50, 5.0, 0.0)
+    assert c.model.dinov2_interpolation == "dinov2_hub" and c.model.context_dim == 1024
+    assert c.model.train_projector and c.model.id_dropout == 0.0
+    assert dict(c.data.weights) == {k: float(v) for k, v in RELEASED_WEIGHTS.items()}
+    assert isinstance(methods.build(c), anydoor.AnyDoorMethod)
+    with pytest.raises(ValueError, match="no AnyDoor training data"):
+        methods.build(c).make_source()
+    with pytest.raises(ValueError, match="unknown variant 'paper'"):
+        get_config("paper")
+    c.model.dinov2_interpolation = "nearest"
+    with pytest.raises(ConfigError, match="dinov2_interpolation = 'nearest'"):
+        anydoor.AnyDoorMethod(c)
