@@ -207,7 +207,7 @@ def test_real_sources_anydoor_style_mix(tmp_path):
 def test_data_benchmark_measures_a_known_cost():
     import time
 
-    from input_pipeline.benchmark import format_report, run_data_benchmark, workers_needed
+    from jcompose.bench.data import format_report, run_data_benchmark, workers_needed
 
     def factory():
         def slow(record, rng):  # a transform of known cost: 20 ms per example

@@ -1,4 +1,4 @@
-"""Feature-extractor throughput: `python -m jcompose.bench eval` (wired by jcompose/bench.py).
+"""`python -m jcompose.bench eval`: throughput of the evaluation feature extractors.
 
 For each extractor, images/s of the jit-compiled Flax forward on preprocessed batches, and, in the
 same process on the same weights and batch, of the PyTorch reference: the FID Inception
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jcompose.bench import timing
 
 EXTRACTORS = ("inception", "clip", "dino", "lpips")
 CLIP_L14 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
@@ -33,18 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=None, help="images per call (default: CPU 4, else 64)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch references")
-
-
-def _median_seconds(fn, repeats: int) -> tuple[float, float]:
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
 
 
 def _torch_device():
@@ -232,7 +220,7 @@ def _lpips(batch: int, rng, net: str = "alex"):
 BUILDERS = {"inception": _inception, "clip": _clip, "dino": _dino, "lpips": _lpips}
 
 
-def bench_eval(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """{'device', 'batch', 'extractors': {name: {jax_images_per_s, torch_images_per_s, speedup, ...}}}."""
     on_cpu = jax.default_backend() == "cpu"
     batch = args.batch or (4 if on_cpu else 64)
@@ -251,11 +239,11 @@ def bench_eval(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     for name in names:
         run, torch_ref, x, weights = BUILDERS[name](batch, rng)
-        first, seconds = _median_seconds(lambda run=run: jax.block_until_ready(run()), args.repeats)
+        first, seconds = timing.timed(lambda run=run: jax.block_until_ready(run()), args.repeats)
         entry = {"weights": weights, "input": list(x.shape[1:]), "jax_compile_and_first_s": round(first, 3),
                  "jax_images_per_s": round(batch / seconds, 3)}
         if has_torch and torch_ref is not None:
-            _, torch_seconds = _median_seconds(torch_ref(), args.repeats)
+            _, torch_seconds = timing.timed(torch_ref(), args.repeats)
             entry["torch_images_per_s"] = round(batch / torch_seconds, 3)
             entry["speedup_vs_torch"] = round(torch_seconds / seconds, 3)
         report["extractors"][name] = entry
@@ -263,10 +251,3 @@ def bench_eval(args: argparse.Namespace) -> dict[str, Any]:
                       if on_cpu else "Flax convs run at HIGHEST precision (true fp32) for faithful features")
     return report
 
-
-if __name__ == "__main__":
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    print(json.dumps(bench_eval(parser.parse_args()), indent=2))

@@ -1,16 +1,22 @@
-"""Input-pipeline throughput: examples/s per worker process, and how many workers feed a train step rate.
+"""`python -m jcompose.bench data --method=anyscene|anydoor|dreamcom`: a method's input pipeline
+(source -> transform -> grain batches): examples/s per worker process, and the worker processes one
+host needs to feed a train step rate (`--steps-per-s`, from `bench train`).
 
-Generic over methods: give it a factory of the method's transform and a source (or mixture). It times
-(1) reading a record and transforming it directly, without grain (where the time goes), and
-(2) the grain pipeline of `make_iterator` for each requested worker count (what training gets),
-excluding the first batch (worker start-up, imports). `python -m jcompose.bench data` wires it per method.
+Generic over methods: `run_data_benchmark` takes a factory of the method's transform and a source
+(or mixture) and times (1) reading a record and transforming it directly, without grain (where the
+time goes), and (2) the grain pipeline of `make_iterator` for each requested worker count (what
+training gets), excluding the first batch (worker start-up, imports). The data are synthetic
+photos at a COCO-like 480x640 (or real COCO / YouTube-VOS-layout folders).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -18,6 +24,23 @@ import numpy as np
 
 from input_pipeline.pipeline import make_iterator, takes_rng
 from input_pipeline.records import RecordError
+
+METHODS = ("anyscene", "anydoor", "dreamcom")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--workers", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2],
+                        help="comma-separated grain worker counts to time (0: main process)")
+    parser.add_argument("--batch", type=int, default=8, help="per-process batch of the timed pipeline")
+    parser.add_argument("--batches", type=int, default=6, help="timed batches per worker count")
+    parser.add_argument("--steps-per-s", type=float, default=None, help="train step rate to feed (from bench train)")
+    parser.add_argument("--host-batch", type=int, default=None, help="per-host batch of that train step")
+    parser.add_argument("--coco-images", help="real COCO-layout data instead of synthetic: image folder")
+    parser.add_argument("--coco-instances", help="...its instances JSON")
+    parser.add_argument("--coco-captions", help="...its captions JSON")
+    parser.add_argument("--video-root", help="a YouTube-VOS-layout folder (AnyDoor)")
 
 
 def time_record_path(source: Any, transform: Callable, *, num_examples: int, seed: int = 0) -> dict:
@@ -124,3 +147,48 @@ def format_report(result: dict) -> str:
     if result["workers_needed"] is not None:
         lines.append(f"worker processes needed per host: {result['workers_needed']}")
     return "\n".join(lines)
+
+
+class _FirstInstanceAsReference:
+    """instances records -> DreamCom `reference` records (the image and its first object mask)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        record = self.source[index]
+        return {"image": record["image"], "mask": record["masks"][0], "source": record["source"]}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Examples/s per worker process of a method's input pipeline (source -> transform -> batches)."""
+    from input_pipeline import anydoor, anyscene, dreamcom
+    from input_pipeline.pipeline import mix_sources
+    from input_pipeline.sources import coco, synthetic, video
+    from jcompose.bench.timing import log
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.coco_instances:
+            images = coco.CocoSource(args.coco_images, args.coco_instances, args.coco_captions)
+        else:  # synthetic photos at a COCO-like resolution
+            synthetic.write_synthetic(Path(tmp), num_images=16, num_videos=4, num_frames=8, image_size=(480, 640))
+            images = coco.CocoSource(Path(tmp) / "coco" / "images", Path(tmp) / "coco" / "annotations" /
+                                     "instances.json", Path(tmp) / "coco" / "annotations" / "captions.json")
+        if args.method == "anyscene":
+            source, factory = images, lambda: anyscene.make_transform(size=args.size)
+        elif args.method == "dreamcom":
+            source = _FirstInstanceAsReference(images)
+            factory = lambda: dreamcom.make_transform(class_noun="object", size=args.size)
+        else:  # AnyDoor's mixture: video frame pairs and same-image pairs
+            clips = video.VideoSource(args.video_root or Path(tmp) / "youtube_vos")
+            source = mix_sources([(clips, 1.0, video.sample_pair), (images, 1.0, coco.image_pair)], seed=0)
+            factory = lambda: anydoor.make_transform(size=args.size)
+        result = run_data_benchmark(
+            factory, source, worker_counts=args.workers, per_process_batch=args.batch, num_batches=args.batches,
+            steps_per_s=args.steps_per_s, per_host_batch=args.host_batch)
+    log(format_report(result))
+    return {"method": args.method, "size": args.size, "data": "coco" if args.coco_instances else "synthetic",
+            **result}
