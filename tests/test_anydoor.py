@@ -165,6 +165,61 @@ def test_dinov2_hub_interpolation_matches_torch_scale_factor(tmp_path, rng):
             assert rules > 100 * ATOL  # the two rules are really different functions
 
 
+@pytest.mark.parity
+def test_loss_and_gradients_match_the_pytorch_reference(setup, random_step, tmp_path):
+    """jcompose's loss and its gradients on the trained modules vs the `bench train` PyTorch step's
+    (diffusers UNet with the encoder under no_grad, ControlNet without conv_in, transformers DINOv2 with
+    the hub interpolation, nn.Linear projector), on the same weights and the same draw."""
+    import shutil
+
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    torch = _torch()
+    from jcompose.bench import torch_train_anydoor as reference
+    from jcompose.models import pt_layout
+
+    method, _, frozen, _, workdir = setup
+    p, batch, rng, loss, _, (grads, _) = random_step
+    folder = tmp_path / "base"
+    loading.export_diffusers(method.unet, method.unet_params(p, frozen), folder / "unet")
+    loading.export_diffusers(method.vae, frozen["vae"], folder / "vae")
+    shutil.copytree(Path(workdir) / "base" / "sd21-base" / "scheduler", folder / "scheduler")
+    model = reference.AnyDoorTorch(folder, method.config, "cpu")
+    state = {k: torch.from_numpy(v) for k, v in pt_layout.flax_to_state_dict(p["extractor"]).items()}
+    assert not model.extractor.load_state_dict(state, strict=False).missing_keys  # conv_in has no weights
+    with torch.no_grad():
+        model.projector.weight.copy_(torch.from_numpy(np.asarray(p["projector"]["kernel"]).T.copy()))
+        model.projector.bias.copy_(torch.from_numpy(np.array(p["projector"]["bias"])))
+
+    latents, noise, t, _ = (np.array(x) for x in method.draw(frozen, batch, rng))  # the loss's own draw
+    a = torch.from_numpy(_alphas_cumprod()[t]).view(-1, 1, 1, 1)
+    noisy = a.sqrt() * torch.from_numpy(latents) + (1 - a).sqrt() * torch.from_numpy(noise)
+    ctx = model.id_tokens(torch.from_numpy(np.ascontiguousarray(np.asarray(batch["reference"]).transpose(0, 3, 1, 2))))
+    hint = torch.from_numpy(np.ascontiguousarray(np.asarray(batch["collage"]).transpose(0, 3, 1, 2)))
+    pred = model.predict(noisy, torch.from_numpy(t), ctx, hint)
+    torch_loss = torch.nn.functional.mse_loss(pred, torch.from_numpy(noise))
+    torch_loss.backward()
+    want = float(torch_loss.detach())
+
+    def grad_error(tree, module):
+        """max |jcompose - torch| over the subtree / the subtree's largest gradient (biases that a
+        one-channel GroupNorm cancels have ~1e-7 gradients of rounding noise, so not per leaf)."""
+        named = dict(module.named_parameters())
+        pairs = [(v, named[k].grad.numpy()) for k, v in pt_layout.flax_to_state_dict(tree).items()]
+        return max(float(np.abs(a - b).max()) for a, b in pairs) / max(float(np.abs(b).max()) for _, b in pairs)
+
+    errors = {"extractor": grad_error(grads["extractor"], model.extractor),
+              "unet_decoder": grad_error(grads["unet_decoder"], model.unet),
+              "projector": float(np.abs(np.asarray(grads["projector"]["kernel"]).T - model.projector.weight.grad.numpy()
+                                        ).max() / float(model.projector.weight.grad.abs().max()))}
+    with_grad = [q for q in model.unet.parameters() if q.grad is not None]
+    print(f"loss jcompose {float(loss):.7f} torch {want:.7f}; relative gradient errors "
+          f"{ {k: f'{v:.1e}' for k, v in errors.items()} }; torch UNet tensors with a gradient {len(with_grad)}")
+    assert abs(float(loss) - want) < 1e-5 * max(1.0, want)
+    assert max(errors.values()) < 1e-3
+    assert len(with_grad) == len(jax.tree_util.tree_leaves(p["unet_decoder"]))  # torch too: the decoder only
+
+
 # ---------------------------------------------------------------------------------- loss, grads
 
 

@@ -57,11 +57,12 @@ def split_unet(params: dict) -> tuple[dict, dict]:
     return encoder, decoder
 
 
-def write_tiny_dinov2(folder: Path, seed: int) -> Path:
-    """A tiny random DINOv2 (tiny.dinov2_config with a 518-px, 37x37 position grid) as a msgpack folder."""
+def write_tiny_dinov2(folder: Path, seed: int, formats: tuple[str, ...] = ("msgpack",)) -> Path:
+    """A tiny random DINOv2 (tiny.dinov2_config with a 518-px, 37x37 position grid) as a transformers
+    folder; the same seed gives the same weights in every format."""
     model = vit.Dinov2Model(dataclasses.replace(tiny.dinov2_config(), image_size=TINY_DINOV2_IMAGE_SIZE))
     params = tiny.random_params(encoders.abstract_params(model), seed)
-    return encoders.export_encoder(model, params, folder, ("msgpack",))
+    return encoders.export_encoder(model, params, folder, formats)
 
 
 def latent_box(mask_channel: jax.Array, factor: int = 8) -> jax.Array:
