@@ -88,6 +88,7 @@ class AnyDoorMethod:
 
     # -------------------------------------------------------------------------------- models
     def base_folder(self, workdir: str | Path | None) -> Path:
+        """`model.base`, or for "tiny:<base>" a tiny random base written (once) into <workdir>/base/<base>."""
         base = self.config.model.base
         if base.startswith("tiny:"):  # a tiny random SD 2.1-base written into the workdir
             folder = Path(workdir) / "base" / base.split(":", 1)[1]
@@ -97,6 +98,7 @@ class AnyDoorMethod:
         return Path(base)
 
     def dinov2_folder(self, workdir: str | Path | None) -> Path:
+        """`model.dinov2`, or for "tiny" a tiny random DINOv2 (37x37 grid) written (once) into <workdir>/dinov2."""
         if self.config.model.dinov2 == "tiny":
             folder = Path(workdir) / "dinov2"
             if not (folder / "config.json").is_file():
@@ -133,6 +135,7 @@ class AnyDoorMethod:
 
     @property
     def id_width(self) -> int:
+        """DINOv2's token width (1536 for ViT-g/14)."""
         return self.dinov2.config.hidden_size
 
     def init_extractor(self, unet_params: dict, rng: jax.Array) -> dict:
@@ -160,6 +163,8 @@ class AnyDoorMethod:
                 "bias": jnp.asarray(rng.uniform(-bound, bound, shape[1:]), jnp.float32)}
 
     def init(self, workdir: str) -> tuple[Any, Any]:
+        """Loads the models and builds (params, frozen) as the module doc lists them; the projector's init is
+        seeded (config.seed + 7), so a run with `train_projector` False rebuilds the same one."""
         self.workdir = Path(workdir)
         self.load_models(self.base_folder(workdir), self.dinov2_folder(workdir))
         encoder, decoder = split_unet(self.pipe.unet.params)
@@ -182,6 +187,10 @@ class AnyDoorMethod:
                 raise ValueError("config.data.synthetic needs init(workdir) first (the data is written there)")
             return synthetic_mixture(self.workdir / "data", d)
         roots = {k: str(v) for k, v in d.roots.items() if v}
+        if not roots:
+            raise ValueError(f"config.data.roots: no dataset folder given; set at least one of "
+                             f"{', '.join('config.data.roots.' + k for k in d.roots)} (layouts: "
+                             "input_pipeline/anydoor_mixture.py), or config.data.synthetic=True for a generated set")
         return anydoor_mixture.released_mixture(roots, seed=d.seed, weights=dict(d.weights))
 
     def make_transform(self, **overrides):
@@ -193,6 +202,7 @@ class AnyDoorMethod:
 
     # ---------------------------------------------------------------------------------- model
     def projector(self, params, frozen) -> dict:
+        """The projector's {"kernel" (D_dino, D_context), "bias"}: trained or frozen, wherever it is."""
         return params["projector"] if "projector" in params else frozen["projector"]
 
     def id_tokens(self, params, frozen, reference: jax.Array) -> jax.Array:
@@ -261,6 +271,7 @@ class AnyDoorMethod:
         return mse, {"mse": mse, "box_mse": box_mse, "t_mean": jnp.mean(t.astype(jnp.float32))}
 
     def loss(self, params, frozen, batch, rng):
+        """Epsilon MSE of one batch (reference, target, collage, dynamic from the transform): (loss, metrics)."""
         return self.loss_terms(params, frozen, batch, *self.draw(frozen, batch, rng))
 
     # ------------------------------------------------------------------------------- sampling
