@@ -4,6 +4,7 @@ settings (timings are reported, never asserted)."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -168,6 +169,43 @@ def test_a_failing_part_is_recorded_and_a_slow_one_is_killed(tmp_path):
     assert time.perf_counter() - start < 30
 
 
+def test_a_terminated_suite_stops_its_part_and_leaves_the_report(tmp_path):
+    """SIGTERM (the device script's wall-clock timeout) while an isolated part runs: the part's
+    process group is killed, the part is recorded as stopped and report.md is there."""
+    import signal
+
+    suite_run = subprocess.Popen([sys.executable, "-m", "jcompose.bench", "suite", "--out", str(tmp_path),
+                                  "--isolate", "yes", "--parts", "sample_b1", "--budget-s", "600"],
+                                 cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (tmp_path / "report.json").exists() and time.time() < deadline:  # written once setup is done
+        time.sleep(0.5)
+    time.sleep(2)  # sample_b1's child is starting (it takes far longer than this)
+    suite_run.send_signal(signal.SIGTERM)
+    _, err = suite_run.communicate(timeout=60)
+    assert suite_run.returncode == 128 + signal.SIGTERM, err[-2000:]
+    data = json.loads((tmp_path / "report.json").read_text())
+    stopped = [e for e in data["parts"] if e["name"] == "sample_b1"]
+    assert stopped and stopped[0]["status"] == "timeout" and "signal 15" in stopped[0]["error"]
+    assert "| sample_b1 | timeout |" in (tmp_path / "report.md").read_text()
+    time.sleep(1)
+    assert _processes_naming(str(tmp_path)) == []
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of running processes that contain `text` (Linux /proc; [] elsewhere)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
 def test_suite_with_no_time_skips_every_part_and_still_reports(tmp_path):
     data = commands.run(["suite", "--out", str(tmp_path), "--budget-s", "1"])
     assert {e["status"] for e in data["parts"]} == {"skipped"}
@@ -180,8 +218,8 @@ def test_suite_on_cpu_end_to_end(tmp_path):
     """`python -m jcompose.bench suite --out DIR` on the tiny model: every section has rows."""
     parts = "setup,sample_b1,train_denoise_b2,data_anyscene,control_layout,numerics,eval"
     run = subprocess.run([sys.executable, "-m", "jcompose.bench", "suite", "--out", str(tmp_path), "--parts", parts,
-                          "--budget-s", "900"], capture_output=True, text=True, timeout=900, cwd=REPO,
-                         env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+                          "--budget-s", "900"], check=False, capture_output=True, text=True, timeout=900, cwd=REPO,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
     failed = [(e["name"], e.get("error")) for e in data["parts"] if e["status"] != "ok"]

@@ -34,7 +34,12 @@ from jcompose.bench import suite_report, timing, torch_train, weights
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT_IN_METHODS = ("denoise", "anyscene")
+CPU_PROCESS_START_S = 25.0  # importing jax, torch, diffusers and the method's modules in a child on 2 cores
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OutOfMemory")
+
+
+class Terminated(BaseException):
+    """SIGTERM while a part runs (a BaseException: the per-part error handling must not catch it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +78,19 @@ def probe_backend() -> dict[str, str]:
     return {"backend": backend, "device": device}
 
 
-def plan(accelerator: bool, work: Path, methods: list[str], no_torch: bool = False) -> list[Part]:
+def plan(accelerator: bool, work: Path, methods: list[str], no_torch: bool = False,
+         isolated: bool | None = None) -> list[Part]:
     """The suite's parts in priority order (see the module doc). `methods`: train methods, the
     first of which (denoise) gives the data rows their step rate; on a CPU only it runs before
-    the cheap parts, the others last (what the budget leaves)."""
+    the cheap parts, the others last (what the budget leaves). Estimates on an accelerator count
+    a child process's start (imports, loading the weights); `isolated` CPU parts add it."""
+    parts = _plan(accelerator, work, methods, no_torch)
+    if isolated and not accelerator:
+        parts = [dataclasses.replace(p, estimate_s=p.estimate_s + CPU_PROCESS_START_S) for p in parts]
+    return parts
+
+
+def _plan(accelerator: bool, work: Path, methods: list[str], no_torch: bool) -> list[Part]:
     model = "sd15" if accelerator else "tiny"
     torch_flag = ("--no-torch",) if no_torch else ()
     common = ("--model", model)
@@ -148,9 +162,11 @@ def run_isolated(argv: tuple[str, ...], out_json: Path, log_path: Path, timeout_
         try:
             code = child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
             raise TimeoutError(f"timed out after {timeout_s:.0f} s (time box); " + _tail(log_path)) from None
+        finally:  # a time box, or this suite being stopped: the part and its workers go too
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
     if code != 0:
         raise RuntimeError(f"exit code {code}: {_tail(log_path)}")
     return json.loads(out_json.read_text())
@@ -213,10 +229,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="jcompose-suite-"))
     folder = Path(args.out) / "parts"
     folder.mkdir(parents=True, exist_ok=True)
-    parts = _select(plan(accelerator, work, methods, args.no_torch), args.parts)
+    parts = _select(plan(accelerator, work, methods, args.no_torch, isolate), args.parts)
     timing.log(f"suite: {len(parts)} parts on {probe['device']} ({probe['backend']}), budget {budget:.0f} s, "
                f"{'one process per part' if isolate else 'in process'}")
-    entries = []
+    entries: list[dict[str, Any]] = []
+
+    def report() -> dict[str, Any]:  # written after every part too: a suite killed from outside leaves one
+        data = {"backend": probe["backend"], "device": probe["device"], "isolated": isolate, "budget_s": budget,
+                "elapsed_s": time.perf_counter() - started, "methods": methods, "parts": entries,
+                "planned": [p.name for p in parts]}
+        suite_report.write(Path(args.out), data)
+        return data
+
+    def stop(signum, frame):
+        raise Terminated(f"the suite received signal {signum} (a wall-clock limit from outside)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         for part in parts:
             left = budget - (time.perf_counter() - started)
@@ -229,17 +257,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 timing.log(f"suite: {part.name} skipped ({left:.0f} s left)")
                 continue
             timing.log(f"suite: {part.name} ({left:.0f} s left)")
-            entry = run_part(part, folder, isolate, left)
+            try:
+                entry = run_part(part, folder, isolate, left)
+            except Terminated as err:
+                entries.append({"name": part.name, "section": part.section, "status": "timeout", "seconds": None,
+                                "error": str(err)})
+                report()
+                raise SystemExit(128 + signal.SIGTERM) from None
             entries.append(entry)
             timing.log(f"suite: {part.name} {entry['status']} in {entry['seconds']:.1f} s"
                        + (f": {entry['error'][:300]}" if entry["status"] != "ok" else ""))
+            report()
             if part.name == "setup" and entry["status"] != "ok":
                 break  # every later part needs the base folders
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    data = {"backend": probe["backend"], "device": probe["device"], "isolated": isolate, "budget_s": budget,
-            "elapsed_s": time.perf_counter() - started, "methods": methods, "parts": entries}
-    suite_report.write(Path(args.out), data)
+    data = report()
     timing.log(f"suite: wrote {Path(args.out) / 'report.md'} and report.json in {data['elapsed_s']:.0f} s")
     return data

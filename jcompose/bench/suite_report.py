@@ -124,8 +124,11 @@ def target_rows(data: dict) -> list[dict]:
 
 
 def part_rows(data: dict) -> list[dict]:
-    return [{"part": e["name"], "status": e["status"], "seconds": e["seconds"],
+    rows = [{"part": e["name"], "status": e["status"], "seconds": e["seconds"],
              "detail": e.get("error") or e.get("note") or ""} for e in data["parts"]]
+    done = {e["name"] for e in data["parts"]}
+    return rows + [{"part": name, "status": "not run", "seconds": None, "detail": "the suite stopped before it"}
+                   for name in data.get("planned", []) if name not in done]
 
 
 SAMPLING_INTRO = ("jcompose: denoising loop + VAE decode from given text embeddings; diffusers PyTorch: its whole "
