@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jcompose import bench
-from jcompose.bench import commands, suite, suite_report, timing, torch_train
+from jcompose.bench import commands, runner, suite, suite_report, timing, torch_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,8 @@ def test_accelerator_plan_has_the_full_size_settings(tmp_path):
     train16 = parts["train_anyscene_b16"]
     assert train16.argv[-2:] == ("--per-device-batch", "16") and train16.fallbacks[0][-1] == "12"
     assert {"data_anyscene", "data_anydoor", "data_dreamcom", "numerics", "eval", "control_self"} <= set(parts)
-    assert list(parts)[:2] == ["setup", "sample_b1"]
+    assert parts["data_anydoor"].background and parts["data_anydoor"].env == {"JAX_PLATFORMS": "cpu"}
+    assert [n for n in parts if not parts[n].background][:3] == ["setup", "sample_b1", "train_denoise_b8"]
     cpu = suite.plan(False, tmp_path, ["denoise", "anyscene"])
     assert cpu[-1].name == "train_anyscene_b2" and all("--model" not in p.argv or "tiny" in p.argv for p in cpu)
 
@@ -164,9 +165,23 @@ def test_a_failing_part_is_recorded_and_a_slow_one_is_killed(tmp_path):
     # An isolated part past its time box is killed (its process group with it) and reported.
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match="time box"):
-        suite.run_isolated(("data", "--method", "anyscene", "--batches", "100000"), tmp_path / "slow.json",
+        runner.run_isolated(("data", "--method", "anyscene", "--batches", "100000"), tmp_path / "slow.json",
                            tmp_path / "slow.log", timeout_s=3)
     assert time.perf_counter() - start < 30
+
+
+def test_host_parts_run_beside_the_others(tmp_path, monkeypatch):
+    """On an accelerator the input-pipeline parts run in a thread beside the device parts; each
+    still gets its own record (here two parts that fail at once, in child processes)."""
+    parts = [suite.Part("setup", "setup", ("prepare",), 30),  # no --dir: exit 2
+             suite.Part("data_x", "data", ("data", "--method", "nope"), 30, env={"JAX_PLATFORMS": "cpu"},
+                        background=True)]
+    monkeypatch.setattr(suite, "plan", lambda *args: parts)
+    data = commands.run(["suite", "--out", str(tmp_path), "--isolate", "yes", "--budget-s", "300"])
+    by_name = {e["name"]: e for e in data["parts"]}
+    assert set(by_name) == {"setup", "data_x"} and by_name["data_x"]["note"].startswith("ran beside")
+    assert all(e["status"] == "error" and "exit code 2" in e["error"] for e in by_name.values())
+    assert "invalid choice: 'nope'" in (tmp_path / "parts" / "data_x.log").read_text()
 
 
 def test_a_terminated_suite_stops_its_part_and_leaves_the_report(tmp_path):
@@ -240,6 +255,66 @@ def test_suite_on_cpu_end_to_end(tmp_path):
     fused = [r for r in data["tables"]["Numerics"] if "fused" in r["comparison"]]
     assert fused and all(r["rel_l2"] is None and "not applicable on cpu" in r["note"] for r in fused)
     assert any(r["comparison"] == "UNet bf16 vs fp32" and 0 < r["rel_l2"] < 0.1 for r in data["tables"]["Numerics"])
+
+
+# ------------------------------------------------------------------------------------ tools
+
+
+def _check_wheels():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_wheels", REPO / "tools" / "check_wheels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _wheel(folder, name, version, requires=()):
+    import zipfile
+
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        lines = [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}"] + [f"Requires-Dist: {r}" for r in requires]
+        archive.writestr(f"{name}-{version}.dist-info/METADATA", "\n".join(lines) + "\n")
+    return path
+
+
+def test_check_wheels_finds_missing_and_mismatched_requirements(tmp_path):
+    tool = _check_wheels()
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    _wheel(wheels, "pkg", "1.0", ["dep>=2", "winonly; sys_platform == 'win32'", "extra-only; extra == 'dev'"])
+    pins, image = tmp_path / "pins.txt", tmp_path / "image.txt"
+    pins.write_text("# comment\npkg==1.0\n")
+
+    def problems(image_text, limit=64.0):
+        image.write_text(image_text)
+        return tool.check(wheels, "3.12", limit, pins_file=pins, image_file=image)
+
+    assert problems("dep==2.5 other") == []  # markers for Windows and extras do not apply
+    assert problems("dep==1.0") == ["pkg needs dep>=2, the image has 1.0: carry a wheel"]
+    assert problems("other") == [f"pkg needs dep>=2: neither the image nor {wheels} has it"]
+    assert "exceeds the 0 MiB carry limit" in problems("dep", limit=0.0)[-1]
+    _wheel(wheels, "dep", "1.5")
+    assert problems("dep") == ["dep-1.5-py3-none-any.whl: not in tools/device_wheels.txt",
+                               "pkg needs dep>=2, the wheel is 1.5"]
+
+
+def test_device_lists_cover_every_dependency():
+    """Each runtime and parity dependency of pyproject.toml is in the GPU image or pinned as a wheel."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tool = _check_wheels()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["parity"]]
+    pins = tool.read_pins(REPO / "tools" / "device_wheels.txt")
+    image = tool.read_image(REPO / "tools" / "device_image_packages.txt")
+    missing = [str(r) for r in needed if canonicalize_name(r.name) not in pins and canonicalize_name(r.name) not in image]
+    assert missing == []
+    assert {"grain", "diffusers", "ml-collections", "tensorboardx", "pycocotools"} <= set(pins)
 
 
 # ------------------------------------------------------------------------------------ CLIs

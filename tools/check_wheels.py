@@ -75,10 +75,12 @@ def working_tree_bytes(repo: Path) -> int:
     return sum((repo / p).stat().st_size for p in out.split("\0") if p and (repo / p).is_file())
 
 
-def check(folder: Path, python_version: str, limit_mib: float) -> list[str]:
+def check(folder: Path, python_version: str, limit_mib: float, pins_file: Path = TOOLS / "device_wheels.txt",
+          image_file: Path = TOOLS / "device_image_packages.txt") -> list[str]:
+    """The problems found (see the module doc); prints a size summary."""
     problems = []
-    pins = read_pins(TOOLS / "device_wheels.txt")
-    image = read_image(TOOLS / "device_image_packages.txt")
+    pins = read_pins(pins_file)
+    image = read_image(image_file)
     wheels: dict[str, tuple[Version, Path]] = {}
     for path in sorted(folder.glob("*.whl")):
         name, version, _, tags = parse_wheel_filename(path.name)

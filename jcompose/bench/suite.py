@@ -18,40 +18,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from jcompose.bench import suite_report, timing, torch_train, weights
+from jcompose.bench.runner import Part, Terminated, kill_live_parts, run_part
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT_IN_METHODS = ("denoise", "anyscene")
 CPU_PROCESS_START_S = 25.0  # importing jax, torch, diffusers and the method's modules in a child on 2 cores
-OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OutOfMemory")
-
-
-class Terminated(BaseException):
-    """SIGTERM while a part runs (a BaseException: the per-part error handling must not catch it)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Part:
-    """One benchmark invocation of the suite: `argv` for `python -m jcompose.bench`, the section
-    its result goes to, its expected wall time, and argvs to try in turn when it runs out of memory."""
-
-    name: str
-    section: str
-    argv: tuple[str, ...]
-    estimate_s: float
-    fallbacks: tuple[tuple[str, ...], ...] = ()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +95,9 @@ def _plan(accelerator: bool, work: Path, methods: list[str], no_torch: bool) -> 
 
     data_flags = ("--size", "512", "--workers", "0,2", "--batch", "8", "--batches", "4") if accelerator else (
         "--size", "64", "--workers", "0", "--batch", "2", "--batches", "2")
-    data = [Part(f"data_{m}", "data", ("data", "--method", m, *data_flags), 25 if accelerator else 5)
+    # On an accelerator the input pipelines (host CPU only) run beside the device parts.
+    data = [Part(f"data_{m}", "data", ("data", "--method", m, *data_flags), 25 if accelerator else 5,
+                 env={"JAX_PLATFORMS": "cpu"} if accelerator else {}, background=accelerator)
             for m in ("anyscene", "anydoor", "dreamcom")]
     controls = [Part(f"control_{c}", "controls", (*sample, "--batch", "1", "--controls", c, "--repeats", repeats,
                                                   "--no-torch"), 50 if accelerator else 10)
@@ -126,8 +111,10 @@ def _plan(accelerator: bool, work: Path, methods: list[str], no_torch: bool) -> 
                 *(train(m, 2) for m in methods[1:])]
     sample_b8 = Part("sample_b8", "sampling", (*sample, "--batch", "8", "--controls", "none", "--repeats", "2",
                                                *torch_flag), 90)
-    return [setup, sample_b1, *(train(m, 8) for m in methods), *data, sample_b8, *controls, numerics,
-            *(train(m, 16, fallbacks=(12,)) for m in methods), eval_part]
+    built_in = [m for m in methods if m in BUILT_IN_METHODS]
+    added = [m for m in methods if m not in BUILT_IN_METHODS]
+    return [setup, *data, sample_b1, *(train(m, 8) for m in built_in), sample_b8, *controls,
+            *(train(m, 8) for m in added), numerics, *(train(m, 16, fallbacks=(12,)) for m in methods), eval_part]
 
 
 def _architecture(method: str) -> str:
@@ -150,74 +137,6 @@ def _select(parts: list[Part], wanted: str) -> list[Part]:
     return [p for p in parts if p.name in names or p.section in names or p.name == "setup"]
 
 
-def run_isolated(argv: tuple[str, ...], out_json: Path, log_path: Path, timeout_s: float) -> dict[str, Any]:
-    """Runs `python -m jcompose.bench *argv --out out_json` in its own process group, killed (with
-    its children, e.g. grain workers) after `timeout_s`; returns its report or raises RuntimeError
-    with the log's last lines."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    with open(log_path, "w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "jcompose.bench", *argv, "--out", str(out_json)],
-                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            code = child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s (time box); " + _tail(log_path)) from None
-        finally:  # a time box, or this suite being stopped: the part and its workers go too
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-    if code != 0:
-        raise RuntimeError(f"exit code {code}: {_tail(log_path)}")
-    return json.loads(out_json.read_text())
-
-
-def run_in_process(argv: tuple[str, ...], out_json: Path) -> dict[str, Any]:
-    """The same benchmark in this process (CPU: no device to hand back, no start-up per part)."""
-    from jcompose.bench import commands
-
-    report = commands.run(list(argv))
-    timing.write_json(out_json, report)
-    return report
-
-
-def _tail(path: Path, lines: int = 12) -> str:
-    text = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
-    return " | ".join(text[-lines:])[-3000:]
-
-
-def run_part(part: Part, folder: Path, isolate: bool, time_left: float) -> dict[str, Any]:
-    """{'name', 'section', 'status': ok|error|timeout, 'seconds', 'result'|'error', 'argv'}; an
-    out-of-memory error moves on to the part's fallbacks while time is left."""
-    start = time.perf_counter()
-    entry: dict[str, Any] = {"name": part.name, "section": part.section}
-    tried = []
-    for argv in (part.argv, *part.fallbacks):
-        left = time_left - (time.perf_counter() - start)
-        box = max(min(left, 2.0 * part.estimate_s), 1.0)
-        entry["argv"] = list(argv)
-        try:
-            if isolate:
-                entry["result"] = run_isolated(argv, folder / f"{part.name}.json", folder / f"{part.name}.log", box)
-            else:
-                entry["result"] = run_in_process(argv, folder / f"{part.name}.json")
-            entry["status"] = "ok"
-            entry.pop("error", None)
-            break
-        except Exception as err:  # noqa: BLE001 - one failing part must not stop the suite
-            entry["status"] = "timeout" if isinstance(err, TimeoutError) else "error"
-            entry["error"] = f"{type(err).__name__}: {err}"[-3000:]
-            if not isolate:
-                (folder / f"{part.name}.log").write_text(traceback.format_exc())
-            tried.append(argv[-1])
-            if not any(marker in entry["error"] for marker in OUT_OF_MEMORY):
-                break
-    if len(tried) > 0 and entry["status"] == "ok":
-        entry["note"] = f"out of memory at per-device batch {', '.join(tried)}"
-    entry["seconds"] = time.perf_counter() - start
-    return entry
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Plans, runs and reports the suite; returns the report's data (also DIR/report.json)."""
     started = time.perf_counter()
@@ -233,47 +152,72 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timing.log(f"suite: {len(parts)} parts on {probe['device']} ({probe['backend']}), budget {budget:.0f} s, "
                f"{'one process per part' if isolate else 'in process'}")
     entries: list[dict[str, Any]] = []
+    lock = threading.Lock()
 
-    def report() -> dict[str, Any]:  # written after every part too: a suite killed from outside leaves one
-        data = {"backend": probe["backend"], "device": probe["device"], "isolated": isolate, "budget_s": budget,
-                "elapsed_s": time.perf_counter() - started, "methods": methods, "parts": entries,
-                "planned": [p.name for p in parts]}
-        suite_report.write(Path(args.out), data)
-        return data
+    def record(entry: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Adds a part's entry and rewrites the report (after every part: a suite killed from
+        outside still leaves one)."""
+        with lock:
+            if entry is not None:
+                entries.append(entry)
+            data = {"backend": probe["backend"], "device": probe["device"], "isolated": isolate, "budget_s": budget,
+                    "elapsed_s": time.perf_counter() - started, "methods": methods, "parts": list(entries),
+                    "planned": [p.name for p in parts]}
+            suite_report.write(Path(args.out), data)
+            return data
+
+    def finished(part: Part, entry: dict[str, Any]) -> None:
+        timing.log(f"suite: {part.name} {entry['status']} in {entry['seconds']:.1f} s"
+                   + (f": {entry['error'][:300]}" if entry["status"] != "ok" else ""))
+        record(entry)
+
+    # Host-only parts (the input pipelines on an accelerator) run one after another beside the rest.
+    beside = [p for p in parts if p.background and isolate]
+
+    def run_beside() -> None:
+        for part in beside:
+            entry = run_part(part, folder, True, 2.0 * part.estimate_s)
+            entry["note"] = "ran beside the device parts (host CPU)"
+            finished(part, entry)
 
     def stop(signum, frame):
         raise Terminated(f"the suite received signal {signum} (a wall-clock limit from outside)")
 
     previous = signal.signal(signal.SIGTERM, stop)
+    current = None
     try:
-        for part in parts:
+        helper = threading.Thread(target=run_beside, daemon=True)
+        if beside:
+            helper.start()
+        for part in (p for p in parts if p not in beside):
             left = budget - (time.perf_counter() - started)
             # An isolated part is killed at its time box, so it may start on half its estimate;
             # one in this process cannot be stopped, so it needs its whole estimate.
             if left < (0.5 if isolate else 1.0) * part.estimate_s or left < 5:
-                entries.append({"name": part.name, "section": part.section, "status": "skipped", "seconds": 0.0,
-                                "error": f"not enough time left ({left:.0f} s of the {budget:.0f} s budget; "
-                                         f"the part needs ~{part.estimate_s:.0f} s)"})
+                record({"name": part.name, "section": part.section, "status": "skipped", "seconds": 0.0,
+                        "error": f"not enough time left ({left:.0f} s of the {budget:.0f} s budget; "
+                                 f"the part needs ~{part.estimate_s:.0f} s)"})
                 timing.log(f"suite: {part.name} skipped ({left:.0f} s left)")
                 continue
             timing.log(f"suite: {part.name} ({left:.0f} s left)")
-            try:
-                entry = run_part(part, folder, isolate, left)
-            except Terminated as err:
-                entries.append({"name": part.name, "section": part.section, "status": "timeout", "seconds": None,
-                                "error": str(err)})
-                report()
-                raise SystemExit(128 + signal.SIGTERM) from None
-            entries.append(entry)
-            timing.log(f"suite: {part.name} {entry['status']} in {entry['seconds']:.1f} s"
-                       + (f": {entry['error'][:300]}" if entry["status"] != "ok" else ""))
-            report()
+            current = part
+            entry = run_part(part, folder, isolate, left)
+            current = None
+            finished(part, entry)
             if part.name == "setup" and entry["status"] != "ok":
                 break  # every later part needs the base folders
+        if beside:
+            helper.join(timeout=max(budget - (time.perf_counter() - started), 60.0))
+    except Terminated as err:
+        kill_live_parts()
+        if current is not None:
+            record({"name": current.name, "section": current.section, "status": "timeout", "seconds": None,
+                    "error": str(err)})
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    data = report()
+    data = record()
     timing.log(f"suite: wrote {Path(args.out) / 'report.md'} and report.json in {data['elapsed_s']:.0f} s")
     return data
