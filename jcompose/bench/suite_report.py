@@ -30,7 +30,8 @@ def sampling_rows(data: dict) -> list[dict]:
                      "batch_s": r["jcompose_s_per_image"] * r["batch"],
                      "torch_s": r.get("diffusers_torch_s_per_image"), "speedup": r.get("speedup_vs_diffusers"),
                      "compile_s": r["compile_s"], "tflop": r["tflop_per_image"], "mfu": r["mfu"],
-                     "peak": r["peak_memory_gib"], "torch_peak": r.get("torch_peak_memory_gib")})
+                     "peak": r["peak_memory_gib"], "torch_peak": r.get("torch_peak_memory_gib"),
+                     "note": "; ".join(x for x in (r.get("torch_error"), r.get("note")) if x)})
     return rows
 
 
@@ -145,7 +146,8 @@ SECTIONS = (
     ("Sampling", SAMPLING_INTRO, sampling_rows,
      [("setting", "setting"), ("batch", "batch"), ("s_per_image", "jcompose s/image"), ("img_per_s", "img/s"),
       ("batch_s", "s/batch"), ("torch_s", "diffusers s/image"), ("speedup", "speed-up"), ("compile_s", "compile s"),
-      ("tflop", "TFLOP/image"), ("mfu", "MFU"), ("peak", "peak GiB"), ("torch_peak", "torch peak GiB")]),
+      ("tflop", "TFLOP/image"), ("mfu", "MFU"), ("peak", "peak GiB"), ("torch_peak", "torch peak GiB"),
+      ("note", "note")]),
     ("Attention controls", CONTROLS_INTRO, control_rows,
      [("control", "control"), ("s_per_image", "s/image"), ("overhead", "vs none"), ("compile_s", "compile s")]),
     ("Training", TRAINING_INTRO, training_rows,

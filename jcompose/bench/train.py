@@ -141,10 +141,16 @@ def _torch_reference(reference, folder, local: dict, config, repeats: int) -> di
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    seconds = reference.step_seconds(folder, local, config, repeats)
-    out = {"torch_step_s": seconds, "torch_peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    try:
+        seconds = reference.step_seconds(folder, local, config, repeats)
+    except Exception as err:  # noqa: BLE001 - e.g. PyTorch out of memory at a batch jcompose fits: keep jcompose's row
+        out = {"torch_step_s": None, "torch_error": f"PyTorch step failed: {type(err).__name__}: {err}"[:500]}
+        timing.log(f"  {out['torch_error']}")
+    else:
+        out = {"torch_step_s": seconds,
+               "torch_peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+        timing.log(f"  PyTorch {config.method} step: {seconds:.4f} s")
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    timing.log(f"  PyTorch {config.method} step: {seconds:.4f} s")
     return out
