@@ -308,6 +308,7 @@ def test_the_learned_gain_comes_from_the_conditioning(conditioning_runs, tmp_pat
 def test_readme_compose_line_runs_after_the_quick_start(trained, tmp_path, monkeypatch):
     """The README's second quick-start line, as written, on the run the first line leaves."""
     from jcompose import compose
+    from jcompose.methods import anyscene_inference
 
     run = str(trained)
     monkeypatch.chdir(tmp_path)
@@ -343,7 +344,7 @@ def test_compose_uses_the_checkpoint_params_and_ema(trained, tmp_path):
     untrained = method.controlnet_params
     frozen = {"unet": method.pipe.unet.params, "vae": method.pipe.vae.params,
               "text_encoder": method.pipe.text_encoder.params}
-    fg, mask = compose.read_foregrounds([f"{run}/example/fg.png"], [f"{run}/example/mask.png"])
+    fg, mask = anyscene_inference.read_foregrounds([f"{run}/example/fg.png"], [f"{run}/example/mask.png"])
     batch = {"foreground": jnp.asarray(fg[None]), "mask": jnp.asarray(mask[None]),
              "input_ids": jnp.asarray(method.tokenize(["a red dog"]))}
     sample = jax.jit(lambda p, f, b, k: method.sample(p, f, b, k, num_steps=2, guidance_scale=7.5))

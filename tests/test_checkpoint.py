@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from toy_method import toy_config, use_toy_method
 
-from jcompose import compose, train
+from jcompose import inference, train
+from jcompose.cli import InputError
 from jcompose.checkpoint import CheckpointError, CheckpointMismatch, Checkpointer, abstract_like
 
 
@@ -104,10 +105,10 @@ def test_compose_falls_back_from_a_damaged_newest_checkpoint(tmp_path, caplog):
     _save(tmp_path, state)
     _damage(tmp_path / "checkpoints" / "2")
     with caplog.at_level(logging.WARNING):
-        step, restored = compose.read_checkpoint(str(tmp_path))
+        step, restored = inference.read_checkpoint(str(tmp_path))
     assert step == 1 and int(restored["step"]) == 1
     np.testing.assert_array_equal(np.asarray(restored["params"]["controlnet"]["w"]), [0, 1, 2])
     assert any("step 2" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "checkpoints" / "2").is_dir()  # a reader leaves the run as it is
-    with pytest.raises(compose.InputError, match=r"checkpoints/2: step 2 is damaged"):
-        compose.read_checkpoint(str(tmp_path / "checkpoints" / "2"))
+    with pytest.raises(InputError, match=r"checkpoints/2: step 2 is damaged"):
+        inference.read_checkpoint(str(tmp_path / "checkpoints" / "2"))

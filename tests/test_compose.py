@@ -11,7 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from jcompose import compose
+from jcompose import compose, inference
+from jcompose.cli import InputError
+from jcompose.methods import anyscene_inference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,8 +42,8 @@ def files(tmp_path):
 
 
 def test_rgb_with_mask_and_rgba_give_the_same_composite(files):
-    a, ma = compose.read_foregrounds([files["fg"]], [files["mask"]])
-    b, mb = compose.read_foregrounds([files["rgba"]], [])
+    a, ma = anyscene_inference.read_foregrounds([files["fg"]], [files["mask"]])
+    b, mb = anyscene_inference.read_foregrounds([files["rgba"]], [])
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(ma, mb)
     on = files["m"] > 127
@@ -56,7 +58,7 @@ def test_later_foregrounds_lie_on_top(files, tmp_path):
     second = np.full((32, 40, 3), 255, np.uint8)
     mask2 = np.zeros((32, 40), np.uint8)
     mask2[15:25, 0:15] = 255
-    comp, union = compose.read_foregrounds([files["fg"], _png(tmp_path / "w.png", second)],
+    comp, union = anyscene_inference.read_foregrounds([files["fg"], _png(tmp_path / "w.png", second)],
                                            [files["mask"], _png(tmp_path / "m2.png", mask2)])
     assert (comp[mask2 > 127] == 1).all()
     np.testing.assert_array_equal(union[..., 0], ((files["m"] > 127) | (mask2 > 127)).astype(np.float32))
@@ -83,8 +85,8 @@ def test_bad_inputs_name_the_file_and_problem(files, tmp_path, case, expected):
         masks = [str(tmp_path / "odd_mask.png")]
     elif case == "nofile":
         masks = [str(tmp_path / "nope.png")]
-    with pytest.raises(compose.InputError, match=expected) as err:
-        compose.read_foregrounds([fg], masks)
+    with pytest.raises(InputError, match=expected) as err:
+        anyscene_inference.read_foregrounds([fg], masks)
     if case == "size":
         assert "40x32" in str(err.value) and "small.png" in str(err.value)
 
@@ -100,19 +102,19 @@ def test_command_line_reports_input_errors_without_a_traceback(files, tmp_path):
 
 
 def test_checkpoint_path_must_be_a_run_or_step(tmp_path):
-    with pytest.raises(compose.InputError, match="neither a training workdir"):
-        compose.resolve_checkpoint(str(tmp_path))
+    with pytest.raises(InputError, match="neither a training workdir"):
+        inference.resolve_checkpoint(str(tmp_path))
 
 
 def test_benchmark_mode_needs_a_benchmark_folder(tmp_path):
     args = compose.build_parser().parse_args(["anyscene", "--base", str(tmp_path), "--checkpoint", str(tmp_path),
                                               "--benchmark", str(tmp_path), "--out", str(tmp_path / "gen")])
-    with pytest.raises(compose.InputError, match="no prompts.json"):
-        compose.compose_anyscene(args)
+    with pytest.raises(InputError, match="no prompts.json"):
+        anyscene_inference.compose_anyscene(args)
     args = compose.build_parser().parse_args(["anyscene", "--base", str(tmp_path), "--checkpoint", str(tmp_path),
                                               "--out", str(tmp_path / "o.png")])
-    with pytest.raises(compose.InputError, match="give --foreground"):
-        compose.compose_anyscene(args)
+    with pytest.raises(InputError, match="give --foreground"):
+        anyscene_inference.compose_anyscene(args)
 
 
 def test_ema_on_a_run_without_ema_is_refused(tmp_path):
@@ -127,5 +129,5 @@ def test_ema_on_a_run_without_ema_is_refused(tmp_path):
     ckpt.close()
     args = compose.build_parser().parse_args(["anyscene", "--base", str(tmp_path), "--checkpoint", str(tmp_path),
                                               "--ema", "--out", str(tmp_path / "o.png")])
-    with pytest.raises(compose.InputError, match=r"--ema: checkpoint step 3 of .* has no EMA params"):
-        compose.load_anyscene(args)
+    with pytest.raises(InputError, match=r"--ema: checkpoint step 3 of .* has no EMA params"):
+        anyscene_inference.load_anyscene(args)

@@ -1,0 +1,243 @@
+"""AnyScene inference: `python -m jcompose.compose anyscene ...` (a scene around composited foregrounds).
+
+    python -m jcompose.compose anyscene --base /models/stable-diffusion-v1-5 --checkpoint RUN_DIR \
+        --foreground dog.png --mask dog_mask.png --prompt "a dog on a beach" --words dog --out result.png
+
+Each `--foreground` is an RGB image with a `--mask` of the same size (white = object), or an RGBA
+composite whose alpha is the mask; several are stacked on one canvas in order (later ones on top).
+Width and height must be multiples of 8. `--words` picks prompt words for layout control (their
+cross-attention kept inside the mask); `--blend` puts the original foreground back (Poisson by
+default); `--show-attention` also writes `<out>_attention.png`: the result, then each word's
+cross-attention map (layout-controlled, averaged over heads, layers and three timesteps) over it.
+`--benchmark DIR` generates every pair of a benchmark folder (`python -m input_pipeline.anyscene_benchmark`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jcompose.cli import InputError
+from jcompose.inference import read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
+
+BLENDS = ("poisson", "paste", "none")
+
+
+def read_foregrounds(foregrounds: list[str], masks: list[str], canvas_value: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground files (+ masks) -> (composite float32 (H, W, 3) in [-1, 1], mask float32 (H, W, 1) {0, 1}).
+
+    Each foreground is RGB with the mask at the same index of `masks` (white > 127 = object), or
+    RGBA (alpha > 127 = object) when no mask is given for it. Raises InputError naming the file for
+    a missing mask, a size mismatch (both sizes), an empty mask or sizes not multiples of 8.
+    """
+    import cv2
+
+    if not foregrounds:
+        raise InputError("--foreground: give at least one foreground image")
+    if len(masks) > len(foregrounds):
+        raise InputError(f"--mask: {len(masks)} masks for {len(foregrounds)} foregrounds")
+    canvas = union = None
+    for i, name in enumerate(foregrounds):
+        image = read_image_file(Path(name), "--foreground")
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        if i < len(masks):
+            mask_image = read_image_file(Path(masks[i]), "--mask")
+            mask = (mask_image if mask_image.ndim == 2 else mask_image[..., :3].max(axis=-1)) > 127
+            mask_name = masks[i]
+        elif image.shape[2] == 4:
+            mask, mask_name = image[..., 3] > 127, f"{name} (alpha)"
+        else:
+            raise InputError(f"--foreground {name}: RGB without alpha and no --mask for it; give --mask (white = "
+                             "object) or an RGBA composite")
+        rgb = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+        if mask.shape != rgb.shape[:2]:
+            raise InputError(f"--mask {mask_name} is {mask.shape[1]}x{mask.shape[0]} (WxH) but --foreground {name} "
+                             f"is {rgb.shape[1]}x{rgb.shape[0]}; they must be the same size")
+        if not mask.any():
+            raise InputError(f"--mask {mask_name}: empty foreground (no pixel > 127) for --foreground {name}")
+        if canvas is None:
+            h, w = rgb.shape[:2]
+            if h % 8 or w % 8:
+                raise InputError(f"--foreground {name} is {w}x{h} (WxH); width and height must be multiples of 8 "
+                                 "(the VAE factor): resize or pad it")
+            canvas = np.full((h, w, 3), canvas_value, np.uint8)
+            union = np.zeros((h, w), bool)
+        elif rgb.shape[:2] != canvas.shape[:2]:
+            raise InputError(f"--foreground {name} is {rgb.shape[1]}x{rgb.shape[0]} but {foregrounds[0]} is "
+                             f"{canvas.shape[1]}x{canvas.shape[0]}; all foregrounds share one canvas")
+        canvas = np.where(mask[..., None], rgb, canvas)
+        union |= mask
+    composite = canvas.astype(np.float32) / 127.5 - 1.0
+    return composite, union[..., None].astype(np.float32)
+
+
+def attention_grid(result: np.ndarray, maps: np.ndarray, words: list[str]) -> np.ndarray:
+    """uint8 (H, W, 3) result + float (h, w, K) per-word maps -> uint8 (H, (K+1) W, 3): the result, then
+    each map (normalised to its max, JET colours) blended over it."""
+    import cv2
+
+    h, w = result.shape[:2]
+    tiles = [result]
+    for k in range(len(words)):
+        m = maps[..., k]
+        m = m / max(float(m.max()), 1e-12)
+        heat = cv2.resize((m * 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+        tiles.append((0.5 * result + 0.5 * colour).astype(np.uint8))
+    return np.concatenate(tiles, axis=1)
+
+
+# ------------------------------------------------------------------------------- compose
+
+
+def load_anyscene(args):
+    """(method, params, frozen, step) from --checkpoint (the run's stored config), --base, --dtype, --ema."""
+    from configs.anyscene import get_config
+    from jcompose.methods.anyscene import AnySceneMethod
+
+    workdir, config = run_config(args.checkpoint, "anyscene", base=args.base, fallback=lambda: get_config(""))
+    step, state = read_checkpoint(args.checkpoint)
+    tree = trained_tree(state, ema=args.ema, step=step, checkpoint=args.checkpoint, needs="controlnet",
+                        method="AnyScene")
+    config.compute_dtype = args.dtype
+    method = AnySceneMethod(config)
+    method.load_models(method._base_folder(str(workdir)), controlnet_params=tree["controlnet"])
+    params = {"controlnet": method.controlnet_params}
+    frozen = {"unet": method.pipe.unet.params, "vae": method.pipe.vae.params,
+              "text_encoder": method.pipe.text_encoder.params}
+    return method, params, frozen, step
+
+
+def _blend(kind: str, foreground, generated, mask, erode: int):
+    import jax
+
+    from jcompose import blending
+
+    if kind == "poisson":
+        return jax.jit(lambda s, t, m: blending.poisson_blend(s, t, m, erode_kernel=erode, clip=(-1.0, 1.0)))(
+            foreground, generated, mask)
+    if kind == "paste":
+        return blending.copy_paste(foreground, generated, mask)
+    return generated
+
+
+def compose_anyscene(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from jcompose.tokens import token_positions
+
+    if args.blend not in BLENDS:
+        raise InputError(f"--blend {args.blend!r}: expected one of {BLENDS}")
+    if args.benchmark:
+        return compose_benchmark(args)
+    if not args.foreground or args.prompt is None:
+        raise InputError("give --foreground (with --mask, or RGBA) and --prompt, or --benchmark DIR")
+    composite, mask = read_foregrounds(args.foreground, args.mask or [])
+    words = [w.strip() for w in (args.words or "").split(",") if w.strip()]
+    if args.show_attention and not words:
+        raise InputError("--show-attention needs --words (the prompt words whose maps to show)")
+    method, params, frozen, step = load_anyscene(args)
+    context_length = method.pipe.tokenizer.model_max_length
+    try:
+        per_word = [token_positions(method.pipe.tokenizer, args.prompt, [w], context_length) for w in words]
+    except ValueError as err:
+        raise InputError(f"--words: {err}") from None
+    tokens = sorted({k for positions in per_word for k in positions})
+    batch = {"foreground": jnp.asarray(composite[None]), "mask": jnp.asarray(mask[None]),
+             "input_ids": jnp.asarray(method.tokenize([args.prompt]))}
+
+    def generate(params, frozen, batch, rng):
+        controls = method.layout_controls(batch, tokens) if args.layout else ()
+        return method.sample(params, frozen, batch, rng, controls=controls, num_steps=args.steps,
+                             guidance_scale=args.guidance)
+
+    rng = jax.random.PRNGKey(args.seed)
+    generated = jax.jit(generate)(params, frozen, batch, rng)
+    result = _blend(args.blend, batch["foreground"], generated, batch["mask"], method.config.sample.blend_erode)
+    image = to_uint8(np.asarray(result[0]))
+    out = Path(args.out)
+    write_image(out, image)
+    written = {"image": str(out), "step": step, "tokens": tokens}
+    if args.show_attention:
+        def maps_fn(params, frozen, batch, image, rng):
+            controls = method.layout_controls(batch, tokens) if args.layout else ()
+            return method.attention_maps(params, frozen, batch, image, rng, controls=controls, factor=1)
+
+        maps = np.asarray(jax.jit(maps_fn)(params, frozen, batch, result, jax.random.fold_in(rng, 1))[0])
+        per_word_maps = np.stack([maps[..., p].sum(-1) for p in per_word], axis=-1)
+        grid_path = out.with_name(out.stem + "_attention.png")
+        write_image(grid_path, attention_grid(image, per_word_maps, words))
+        written["attention"] = str(grid_path)
+    return written
+
+
+def compose_benchmark(args) -> dict:
+    """Every pair of a benchmark folder (`python -m input_pipeline.anyscene_benchmark`) -> `--out`/<name>.png,
+    in batches of `--batch_size` (the last batch padded by repetition); image i uses key fold_in(seed, i)."""
+    import json
+
+    import jax
+    import jax.numpy as jnp
+
+    root = Path(args.benchmark)
+    prompts_path = root / "prompts.json"
+    if not prompts_path.is_file():
+        raise InputError(f"--benchmark {root}: no prompts.json (build it with python -m input_pipeline."
+                         "anyscene_benchmark)")
+    prompts = json.loads(prompts_path.read_text())
+    names = sorted(prompts)
+    if not names:
+        raise InputError(f"--benchmark {prompts_path}: no pairs")
+    method, params, frozen, step = load_anyscene(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def generate(params, frozen, batch, keys):
+        images = jax.vmap(lambda b, k: method.sample(params, frozen, jax.tree_util.tree_map(lambda x: x[None], b), k,
+                                                     num_steps=args.steps, guidance_scale=args.guidance)[0])(
+            batch, keys)
+        return _blend(args.blend, batch["foreground"], images, batch["mask"], method.config.sample.blend_erode)
+
+    run = jax.jit(generate)
+    size = max(1, args.batch_size)
+    for start in range(0, len(names), size):
+        chunk = names[start:start + size]
+        padded = chunk + [chunk[-1]] * (size - len(chunk))
+        pairs = [read_foregrounds([str(root / "foregrounds" / f"{n}.png")], [str(root / "masks" / f"{n}.png")])
+                 for n in padded]
+        batch = {"foreground": jnp.asarray(np.stack([p[0] for p in pairs])),
+                 "mask": jnp.asarray(np.stack([p[1] for p in pairs])),
+                 "input_ids": jnp.asarray(method.tokenize([prompts[n] for n in padded]))}
+        keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(args.seed), start + i) for i in range(size)])
+        images = np.asarray(run(params, frozen, batch, keys))
+        for name, image in zip(chunk, images, strict=False):
+            write_image(out / f"{name}.png", to_uint8(image))
+        print(f"{min(start + size, len(names))}/{len(names)}", flush=True)
+    return {"image": str(out), "step": step, "count": len(names)}
+
+
+def add_parser(sub) -> None:
+    """Registers `anyscene` on the compose command line's subparsers."""
+    p = sub.add_parser("anyscene", help="generate a scene around composited foregrounds (AnyScene)")
+    p.set_defaults(run=compose_anyscene)
+    p.add_argument("--base", default="", help="SD 1.5 base-model folder (diffusers layout; default: the run's)")
+    p.add_argument("--checkpoint", required=True, help="training workdir or <workdir>/checkpoints/<step>")
+    p.add_argument("--foreground", action="append", help="RGB(A) image; repeat for several")
+    p.add_argument("--mask", action="append", help="mask of the foreground at the same position (white = object)")
+    p.add_argument("--prompt", help="scene description")
+    p.add_argument("--benchmark", default="", help="a benchmark folder (foregrounds/, masks/, prompts.json): "
+                   "generate every pair into the --out folder instead")
+    p.add_argument("--batch_size", type=int, default=4, help="images per sampling call with --benchmark")
+    p.add_argument("--words", default="", help="comma-separated prompt words for layout control, e.g. 'dog,cat'")
+    p.add_argument("--no-layout", dest="layout", action="store_false", help="no layout control even with --words")
+    p.add_argument("--blend", default="poisson", help="poisson (default), paste or none")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params (trained with EMA)")
+    p.add_argument("--show-attention", action="store_true", help="also write <out>_attention.png")
+    p.add_argument("--out", required=True, help="output image (.png), or a folder with --benchmark")

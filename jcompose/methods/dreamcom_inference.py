@@ -1,0 +1,229 @@
+"""DreamCom inference: `python -m jcompose.compose dreamcom ...` (a fine-tuned object inpainted into a box).
+
+    python -m jcompose.compose dreamcom --checkpoint RUN [--object Dog_fg1] --background bg.jpg \
+        --box x1,y1,x2,y2 [--no-crop] [--num 5] [--steps 50] [--guidance 7.5] --out DIR
+    python -m jcompose.compose dreamcom --checkpoint RUN --benchmark murecom /data/MureCom --out GEN
+
+The released test.py: with `--do-crop` (default) a box smaller than a quarter of the image is grown by
+half its size on each side and only that region is inpainted (resized to the model's size), then
+pasted back; the masked cross-attention keeps the prompt inside the box at every layer, the masked
+self-attention (the run's rule: released = last 5 decoder layers) keeps box and background apart.
+`--num` images per input come from one batched call with keys fold_in(seed, i).
+
+`--benchmark murecom|dreameditbench ROOT` generates `--num` images for every (object of the run,
+background of its category / set) pair into `GEN/<object>/<background>/<i>.png`, batched, and writes
+`GEN/manifest.json` for `python -m jcompose.evaluate --config=configs/eval/dreamcom.py`: per image its
+object, the object's reference photos and masks, the background and the box.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jcompose.cli import InputError
+from jcompose.inference import read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
+
+BENCHMARKS = ("murecom", "dreameditbench")
+
+
+def parse_box(text: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """'x1,y1,x2,y2' (pixels, inclusive, as MureCom's bbox.txt) -> half-open (x0, y0, x1, y1) inside `shape`."""
+    try:
+        x1, y1, x2, y2 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--box {text!r}: expected four integers x1,y1,x2,y2 (pixel corners, inclusive)") from None
+    h, w = shape
+    if not (0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h):
+        raise InputError(f"--box {text}: outside the {w}x{h} background or of zero area (need 0 <= x1 <= x2 < {w}, "
+                         f"0 <= y1 <= y2 < {h})")
+    return x1, y1, x2 + 1, y2 + 1
+
+
+def box_of_mask(path: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The tight box (x0, y0, x1, y1) of a mask file (white = where the object goes)."""
+    from jcompose import imaging
+
+    mask = read_image_file(Path(path), "--mask")
+    mask = (mask if mask.ndim == 2 else mask[..., :3].max(-1)) > 127
+    if mask.shape != tuple(shape):
+        raise InputError(f"--mask {path} is {mask.shape[1]}x{mask.shape[0]}, the background {shape[1]}x{shape[0]}")
+    box = imaging.bbox_from_mask(mask)
+    if box is None:
+        raise InputError(f"--mask {path}: empty (no pixel > 127)")
+    y0, y1, x0, x1 = box
+    return x0, y0, x1, y1
+
+
+def load_dreamcom(args):
+    """(method, params of the chosen object, frozen, step, object name) from --checkpoint and --object."""
+    import jax
+
+    from jcompose.methods.dreamcom import DreamComMethod
+
+    workdir, config = run_config(args.checkpoint, "dreamcom", base=args.base)
+    config.compute_dtype = args.dtype
+    method = DreamComMethod(config)
+    method.workdir = workdir
+    method.load_models(method.base_folder(workdir))
+    step, state = read_checkpoint(args.checkpoint)
+    tree = trained_tree(state, ema=args.ema, step=step, checkpoint=args.checkpoint, needs="unet", method="DreamCom")
+    names = method.model_names
+    if args.object and args.object not in names:
+        raise InputError(f"--object {args.object}: the run trained {', '.join(names)}")
+    if not args.object and len(names) > 1 and not args.benchmark:
+        raise InputError(f"--object: the run trained {len(names)} objects ({', '.join(names)}); name one")
+    frozen = {"vae": method.pipe.vae.params}
+    if "text_encoder" not in tree:
+        frozen["text_encoder"] = method.pipe.text_encoder.params
+
+    def params_of(name: str):
+        if len(names) == 1:
+            return tree
+        k = names.index(name)
+        return jax.tree_util.tree_map(lambda x: x[k], tree)
+
+    return method, params_of, frozen, step
+
+
+def _generator(method, args):
+    """jit (params, frozen, batch, key) -> (B, S, S, 3) images: the batch's B inputs, each its own noise."""
+    import jax
+
+    def generate(params, frozen, batch, keys):
+        def one(example, key):
+            b = jax.tree_util.tree_map(lambda x: x[None], example)
+            return method.sample(params, frozen, b, key, num_steps=args.steps, guidance_scale=args.guidance,
+                                 self_attention=args.self_attention)[0]
+
+        return jax.vmap(one)(batch, keys)
+
+    return jax.jit(generate)
+
+
+def _inputs(method, index: int, record: dict, do_crop: bool) -> dict:
+    from input_pipeline import dreamcom as dreamcom_data
+
+    inputs = dreamcom_data.inference_inputs(record, size=method.config.data.image_size, do_crop=do_crop)
+    inputs["input_ids"] = method.tokenize([method.prompt(index)])[0]
+    return inputs
+
+
+def _run_batched(run, params, frozen, examples: list[dict], seed: int, first: int) -> np.ndarray:
+    """Stacks the examples (model inputs only), image j gets key fold_in(seed, first + j): uint8 (B, S, S, 3)."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = ("image", "mask", "masked_image", "input_ids")
+    batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in keys}
+    rngs = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed), first + j) for j in range(len(examples))])
+    return to_uint8(np.asarray(run(params, frozen, batch, rngs)))
+
+
+def compose_dreamcom(args) -> dict:
+    from input_pipeline import dreamcom as dreamcom_data
+
+    if args.benchmark:
+        return compose_benchmark(args)
+    if not args.background or bool(args.box) == bool(args.mask):
+        raise InputError("give --background and one of --box x1,y1,x2,y2 or --mask (or --benchmark NAME ROOT)")
+    background = read_image_file(Path(args.background), "--background")[..., :3][..., ::-1].copy()
+    shape = background.shape[:2]
+    box = parse_box(args.box, shape) if args.box else box_of_mask(args.mask, shape)
+    method, params_of, frozen, step = load_dreamcom(args)
+    name = args.object or method.model_names[0]
+    index = method.model_names.index(name)
+    inputs = _inputs(method, index, {"image": background, "box": box, "source": args.background}, args.do_crop)
+    images = _run_batched(_generator(method, args), params_of(name), frozen, [inputs] * args.num, args.seed, 0)
+    out = Path(args.out)
+    for i, image in enumerate(images):
+        write_image(out / f"{i}.png", dreamcom_data.paste_region(image, background, inputs["region"]))
+    return {"image": str(out), "step": step, "count": len(images)}
+
+
+def benchmark_pairs(kind: str, root: str, method) -> list[tuple[int, dict, object]]:
+    """(object index, background record getter, reference source) for every (object of the run, background)
+    pair of a benchmark: MureCom pairs an object with its category's backgrounds, DreamEditBench with its set's."""
+    from input_pipeline import dreamcom_objects
+
+    if kind not in BENCHMARKS:
+        raise InputError(f"--benchmark {kind!r}: expected one of {BENCHMARKS}")
+    pairs = []
+    for index, ref in enumerate(method.objects):
+        ref, references = dreamcom_objects.resolve(ref, method.config.data, method.workdir)
+        if kind == "murecom":
+            from input_pipeline.sources.murecom import MureComBackgrounds
+
+            if ref.kind != "murecom":
+                raise InputError(f"--benchmark murecom: object {ref.name} is not a MureCom object ({ref.kind}:)")
+            backgrounds = MureComBackgrounds(root, [ref.location.split("/")[0]])
+        else:
+            from input_pipeline.sources import dreameditbench
+
+            subject = dreameditbench.objects(root, method.config.data.dreambooth_root)
+            sets = {o.name: o.background_set for o in subject}
+            if ref.location not in sets:
+                raise InputError(f"--benchmark dreameditbench: no background set for object {ref.name}")
+            backgrounds = dreameditbench.DreamEditBenchBackgrounds(root, sets=[sets[ref.location]])
+        pairs += [(index, backgrounds, b, references) for b in range(len(backgrounds))]
+    return pairs
+
+
+def compose_benchmark(args) -> dict:
+    from input_pipeline import dreamcom as dreamcom_data
+
+    kind, root = args.benchmark
+    method, params_of, frozen, step = load_dreamcom(args)
+    chosen = [args.object] if args.object else method.model_names
+    pairs = [p for p in benchmark_pairs(kind, root, method) if method.model_names[p[0]] in chosen]
+    run, out, manifest, done = _generator(method, args), Path(args.out), [], 0
+    for index, backgrounds, b, references in pairs:
+        record = backgrounds[b]
+        name = method.model_names[index]
+        inputs = _inputs(method, index, record, args.do_crop)
+        images = _run_batched(run, params_of(name), frozen, [inputs] * args.num, args.seed, done)
+        stem = Path(record["source"]).stem
+        for i, image in enumerate(images):
+            path = out / name / stem / f"{i}.png"
+            write_image(path, dreamcom_data.paste_region(image, record["image"], inputs["region"]))
+            manifest.append({"image": str(path.relative_to(out)), "object": name, "background": record["source"],
+                             "box": [int(v) for v in record["box"]], "references": _reference_files(references)})
+        done += len(images)
+        print(f"{name} {stem}: {done} images", flush=True)
+    (out / "manifest.json").write_text(json.dumps({"benchmark": kind, "root": str(root), "step": step,
+                                                   "images": manifest}, indent=1))
+    return {"image": str(out), "step": step, "count": done}
+
+
+def _reference_files(references) -> list[dict]:
+    """[{"photo", "mask"}] of a reference source's files (mask None: the photo is the object, whole)."""
+    return [{"photo": item[0], "mask": item[1]} if isinstance(item, tuple) else {"photo": item, "mask": None}
+            for item in references.items]
+
+
+def add_parser(sub) -> None:
+    """Registers `dreamcom` on the compose command line's subparsers."""
+    p = sub.add_parser("dreamcom", help="inpaint a fine-tuned object into a box of a background (DreamCom)")
+    p.set_defaults(run=compose_dreamcom)
+    p.add_argument("--checkpoint", required=True, help="training workdir or <workdir>/checkpoints/<step>")
+    p.add_argument("--object", default="", help="which of the run's objects (default: its only one)")
+    p.add_argument("--background", help="the image to insert the object into")
+    p.add_argument("--box", default="", help="x1,y1,x2,y2: pixel corners of the box, inclusive")
+    p.add_argument("--mask", default="", help="or a mask image whose white region's box is used")
+    p.add_argument("--do-crop", dest="do_crop", action="store_true", default=True,
+                   help="inpaint a crop around a small box (released --do_crop; default)")
+    p.add_argument("--no-crop", dest="do_crop", action="store_false", help="inpaint the whole image resized")
+    p.add_argument("--num", type=int, default=5, help="images per input (the paper's 5)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--self-attention", dest="self_attention", default=None,
+                   help="masked self-attention rule: released, paper or none (default: the run's)")
+    p.add_argument("--seed", type=int, default=666, help="the released test.py's seed")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params (trained with EMA)")
+    p.add_argument("--base", default="", help="SD 1.5 inpainting folder (default: the run's)")
+    p.add_argument("--benchmark", nargs=2, metavar=("NAME", "ROOT"), default=None,
+                   help="murecom|dreameditbench ROOT: every pair of the run's objects into the --out folder")
+    p.add_argument("--out", required=True, help="output folder")
