@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
         best_metric="loss",
         best_mode="min",
         sample_every=0,        # 0: a sample grid only at the end
-        sample_count=4,
+        sample_count=4,        # sample-grid images (per model when a run trains several)
+        export=False,          # at the end, each trained model exported by its method (<workdir>/export/<name>)
     ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-5, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, clip_norm=1.0,

@@ -41,7 +41,8 @@ def get_config(arg: str = ""):
         zoom_prob=0.6,
         fill=0,                   # zoom-out padding colour (released: black)
     )
-    c.train.update(batch_size=1, steps=400, log_every=10, ckpt_every=100, sample_every=0, sample_count=2)
+    c.train.update(batch_size=1, steps=400, log_every=10, ckpt_every=100, sample_every=0, sample_count=2,
+                   export=True)    # each object's UNet to <workdir>/export/<object>/unet at the end
     c.optim.update(lr=5e-6, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
                    clip_norm=1.0)
     c.sample = ml_collections.ConfigDict(dict(steps=50, guidance_scale=7.5, sampler="ddim",

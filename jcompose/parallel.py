@@ -87,3 +87,29 @@ def bytes_per_device(tree: Any) -> tuple[int, int]:
         for shard in leaf.addressable_shards:
             per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
     return total, max(per_device.values(), default=0)
+
+
+def model_axis_spec(mesh: Mesh, models: int) -> P:
+    """The partition of a leading model axis of `models`: over every device when they divide it, else none."""
+    return P(BATCH_AXES) if models % mesh.size == 0 else P()
+
+
+def model_shardings(tree: Any, mesh: Mesh) -> Any:
+    """A sharding per leaf of a tree whose leaves all have a leading model axis (K independent models)."""
+    def sharding(leaf) -> NamedSharding:
+        return NamedSharding(mesh, model_axis_spec(mesh, int(leaf.shape[0])))
+
+    return jax.tree_util.tree_map(sharding, tree)
+
+
+def model_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """A (K, B, ...) batch of K models (one process): the model axis split like the state's, or, when the
+    devices do not divide K, the batch axis split over them (data parallelism within each model)."""
+    out = {}
+    for key, value in local.items():
+        value = np.asarray(value)
+        spec = model_axis_spec(mesh, value.shape[0])
+        if spec == P():
+            spec = P(None, BATCH_AXES)
+        out[key] = jax.device_put(value, NamedSharding(mesh, spec))
+    return out

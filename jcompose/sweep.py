@@ -133,12 +133,25 @@ def tpu_commands(sweep: dict, root: str, prefix: str) -> list[str]:
 
 
 def collect(sweep: dict, root: str) -> list[dict[str, Any]]:
-    """One row per run: its overrides and the last logged metrics (empty if it has not logged)."""
+    """One row per run: the values its stored config (`<run>/config.json`, what it was trained with)
+    has for the swept fields, else the overrides (a run that has not started), and its last logged
+    metrics (empty if it has not logged)."""
+    from jcompose import run_record
+
     rows = []
     for name, overrides in sweep["runs"].items():
-        path = epath.Path(root) / name / "metrics.json"
+        folder = epath.Path(root) / name
+        path = folder / "metrics.json"
         metrics = json.loads(path.read_text()) if path.exists() else {}
-        rows.append({"run": name, **{k.split(".")[-1]: v for k, v in overrides.items()}, **metrics})
+        stored = run_record.read_config(folder)
+        labels = {}
+        for field, value in overrides.items():
+            if stored is not None:
+                value = stored
+                for part in field.split("."):
+                    value = value[part]
+            labels[field.split(".")[-1]] = list(value) if isinstance(value, tuple) else value
+        rows.append({"run": name, **labels, **metrics})
     return rows
 
 

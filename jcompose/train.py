@@ -19,88 +19,30 @@ import uuid
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from etils import epath
 
 from configs.common import ConfigError, validate
 from input_pipeline.pipeline import make_iterator
-from jcompose import cli, methods, parallel
+from input_pipeline.stacked import StackedIterator
+from jcompose import cli, methods, parallel, run_record
 from jcompose.checkpoint import CheckpointMismatch, Checkpointer, abstract_like
+from jcompose.train_state import (init_state, make_optimizer, make_sampler, make_step,  # noqa: F401 (public)
+                                  make_train_step, num_models)
 
 
 class NonFiniteLoss(FloatingPointError):
     """The loss or the gradients became NaN/Inf."""
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW (after global-norm clipping) and its learning-rate schedule: linear warm-up from 0 over
-    `optim.warmup_steps`, then constant or cosine decay to 0 at `train.steps`."""
-    o = config.optim
-    if o.schedule == "cosine" and o.warmup_steps:
-        lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, config.train.steps)
-    elif o.schedule == "cosine":  # no warm-up: the first step already uses the peak rate
-        lr = optax.cosine_decay_schedule(o.lr, config.train.steps)
-    else:
-        lr = optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), optax.constant_schedule(o.lr)],
-                                  [o.warmup_steps]) if o.warmup_steps else optax.constant_schedule(o.lr)
-    tx = optax.chain(
-        optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
-        optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
-    )
-    return tx, lr
-
-
-def make_train_step(method, tx, config):
-    """(state, frozen, batch) -> (state, metrics): one optimizer step over `grad_accum` micro-batches."""
-    accum = config.train.grad_accum
-    ema_decay = config.train.ema_decay
-
-    def loss_fn(params, frozen, batch, rng):
-        return method.loss(params, frozen, batch, rng)
-
-    if config.train.remat:
-        loss_fn = jax.checkpoint(loss_fn)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def step(state, frozen, batch):
-        rng, step_rng = jax.random.split(state["rng"])
-        if accum == 1:
-            (loss, metrics), grads = grad_fn(state["params"], frozen, batch, step_rng)
-        else:
-            micro = jax.tree_util.tree_map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
-
-            def body(carry, inputs):
-                micro_batch, key = inputs
-                (loss, metrics), grads = grad_fn(state["params"], frozen, micro_batch, key)
-                return jax.tree_util.tree_map(jnp.add, carry, (loss, metrics, grads)), None
-
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
-                lambda: grad_fn(state["params"], frozen, jax.tree_util.tree_map(lambda x: x[0], micro), step_rng)))
-            zeros = (zeros[0][0], zeros[0][1], zeros[1])
-            total, _ = jax.lax.scan(body, zeros, (micro, jax.random.split(step_rng, accum)))
-            loss, metrics, grads = jax.tree_util.tree_map(lambda x: x / accum, total)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = dict(state, params=params, opt_state=opt_state)
-        if ema_decay:
-            new["ema"] = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
-        # A non-finite step is not applied (params, optimizer and EMA stay), only counted.
-        new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
-        new.update(step=state["step"] + 1, rng=rng, nonfinite=state["nonfinite"] + (~finite).astype(jnp.int32))
-        return new, dict(metrics, loss=loss, grad_norm=grad_norm)
-
-    return step
-
-
 def _write_grid(images: np.ndarray, path: epath.Path) -> np.ndarray:
-    """(N, H, W, 3) in [-1, 1] -> one row of uint8 tiles, saved as PNG; returns the grid (H, N*W, 3)."""
+    """(N, H, W, 3) (or (K, N, H, W, 3): a row per model) in [-1, 1] -> uint8 tiles saved as PNG; returns
+    the grid (K*H, N*W, 3)."""
     from PIL import Image
 
-    grid = np.concatenate(list(((np.asarray(images) + 1) * 127.5).clip(0, 255).astype(np.uint8)), axis=1)
+    tiles = ((np.asarray(images) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    rows = tiles if tiles.ndim == 5 else tiles[None]
+    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         Image.fromarray(grid).save(f, format="PNG")
@@ -121,10 +63,47 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _mean_metrics(window: list[dict]) -> dict[str, float]:
-    """Per-key means of the step metrics since the last log."""
+def _mean_metrics(window: list[dict], model_names: list[str] | None = None) -> dict[str, float]:
+    """Per-key means of the step metrics since the last log (over models too); with several models also
+    each one's loss as `loss/<name>`."""
     host = [{k: to_host(v) for k, v in m.items()} for m in window]
-    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    if model_names and np.ndim(host[0]["loss"]) == 1:
+        per_model = np.mean([m["loss"] for m in host], axis=0)
+        means.update({f"loss/{name}": float(v) for name, v in zip(model_names, per_model)})
+    return means
+
+
+def check_layout(config, models: int) -> None:
+    """The batch must split over the devices; several models need one process and no FSDP (ConfigError)."""
+    devices, accum = jax.device_count(), config.train.grad_accum
+    if models > 1:
+        if jax.process_count() > 1 or config.mesh.fsdp > 1:
+            raise ConfigError(f"{models} models in one run (config.data.objects): single-process runs without "
+                              "FSDP only (config.mesh.fsdp = 1, no --multihost); train the objects in separate runs")
+        if models % devices == 0:
+            if config.train.batch_size % accum:
+                raise ConfigError(f"config.train.batch_size = {config.train.batch_size}: must divide into "
+                                  f"{accum} micro-batches")
+            return
+    if config.train.batch_size % (devices * accum):
+        raise ConfigError(f"config.train.batch_size = {config.train.batch_size}: must divide into {devices} devices x "
+                          f"{accum} micro-batches" + (f" (or use a number of models, {models} now, that the "
+                                                      f"devices divide)" if models > 1 else ""))
+
+
+def export_models(method, params, folder: epath.Path, models: int) -> None:
+    """Each trained model exported by the method to `folder/<name>` (diffusers layout for DreamCom)."""
+    names = getattr(method, "model_names", None) or [f"model_{k}" for k in range(models)]
+    for k, name in enumerate(names if models > 1 else names[:1]):
+        one = params if models == 1 else jax.tree_util.tree_map(lambda x, k=k: to_host(x)[k], params)
+        method.export(jax.tree_util.tree_map(to_host, one), folder / name)
+        print(f"exported {name} to {folder / name}", flush=True)
+
+
+def current_step(state) -> int:
+    """The state's step (with several models each has one, all equal)."""
+    return int(np.asarray(to_host(state["step"])).reshape(-1)[0])
 
 
 def _any_process(flag: bool) -> bool:
@@ -176,26 +155,6 @@ def _mismatch_hint(err: CheckpointMismatch, config) -> str:
     return f"{text} ({'; '.join(hints)})" if hints else text
 
 
-def init_state(config, method, mesh, workdir: str):
-    """The method's models as a fresh train state and frozen tree, placed on the mesh.
-
-    Returns (state, frozen, tx, lr_schedule). state = {step, params, opt_state, rng, nonfinite[, ema]};
-    params, optimizer moments, EMA and frozen modules are replicated, or split over 'fsdp'.
-    """
-    params, frozen = method.init(workdir)
-    # The step donates the state's buffers: params and EMA get their own copies, so none aliases
-    # another state leaf or a frozen module (a method may hand out views of loaded weights).
-    params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
-    tx, lr_schedule = make_optimizer(config)
-    state = {"step": jnp.array(0, jnp.int32), "params": params, "opt_state": tx.init(params),
-             "rng": jax.random.PRNGKey(config.seed), "nonfinite": jnp.array(0, jnp.int32)}
-    if config.train.ema_decay:
-        state["ema"] = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
-    state = jax.device_put(state, parallel.fsdp_shardings(state, mesh, config.mesh.fsdp_min_size))
-    frozen = jax.device_put(frozen, parallel.fsdp_shardings(frozen, mesh, config.mesh.fsdp_min_size))
-    return state, frozen, tx, lr_schedule
-
-
 def train(config, workdir, method=None) -> dict[str, Any]:
     """Runs (or resumes) training in `workdir` (local or gs://); returns the last logged metrics and step.
 
@@ -210,12 +169,11 @@ def train(config, workdir, method=None) -> dict[str, Any]:
     chief = jax.process_index() == 0  # writes logs and sample grids
     with cli.input_errors("config.mesh: "):
         mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    if config.train.batch_size % (jax.device_count() * config.train.grad_accum):
-        raise ConfigError(f"config.train.batch_size = {config.train.batch_size}: must divide into "
-                          f"{jax.device_count()} devices x {config.train.grad_accum} micro-batches")
-
     with cli.input_errors(f"config.model (base {config.model.base!r}): "):
         method = methods.build(config) if method is None else method
+    models = num_models(method)
+    check_layout(config, models)
+    with cli.input_errors(f"config.model (base {config.model.base!r}): "):
         state, frozen, tx, lr_schedule = init_state(config, method, mesh, str(workdir))
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     total, most = parallel.bytes_per_device((state, frozen))
@@ -226,12 +184,24 @@ def train(config, workdir, method=None) -> dict[str, Any]:
     data_options = dict(strict=config.data.get("strict", False),
                         max_consecutive_skips=config.data.get("max_consecutive_skips", 1000))
     with cli.input_errors("config.data: "):
-        source, transform = method.make_source(), method.make_transform()
-    data = make_iterator(source, transform, per_process_batch=config.train.batch_size // jax.process_count(),
-                         seed=config.data.seed, process_index=jax.process_index(),
-                         process_count=jax.process_count(), worker_count=config.data.worker_count, **data_options)
+        streams = [(method.make_source(k), method.make_transform(k)) if models > 1 else
+                   (method.make_source(), method.make_transform()) for k in range(models)]
+
+    def iterator(batch_size: int, seed: int, **sharding):
+        its = [make_iterator(src, fn, per_process_batch=batch_size, seed=seed, **sharding, **data_options)
+               for src, fn in streams]
+        return its[0] if models == 1 else StackedIterator(its)
+
+    data = iterator(config.train.batch_size // jax.process_count(), config.data.seed,
+                    process_index=jax.process_index(), process_count=jax.process_count(),
+                    worker_count=config.data.worker_count)
     checkpoints = Checkpointer(workdir, keep=config.train.keep, keep_best=config.train.keep_best,
                                best_metric=config.train.best_metric, best_mode=config.train.best_mode)
+    try:
+        run_record.record(config, workdir, resuming=bool(checkpoints.steps()), write=chief)
+    except ConfigError:
+        checkpoints.close()
+        raise
     try:
         restored = checkpoints.restore_latest(abstract_like(state), data)
     except CheckpointMismatch as err:
@@ -241,12 +211,15 @@ def train(config, workdir, method=None) -> dict[str, Any]:
         step0, state = restored
         if chief:
             print(f"resuming from {checkpoints.directory} at step {step0}", flush=True)
-    start = int(to_host(state["step"]))
+    start = current_step(state)
 
-    train_step = jax.jit(make_train_step(method, tx, config), donate_argnums=(0,),
-                         out_shardings=(state_shardings, parallel.replicated(mesh)))
-    sample_fn = jax.jit(method.sample)
+    metric_sharding = parallel.replicated(mesh) if models == 1 else jax.sharding.NamedSharding(
+        mesh, parallel.model_axis_spec(mesh, models))
+    train_step = jax.jit(make_step(method, tx, config, mesh), donate_argnums=(0,),
+                         out_shardings=(state_shardings, metric_sharding))
+    sample_fn = jax.jit(make_sampler(method, mesh))
     writer = SummaryWriter(str(workdir / "tb")) if chief else _NullWriter()
+    writer.add_text("config", run_record.summary(config), start)
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     peak = parallel.peak_flops()
@@ -257,9 +230,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
 
     # A fixed batch of conditions for sample grids, separate from the training stream (the same on
     # every process, so it is placed replicated over the whole mesh).
-    sample_data = make_iterator(source, transform, per_process_batch=config.train.sample_count,
-                                seed=config.data.seed + 1, **data_options)
-    sample_host = next(sample_data)
+    sample_host = next(iterator(config.train.sample_count, config.data.seed + 1))
     sample_batch = parallel.put_replicated({k: np.asarray(v) for k, v in sample_host.items()}, mesh)
     if chief and {"foreground", "mask"} <= sample_host.keys() and not (workdir / "example").exists():
         write_example_inputs(sample_host, workdir / "example")  # inputs for `compose` (README quick start)
@@ -272,7 +243,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
         last_saved = step
 
     def check_finite(step: int) -> None:
-        nonfinite = int(to_host(state["nonfinite"]))
+        nonfinite = int(np.sum(to_host(state["nonfinite"])))
         if nonfinite > 0:
             checkpoints.wait()
             good = f"step {last_saved} in {checkpoints.directory}" if last_saved is not None else "none yet"
@@ -284,7 +255,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
         images = sample_fn(state["params"], frozen, sample_batch, jax.random.PRNGKey(step))
         if not chief:
             return
-        grid = _write_grid(to_host(images), workdir / "samples" / f"step_{step:07d}.png")
+        grid = _write_grid(to_host(images), workdir / "samples" / f"step_{step:07d}.png")  # a row per model
         writer.add_image("samples", grid, step, dataformats="HWC")
 
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
@@ -292,7 +263,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
     tick, tick_step = time.perf_counter(), start
     try:
         for step in bar:
-            batch = parallel.global_batch(next(data), mesh)
+            batch = parallel.global_batch(next(data), mesh) if models == 1 else parallel.model_batch(next(data), mesh)
             if compiled is None:  # compile once, ahead of time, and read its FLOP count for MFU
                 compiled = train_step.lower(state, frozen, batch).compile()
                 analysis = compiled.cost_analysis()
@@ -304,9 +275,9 @@ def train(config, workdir, method=None) -> dict[str, Any]:
             done = step + 1
             if done % config.train.log_every == 0 or done == config.train.steps:
                 check_finite(done)
-                metrics, window = _mean_metrics(window), []
+                metrics, window = _mean_metrics(window, getattr(method, "model_names", None)), []
                 elapsed = time.perf_counter() - tick
-                metrics["img_per_s"] = (done - tick_step) * config.train.batch_size / max(elapsed, 1e-9)
+                metrics["img_per_s"] = (done - tick_step) * config.train.batch_size * models / max(elapsed, 1e-9)
                 metrics["lr"] = float(lr_schedule(done))
                 if flops_per_step and peak:
                     achieved = flops_per_step * (done - tick_step) / max(elapsed, 1e-9)
@@ -339,12 +310,14 @@ def train(config, workdir, method=None) -> dict[str, Any]:
         else:
             if config.train.steps > start or not (workdir / "samples").exists():
                 write_samples(config.train.steps)
+            if chief and config.train.get("export", False) and hasattr(method, "export"):
+                export_models(method, state["params"], workdir / "export", models)
     finally:
         bar.close()
         checkpoints.close()
         writer.close()
         signal.signal(signal.SIGTERM, previous)
-    return {"step": int(to_host(state["step"])), **metrics}
+    return {"step": current_step(state), **metrics}
 
 
 def _define_flags(values, argv: list[str]) -> None:

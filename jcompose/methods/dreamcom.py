@@ -71,6 +71,21 @@ class DreamComMethod:
         """Independent models the run trains: one per object."""
         return len(self.objects)
 
+    @property
+    def model_names(self) -> list[str]:
+        """The objects' names, in model order (checkpoint rows, export folders, `compose --object`)."""
+        return [o.name for o in self.objects]
+
+    def export(self, params, folder: str | Path) -> None:
+        """One object's fine-tuned UNet (and text encoder, if trained) as diffusers/transformers folders
+        `folder/unet`, `folder/text_encoder`: load with diffusers' `UNet2DConditionModel.from_pretrained`
+        and use them in an inpainting pipeline of the base model."""
+        from jcompose.models import encoders
+
+        loading.export_diffusers(self.pipe.unet.module, params["unet"], Path(folder) / "unet")
+        if "text_encoder" in params:
+            encoders.export_encoder(self.pipe.text_encoder.module, params["text_encoder"], Path(folder) / "text_encoder")
+
     # -------------------------------------------------------------------------------- models
     def base_folder(self, workdir: str | Path | None) -> Path:
         base = self.config.model.base

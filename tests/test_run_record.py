@@ -1,0 +1,90 @@
+"""A run remembers its config: resume checks, recorded changes, compose with the run's own settings."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from toy_method import toy_config, use_toy_method
+
+from configs.common import ConfigError
+from jcompose import run_record, train
+
+
+def test_resume_with_a_changed_model_field_is_refused_naming_it(tmp_path, monkeypatch):
+    use_toy_method(monkeypatch)
+    train.train(toy_config(steps=2), tmp_path)
+    stored = json.loads((tmp_path / run_record.RECORD).read_text())
+    assert stored["config"]["method"] == "toy" and stored["jcompose_version"] and stored["history"] == []
+    assert run_record.read_config(tmp_path).train.steps == 2
+
+    changed = toy_config(steps=4)
+    changed.model.base = "toy-v2"
+    changed.data.seed = 3
+    with pytest.raises(ConfigError) as err:
+        train.train(changed, tmp_path)
+    text = str(err.value)
+    assert "model.base: 'toy' -> 'toy-v2'" in text and "data.seed: 0 -> 3" in text and "train.steps" not in text
+    assert json.loads((tmp_path / run_record.RECORD).read_text()) == stored  # nothing rewritten
+
+    longer = toy_config(steps=4, log_every=2)  # steps and logging may change: recorded, and the run resumes
+    result = train.train(longer, tmp_path)
+    assert result["step"] == 4
+    history = json.loads((tmp_path / run_record.RECORD).read_text())["history"]
+    assert history[-1]["changed"] == {"train.log_every": [1, 2], "train.steps": [2, 4]}
+
+
+def test_a_fresh_folder_is_not_checked(tmp_path, monkeypatch):
+    """A first start that crashed before any checkpoint (e.g. a wrong base path) may be retried changed."""
+    first = toy_config()
+    run_record.record(first, tmp_path, resuming=False)
+    second = toy_config()
+    second.model.base = "other"
+    assert run_record.record(second, tmp_path, resuming=False) == {}
+    assert run_record.read_config(tmp_path).model.base == "other"
+    with pytest.raises(ConfigError, match="model.base: 'other' -> 'third'"):
+        third = toy_config()
+        third.model.base = "third"
+        run_record.record(third, tmp_path, resuming=True)
+
+
+@pytest.mark.slow
+def test_compose_uses_the_run_conditioning_format(tmp_path, compile_cache):
+    """A run trained with cond_format 'signed' composes exactly as that model built by hand with 'signed'
+    (compose reads the run's config.json), and not as the default 'inpaint' format would."""
+    from configs.anyscene import get_config
+    from jcompose import compose, inference
+    from jcompose.methods.anyscene import AnySceneMethod
+    from jcompose.methods.anyscene_inference import read_foregrounds
+
+    config = get_config("tiny")
+    config.model.cond_format = "signed"
+    config.model.controlnet = "base"  # the tiny base's random ControlNet: its residuals matter from step 0
+    config.train.update(steps=1, log_every=1, ckpt_every=1)
+    config.sample.steps = 2
+    train.train(config, tmp_path)
+    out = tmp_path / "composed.png"
+    fg, mask = tmp_path / "example" / "fg.png", tmp_path / "example" / "mask.png"
+    compose.main(["anyscene", "--checkpoint", str(tmp_path), "--foreground", str(fg), "--mask", str(mask),
+                  "--prompt", "a red dog", "--blend", "none", "--steps", "2", "--out", str(out)])
+    import cv2
+
+    got = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB).astype(int)
+    _, state = inference.read_checkpoint(str(tmp_path))
+    foreground, union = read_foregrounds([str(fg)], [str(mask)])
+    images = {}
+    for cond_format in ("signed", "inpaint"):
+        by_hand = get_config("tiny")
+        by_hand.model.cond_format = cond_format
+        method = AnySceneMethod(by_hand)
+        method.load_models(tmp_path / "base" / "sd15", controlnet_params=state["params"]["controlnet"])
+        frozen = {"unet": method.pipe.unet.params, "vae": method.pipe.vae.params,
+                  "text_encoder": method.pipe.text_encoder.params}
+        batch = {"foreground": jnp.asarray(foreground[None]), "mask": jnp.asarray(union[None]),
+                 "input_ids": jnp.asarray(method.tokenize(["a red dog"]))}
+        image = jax.jit(lambda p, f, b, k, m=method: m.sample(p, f, b, k, num_steps=2, guidance_scale=7.5))(
+            {"controlnet": method.controlnet_params}, frozen, batch, jax.random.PRNGKey(0))
+        images[cond_format] = inference.to_uint8(np.asarray(image[0])).astype(int)
+    assert np.abs(got - images["signed"]).max() == 0
+    assert np.abs(got - images["inpaint"]).mean() > 1.0
