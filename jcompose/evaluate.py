@@ -16,11 +16,9 @@ See `jcompose/metrics/` for each definition.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,254 +28,30 @@ import numpy as np
 
 from jcompose import cli, parallel
 from jcompose.cli import InputError
-from jcompose.metrics import aesthetic, clip_score, dino, fid, inception, lpips, preprocess, ssim
+from jcompose.eval_inputs import (batches, by_stem, crop_to_mask, list_images, pair_image, pair_mask, read_image,
+                                  read_mask, read_prompts)
+from jcompose.metrics import aesthetic, clip_score, fid, inception, ssim
+from jcompose.metrics.extractors import METRICS, build_extractors, check_config  # noqa: F401 (public here)
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-METRICS = ("fid", "kid", "clip_score", "clip_i", "dino", "lpips", "ssim", "aesthetic")
 PAIRED = ("clip_i", "dino", "lpips", "ssim")
-
-
-# ------------------------------------------------------------------------------------------ input
-
-
-def list_images(folder: str | Path, what: str) -> list[Path]:
-    """Image files of a folder, sorted by name; errors name the config field."""
-    folder = Path(folder)
-    if not str(folder) or not folder.is_dir():
-        raise FileNotFoundError(f"config.{what}: {folder!s} is not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise FileNotFoundError(f"config.{what}: {folder} holds no images ({', '.join(IMAGE_EXTS)})")
-    return files
-
-
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise InputError(f"{path}: unreadable image ({err})") from None
-
-
-def read_prompts(path: str | Path) -> dict[str, str]:
-    """Prompts by image file stem: a JSON object {"name": "prompt"} or lines `name<TAB>prompt`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config.prompts: {path} not found")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(f"config.prompts {path}: invalid JSON ({err})") from None
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise InputError(f"config.prompts {path}: the JSON must be an object of file name -> prompt string")
-        return {Path(k).stem: v for k, v in data.items()}
-    prompts = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            if "\t" not in line:
-                raise InputError(f"config.prompts {path}, line {n}: expected 'name<TAB>prompt'")
-            name, prompt = line.split("\t", 1)
-            prompts[Path(name).stem] = prompt
-    return prompts
-
-
-# ------------------------------------------------------------------------------------ extractors
-
-
-@dataclasses.dataclass
-class Extractor:
-    """One jit'd network: host `prepare(uint8 image) -> array`, device `apply(params, batch) -> out`."""
-
-    name: str
-    prepare: Callable[[np.ndarray], np.ndarray]
-    apply: Callable
-    params: Any
-
-
-def _pytorch_fid_prepare(size: int) -> Callable:
-    def prepare(image):
-        if image.shape[:2] != (size, size):
-            # In-graph resize needs one input size per batch: resize on the host the same way.
-            image = fid.resize_bilinear_host(image, size)
-            return (image / 127.5 - 1.0).astype(np.float32)
-        return (image.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
-    return prepare
-
-
-def _random_params(module, *inputs) -> dict:
-    """Random weights without running an init forward (smoke runs, benchmarks); BN variances and
-    LPIPS heads are kept positive."""
-    from jcompose.models import tiny
-
-    abstract = jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)["params"]
-    params = tiny.random_params(abstract, seed=0)
-
-    def positive(path, x):
-        key = jax.tree_util.keystr(path)
-        if key.endswith("['var']"):
-            return np.abs(x) + 1.0
-        return np.abs(x) if "lin_" in key else x
-
-    return jax.tree_util.tree_map_with_path(positive, params)
-
-
-# Weights each metric needs: (config field, what it holds).
-_NEEDS = {"clip_score": ("clip.model", "a transformers CLIP folder, e.g. openai/clip-vit-large-patch14"),
-          "clip_i": ("clip.model", "a transformers CLIP folder, e.g. openai/clip-vit-large-patch14"),
-          "aesthetic": ("aesthetic.head", "the LAION aesthetic head, e.g. sac+logos+ava1-l14-linearMSE.pth"),
-          "dino": ("dino.model", "a transformers DINO/ViT folder, e.g. facebook/dino-vits16")}
-
-
-def check_config(config) -> None:
-    """Checks the config's fields and files before any network loads or image is read: InputError
-    naming the field (unknown metric, missing weights, missing statistics, no output folder)."""
-    if not config.out:
-        raise InputError("config.out: set an output folder (--config.out=DIR)")
-    wanted = set(config.metrics)
-    unknown = wanted - set(METRICS)
-    if unknown:
-        raise InputError(f"config.metrics: unknown {sorted(unknown)}; choose from {METRICS}")
-    if config.fid.mode not in ("pytorch-fid", "clean"):
-        raise InputError(f"config.fid.mode = {config.fid.mode!r}: expected 'pytorch-fid' or 'clean'")
-    for metric in sorted(wanted & _NEEDS.keys()):
-        field, what = _NEEDS[metric]
-        value = config[field.split(".")[0]][field.split(".")[1]]
-        if not value:
-            raise InputError(f"config.{field}: {metric} needs {what} (--config.{field}=PATH)")
-        if not Path(value).exists():
-            raise InputError(f"config.{field} = {value!r}: no such file or folder")
-    if "clip_score" in wanted and not config.prompts:
-        raise InputError("config.prompts: clip_score needs prompts (JSON {name: prompt} or name<TAB>prompt lines)")
-    if wanted & {"fid", "kid"} and config.fid.reference_stats:
-        if "kid" in wanted:
-            raise InputError("config.metrics: kid needs reference images (config.reference), not fid.reference_stats")
-        if not Path(config.fid.reference_stats).is_file():
-            raise InputError(f"config.fid.reference_stats = {config.fid.reference_stats!r}: no such file "
-                             "(a pytorch-fid .npz with mu and sigma)")
-
-
-def build_extractors(config) -> dict[str, Extractor]:
-    """The networks the requested metrics need, loaded from the config's weight paths."""
-    check_config(config)
-    wanted = set(config.metrics)
-    out: dict[str, Extractor] = {}
-    if wanted & {"fid", "kid"}:
-        if config.fid.weights == "random":  # smoke tests / benchmarks only: not a real FID
-            module = inception.InceptionV3FID()
-            params = _random_params(module, jnp.zeros((1, 299, 299, 3)))
-        else:
-            module, params = inception.load_inception(config.fid.weights or None)
-        mode = config.fid.mode
-        prep = (lambda im: fid.clean_fid_input(im)) if mode == "clean" else _pytorch_fid_prepare(inception.IMAGE_SIZE)
-        out["inception"] = Extractor("inception", prep, fid.feature_fn(module, mode), params)
-    if wanted & {"clip_score", "clip_i", "aesthetic"}:
-        clip = clip_score.load_clip(config.clip.model)
-        size = clip.config.get("vision_config", {}).get("image_size", 224)
-        out["clip"] = Extractor("clip", lambda im: preprocess.clip_input(im, size),
-                                lambda p, x: clip_score.image_embeddings(clip.module, p, x), clip.params)
-        out["clip"].loaded = clip
-    if "dino" in wanted:
-        vit = dino.load_dino(config.dino.model)
-        size = vit.config.get("image_size", 224)
-        out["dino"] = Extractor("dino", lambda im: preprocess.dino_input(im, resize=size * 256 // 224, size=size),
-                                lambda p, x: dino.dino_embeddings(vit.module, p, x), vit.params)
-    if "lpips" in wanted:
-        if config.lpips.weights == "random":  # smoke tests / benchmarks only
-            module = lpips.LPIPS(config.lpips.net)
-            zeros = jnp.zeros((1, 64, 64, 3))
-            params = _random_params(module, zeros, zeros)
-        else:
-            module, params = lpips.load_lpips(config.lpips.net, config.lpips.trunk or None, config.lpips.heads or None)
-        out["lpips"] = Extractor("lpips", None, lambda p, x, y: module.apply({"params": p}, x, y), params)
-    return out
-
-
-# ------------------------------------------------------------------------------------- streaming
-
-
-def _batches(items: list, prepare: Callable[[Any], dict], batch_size: int, workers: int) -> Iterator[tuple[dict, int]]:
-    """grain pipeline: prepare items in threads, batch; the last batch is padded (valid count given)."""
-    import grain
-
-    ds = grain.MapDataset.source(items).map(prepare).batch(batch_size, drop_remainder=False)
-    for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=max(workers, 1), prefetch_buffer_size=max(workers, 2))):
-        n = len(next(iter(batch.values())))
-        if n < batch_size:
-            batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in batch.items()}
-        yield batch, n
-
-
-def _by_stem(folder: str, what: str, generated: list[Path], needed_by: list[str]) -> dict[str, Path]:
-    """Files of `config.<what>` by stem; every generated image needs one when `needed_by` is non-empty."""
-    if not needed_by:
-        return {p.stem: p for p in list_images(folder, what)} if folder else {}
-    if not folder:
-        raise InputError(f"config.{what}: {needed_by} need a folder of images paired with the generated ones by name")
-    files = {p.stem: p for p in list_images(folder, what)}
-    missing = [p.name for p in generated if p.stem not in files]
-    if missing:
-        raise FileNotFoundError(f"config.{what}: no image named like generated {missing[:5]} "
-                                f"({needed_by} pair files by name)")
-    return files
-
-
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool foreground mask (pixels > 127 of the grey image), resized (nearest) to `shape`."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            grey = image.convert("L")
-            if grey.size != (shape[1], shape[0]):
-                grey = grey.resize((shape[1], shape[0]), resample=Image.NEAREST)
-            return np.asarray(grey) > 127
-    except (OSError, ValueError, SyntaxError) as err:
-        raise InputError(f"{path}: unreadable mask ({err})") from None
-
-
-def crop_to_mask(image: np.ndarray, mask: np.ndarray, source: Path | None = None) -> np.ndarray:
-    """The bounding box of the mask's foreground in `image`."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        raise InputError(f"{source}: mask has no foreground pixels (> 127)")
-    return image[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-
-
-def _pair_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """1 on background, 0 on the foreground, at the metric's resolution."""
-    from PIL import Image
-
-    if mask.shape != shape:
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]),
-                                                                             resample=Image.NEAREST)) > 127
-    return (~mask).astype(np.float32)
-
-
-def _pair_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """An image resized (PIL bicubic) to `shape` for pixel-aligned metrics."""
-    if image.shape[:2] == shape:
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), resample=Image.BICUBIC))
 
 
 def evaluate(config, progress: bool = True) -> dict[str, Any]:
     """Runs the configured metrics and writes scores.json and the report; returns the scores."""
     from tqdm import tqdm
 
+    if config.get("manifest"):  # a benchmark run written by compose: the method's own protocol
+        from jcompose.metrics import dreamcom_protocol
+
+        return dreamcom_protocol.evaluate(config, progress)
     check_config(config)
     wanted = list(config.metrics)
     generated = list_images(config.generated, "generated")
-    refs = _by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("clip_i", "dino")])
-    backgrounds = (_by_stem(config.background, "background", generated, [m for m in wanted if m in ("lpips", "ssim")])
+    refs = by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("clip_i", "dino")])
+    backgrounds = (by_stem(config.background, "background", generated, [m for m in wanted if m in ("lpips", "ssim")])
                    if config.background else
-                   _by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("lpips", "ssim")]))
-    masks = _by_stem(config.masks, "masks", generated, ["masks"]) if config.masks else {}
+                   by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("lpips", "ssim")]))
+    masks = by_stem(config.masks, "masks", generated, ["masks"]) if config.masks else {}
     prompts = read_prompts(config.prompts) if "clip_score" in wanted else {}
     if "clip_score" in wanted:
         missing = [p.name for p in generated if p.stem not in prompts]
@@ -314,11 +88,11 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
             out["dino_ref"] = extractors["dino"].prepare(read_image(refs[path.stem]))
         if "lpips" in wanted or "ssim" in wanted:
             shape = (pair_size, pair_size) if pair_size else image.shape[:2]
-            gen = _pair_image(image, shape).astype(np.float32) / 127.5 - 1.0
-            target = _pair_image(read_image(backgrounds[path.stem]), shape).astype(np.float32) / 127.5 - 1.0
+            gen = pair_image(image, shape).astype(np.float32) / 127.5 - 1.0
+            target = pair_image(read_image(backgrounds[path.stem]), shape).astype(np.float32) / 127.5 - 1.0
             if mask is not None:
                 # Background metrics: the inserted region is blanked (0 = mid grey) in both images.
-                keep = _pair_mask(mask, shape)[..., None]
+                keep = pair_mask(mask, shape)[..., None]
                 gen, target = gen * keep, target * keep
             out["pix"], out["pix_ref"] = gen, target
         return out
@@ -346,7 +120,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     gen_stats = fid.FeatureStats(inception.FEATURES, keep_features=keep)
     per_image: dict[str, list] = {k: [] for k in ("clip", "clip_fg", "clip_ref", "dino", "dino_ref", "lpips", "ssim")}
     bar = tqdm(total=len(generated), desc="generated", disable=not progress)
-    for batch, n in _batches(generated, prepare, batch_size, config.workers):
+    for batch, n in batches(generated, prepare, batch_size, config.workers):
         res = jax.device_get(step(params, parallel.global_batch(batch, mesh)))
         if "inception" in res:
             gen_stats.update(res["inception"][:n])
@@ -400,7 +174,7 @@ def _fid_scores(config, wanted, gen_stats, extractor, params, mesh, batch_size, 
         ref_stats = fid.FeatureStats(inception.FEATURES, keep_features="kid" in wanted)
         apply = jax.jit(extractor.apply)
         bar = tqdm(total=len(ref_files), desc="reference", disable=not progress)
-        for batch, n in _batches(ref_files, lambda p: {"x": extractor.prepare(read_image(p))}, batch_size,
+        for batch, n in batches(ref_files, lambda p: {"x": extractor.prepare(read_image(p))}, batch_size,
                                  config.workers):
             ref_stats.update(np.asarray(apply(params, parallel.global_batch(batch, mesh)["x"]))[:n])
             bar.update(n)

@@ -53,3 +53,31 @@ def require_package(module: str, pip_name: str, purpose: str) -> None:
     if os.environ.get("JCOMPOSE_REQUIRE_OPTIONAL"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_models(tmp_path_factory):
+    """Tiny random CLIP (32 px, patch 8) and DINO ViT folders and a linear aesthetic head, for evaluation tests."""
+    from jcompose.models import clip as clip_models
+    from jcompose.models import encoders, vit
+
+    root = tmp_path_factory.mktemp("eval_models")
+    vocab = tiny.write_tokenizer(root / "clip")
+    clip_config = clip_models.CLIPConfig(
+        text_config=clip_models.CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=37,
+                                               num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=77,
+                                               eos_token_id=vocab - 1, bos_token_id=vocab - 2),
+        vision_config=clip_models.CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                                   num_attention_heads=4, image_size=32, patch_size=8),
+        projection_dim=16)
+    clip = clip_models.CLIPModel(clip_config)
+    encoders.export_encoder(clip, tiny.random_params(encoders.abstract_params(clip), 0), root / "clip", ("msgpack",))
+    dino = vit.ViTModel(vit.ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                                      image_size=32, patch_size=8), add_pooling_layer=False)
+    encoders.export_encoder(dino, tiny.random_params(encoders.abstract_params(dino), 1), root / "dino")
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(2)
+    save_file({"weight": rng.normal(size=(1, 16)).astype(np.float32), "bias": np.array([5.0], np.float32)},
+              str(root / "aesthetic.safetensors"))
+    return root

