@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_torch:
             report.update(_torch_reference(reference, folder, local, config, args.repeats))
 
+        models = int(getattr(method, "num_models", 1))
+        if models != 1:
+            raise ValueError(f"{args.config}: the config trains {models} models at once; bench train times one "
+                             "(e.g. --set data.objects='(\"murecom:Toy/fg1\",)')")
         step = jax.jit(train.make_train_step(method, tx, config), donate_argnums=(0,))
         start = time.perf_counter()
         compiled, compile_s, flops = timing.compile_timed(step, state, frozen, batch)
