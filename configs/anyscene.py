@@ -70,7 +70,10 @@ def get_config(arg: str = ""):
         "erode_kernel": 5,
         "remat_decode": True,        # recompute the VAE decoder in the backward pass instead of storing it
     })
-    c.sample.update(layout_factors=(1, 2, 4), blend="poisson", blend_erode=7)
+    # Layout control (the paper gives neither): the mask reaches 64/32/16 by max pooling from pixels
+    # ("max"; "slice": every f-th latent cell), on both CFG halves ("both"; "cond": the conditional only).
+    c.sample.update(layout_factors=(1, 2, 4), layout_reduce="max", layout_halves="both", blend="poisson",
+                    blend_erode=7)
     if arg == "tiny":
         c.model.update(base="tiny:sd15", controlnet="")
         c.data.update(coco_root="synthetic", num_records=64, image_size=64, min_object_area=0.005)

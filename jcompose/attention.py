@@ -92,9 +92,24 @@ def downsample_mask(mask: Array, factor: int) -> Array:
     return mask[..., ::factor, ::factor]
 
 
-def _query_mask(mask: Array, call: AttentionCall, batch: int) -> Array:
-    """The mask at the layer's resolution, flattened to (B, 1, Nq, 1) for broadcasting on probs."""
-    small = downsample_mask(jnp.asarray(mask, jnp.float32), call.factor)
+def max_pool_mask(mask: Array, factor: int) -> Array:
+    """(B, H, W) or (H, W) mask -> 1/factor resolution by max pooling (a cell is on if any of its pixels is),
+    sizes rounded up as the UNet's stride-2 convolutions do (ceil)."""
+    if factor == 1:
+        return mask
+    h, w = mask.shape[-2:]
+    ph, pw = -h % factor, -w % factor
+    padded = jnp.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(0, ph), (0, pw)])
+    shape = padded.shape[:-2] + ((h + ph) // factor, factor, (w + pw) // factor, factor)
+    return padded.reshape(shape).max(axis=(-3, -1))
+
+
+def _query_mask(mask: Array, call: AttentionCall, batch: int, reduce: str = "slice") -> Array:
+    """The mask at the layer's resolution, flattened to (B, 1, Nq, 1) for broadcasting on probs.
+
+    reduce: "slice" (nearest, m[::f, ::f], the released DreamCom rule) or "max" (max pooling)."""
+    mask = jnp.asarray(mask, jnp.float32)
+    small = max_pool_mask(mask, call.factor) if reduce == "max" else downsample_mask(mask, call.factor)
     if small.shape[-2:] != (call.height, call.width):
         raise ValueError(f"mask of shape {mask.shape} does not reduce to {call.height}x{call.width} at {call.name}")
     small = small.reshape((-1, call.height * call.width))
@@ -221,6 +236,10 @@ class MaskedSelfAttention(Control):
         return _blend(probs, probs * keep, self.schedule, call)
 
 
+HALVES = ("both", "cond")
+REDUCE = ("slice", "max")
+
+
 @struct.dataclass
 class LayoutControl(Control):
     """AnyScene's layout control (paper eq. 7): A*[:, :, k] = A[:, :, k] * downsample(M), k in K.
@@ -229,22 +248,40 @@ class LayoutControl(Control):
       mask: (B, H, W) or (H, W) foreground mask at latent resolution.
       tokens: positions K of the user's foreground words (see `jcompose.tokens`).
       factors: latent/layer size ratios to control; (1, 2, 4) are the paper's 64/32/16 at 512 px.
+      halves: with classifier-free guidance (an attention batch twice the mask's, [uncond; cond]):
+        "both" halves controlled, or only the conditional one ("cond"; the unconditional prediction
+        is then the plain model's).
+      reduce: how the mask reaches each layer's size: "slice" (nearest, m[::f, ::f]) or "max" (max
+        pooling: a cell is on if any pixel under it is; with a max-pooled latent mask, the same
+        max-pooling rule from pixels to every resolution).
       schedule: optional t -> strength in [0, 1].
     """
 
     mask: Array
     tokens: tuple[int, ...] = _static()
     factors: tuple[int, ...] = _static(default=(1, 2, 4))
+    halves: str = _static(default="both")
+    reduce: str = _static(default="slice")
     schedule: Callable[[Array], Array] | None = _static(default=None)
 
     def applies(self, call: AttentionCall) -> bool:
         return call.is_cross and call.factor in self.factors
 
     def __call__(self, probs, call, module):
+        if self.halves not in HALVES or self.reduce not in REDUCE:
+            raise ValueError(f"LayoutControl halves={self.halves!r} / reduce={self.reduce!r}: expected one of "
+                             f"{HALVES} / {REDUCE}")
         batch, _, _, num_keys = probs.shape
         selected = _token_vector(self.tokens, num_keys)  # (Nk,)
-        inside = _query_mask(self.mask, call, batch)  # (B, 1, Nq, 1)
-        return _blend(probs, probs * (1 - selected + selected * inside), self.schedule, call)
+        inside = _query_mask(self.mask, call, batch, self.reduce)  # (B, 1, Nq, 1)
+        edited = probs * (1 - selected + selected * inside)
+        if self.halves == "cond":
+            if jnp.ndim(self.mask) != 3:
+                raise ValueError("LayoutControl(halves='cond') needs a batched (B, H, W) mask, to tell a CFG-doubled "
+                                 "[uncond; cond] batch from a plain one")
+            if batch == 2 * jnp.shape(self.mask)[0]:  # CFG: leave the unconditional half uncontrolled
+                edited = jnp.where((jnp.arange(batch) >= batch // 2)[:, None, None, None], edited, probs)
+        return _blend(probs, edited, self.schedule, call)
 
 
 @struct.dataclass

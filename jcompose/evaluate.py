@@ -154,8 +154,10 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         per["ssim"] = cat["ssim"].tolist()
     if "aesthetic" in wanted:
         head = aesthetic.load_head(config.aesthetic.head)
+        version = aesthetic.check_version(head, config.aesthetic.get("version", ""), config.aesthetic.head)
         values = np.asarray(aesthetic.score(head, jnp.asarray(cat["clip"])))
-        scores["aesthetic"] = {"mean": float(values.mean()), "head": str(config.aesthetic.head)}
+        scores["aesthetic"] = {"mean": float(values.mean()), "head": str(config.aesthetic.head),
+                               "predictor": aesthetic.PREDICTORS[version]}
         per["aesthetic"] = values.tolist()
     scores["per_image"] = per
     write_outputs(config, scores, generated, refs or backgrounds)
@@ -210,7 +212,9 @@ def _clip_text_scores(config, extractor, generated, prompts, image_emb, per) -> 
     cos = clip_score.paired_cosine(image_emb, np.concatenate(embs))
     per["clip_score_cos"] = cos.tolist()
     return {"value": clip_score.clip_score(cos, config.clip.convention), "convention": config.clip.convention,
-            "mean_cosine": float(cos.mean())}
+            "mean_cosine": float(cos.mean()),
+            "both_conventions": {c: clip_score.clip_score(cos, c) for c in clip_score.CONVENTIONS},
+            "note": clip_score.ANYSCENE_NOTE}
 
 
 # ---------------------------------------------------------------------------------------- report

@@ -145,8 +145,10 @@ def test_layout_control_zeroes_word_attention_outside_the_mask(anyscene):
     x = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 8, 8))
     t = jnp.array([500])
     cond = jnp.asarray(np.where(mask > 0.5, 0.5, -1.0).repeat(3, -1).transpose(0, 3, 1, 2), jnp.float32)
-    # Latent mask written independently: any foreground pixel in the 8x8 cell.
-    latent = mask[0, ..., 0].reshape(8, 8, 8, 8).max(axis=(1, 3))
+
+    def pooled(f):  # written independently: a cell of (8 f)^2 pixels is on if any of its pixels is
+        side = 64 // (8 * f)
+        return mask[0, ..., 0].reshape(side, 8 * f, side, 8 * f).max(axis=(1, 3))
 
     def maps(controlled):
         down, mid = method.residuals(params, x, t, context, cond)
@@ -162,7 +164,7 @@ def test_layout_control_zeroes_word_attention_outside_the_mask(anyscene):
     for (path, on), (_, off) in zip(maps(True), maps(False), strict=True):
         on, off = np.asarray(on)[0], np.asarray(off)[0]  # (h, w, N)
         factor = 8 // on.shape[0]
-        outside = 1 - latent[::factor, ::factor]
+        outside = 1 - pooled(factor)  # the config's one rule: max pooling from pixels at every resolution
         mass_on = (on[..., tokens].sum(-1) * outside).sum()
         mass_off = (off[..., tokens].sum(-1) * outside).sum()
         print(f"{jax.tree_util.keystr(path)}: {on.shape[0]}x{on.shape[1]} outside-mask mass of 'dog' "

@@ -137,6 +137,29 @@ def test_layout_control(rng, factor, active):
     np.testing.assert_allclose(np.asarray(layer.run([control])), layer.reference(edit)[0], atol=1e-5)
 
 
+def test_layout_control_max_pooling_and_conditional_half(rng):
+    layer, mask = _Layer(rng, cross=True, factor=2), _mask(rng)
+    # max pooling with the ceil rule, written out: cell (r, c) covers rows 2r..2r+1, columns 2c..2c+1
+    pooled = np.array([[[mask[b, 2 * r:2 * r + 2, 2 * c:2 * c + 2].max() for c in range(layer.w)]
+                        for r in range(layer.h)] for b in range(2)]).reshape(2, -1)
+
+    def edit(p):
+        p = p.copy()
+        p[:, :, :, 3] *= pooled[:, None, :]
+        return p
+
+    control = attention.LayoutControl(mask, tokens=(3,), reduce="max")
+    np.testing.assert_allclose(np.asarray(layer.run([control])), layer.reference(edit)[0], atol=1e-5)
+    # A CFG-doubled batch [uncond; cond] with halves="cond": the first half is plain attention.
+    layer.hidden = np.concatenate([layer.hidden, layer.hidden])
+    layer.context = np.concatenate([layer.context, layer.context])
+    out = np.asarray(layer.run([attention.LayoutControl(mask, tokens=(3,), reduce="max", halves="cond")]))
+    plain = np.asarray(layer.run([]))
+    np.testing.assert_allclose(out[:2], plain[:2], atol=1e-6)
+    np.testing.assert_allclose(out[2:], np.asarray(layer.run([control]))[2:], atol=1e-6)
+    assert np.abs(out[2:] - plain[2:]).max() > 1e-3
+
+
 def test_schedule_blends_by_timestep(rng):
     layer, mask = _Layer(rng, cross=True, factor=1), _mask(rng)
     half = attention.LayoutControl(mask, tokens=(2,), schedule=lambda t: jnp.where(t > 500, 0.5, 0.0))

@@ -59,3 +59,26 @@ def test_not_a_head(tmp_path):
     save_file({"fc.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(torch_files.TorchFileError, match="x.safetensors: expected an aesthetic head"):
         aesthetic.load_head(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parity
+def test_v1_linear_head_matches_torch_and_versions_are_told_apart(tmp_path, rng):
+    """LAION-Aesthetics V1 (`sa_0_4_vit_l_14_linear.pth`: one nn.Linear(768, 1)) vs torch on the same
+    L2-normalised embeddings; V1 and V2 heads are recognised, and a wrong version is refused by name."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(768, 1).eval()
+    torch.save(linear.state_dict(), tmp_path / "sa_0_4_vit_l_14_linear.pth")
+    head = aesthetic.load_head(tmp_path / "sa_0_4_vit_l_14_linear.pth")
+    emb = rng.normal(size=(4, 768)).astype(np.float32)
+    with torch.no_grad():
+        e = torch.from_numpy(emb)
+        ref = linear(e / e.norm(dim=-1, keepdim=True)).reshape(-1).numpy()
+    np.testing.assert_allclose(np.asarray(aesthetic.score(head, emb)), ref, rtol=1e-5, atol=1e-6)
+    assert aesthetic.version_of(head) == "v1"
+    mlp = _mlp(torch, relu=False)
+    torch.save({f"layers.{k}": v for k, v in mlp.state_dict().items()}, tmp_path / "v2.pth")
+    v2 = aesthetic.load_head(tmp_path / "v2.pth")
+    assert aesthetic.version_of(v2) == "v2" and aesthetic.check_version(v2, "v2", "v2.pth") == "v2"
+    with pytest.raises(ValueError, match=r"config.aesthetic.version = 'v1', but v2.pth is a v2 head"):
+        aesthetic.check_version(v2, "v1", "v2.pth")

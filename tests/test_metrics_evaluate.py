@@ -91,6 +91,10 @@ def test_evaluate_end_to_end(tmp_path, models):
     assert scores["fid"]["value"] > 0 and scores["fid"]["n_reference"] == 5
     np.testing.assert_allclose(scores["fid"]["value"], _fid_by_scipy(config, generated, reference), rtol=1e-4)
     assert np.isfinite(scores["kid"]["mean"]) and np.isfinite(scores["aesthetic"]["mean"])
+    assert scores["aesthetic"]["predictor"].startswith("LAION-Aesthetics predictor V1")  # the test head is linear
+    both = scores["clip_score"]["both_conventions"]
+    cos = scores["clip_score"]["mean_cosine"]
+    assert both["torchmetrics"] == pytest.approx(max(100 * cos, 0)) and "AnyScene" in scores["clip_score"]["note"]
     assert scores["clip_score"]["convention"] == "torchmetrics"
     assert len(scores["per_image"]["clip_score_cos"]) == 5
     # SSIM per image equals scikit-image (Wang settings) on the same pairs (48 px -> 32 px PIL bicubic)

@@ -31,6 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
     })
     c.dino = ml_collections.ConfigDict({"model": ""})   # e.g. facebook/dino-vits16
     c.lpips = ml_collections.ConfigDict({"net": "alex", "weights": "", "trunk": "", "heads": ""})
-    c.aesthetic = ml_collections.ConfigDict({"head": ""})  # e.g. sac+logos+ava1-l14-linearMSE.pth
+    # head: sa_0_4_vit_l_14_linear.pth (LAION-Aesthetics V1) or sac+logos+ava1-l14-linearMSE.pth (V2);
+    # version "v1" / "v2" checks the head is that one ("" accepts either); scores.json names it.
+    c.aesthetic = ml_collections.ConfigDict({"head": "", "version": ""})
     c.report = ml_collections.ConfigDict({"examples": 8, "thumb": 128})
     return c

@@ -224,11 +224,16 @@ class AnySceneMethod:
     # ------------------------------------------------------------------------------- sampling
     def layout_controls(self, batch, tokens, factors=None) -> tuple[attention.Control, ...]:
         """Paper Eq. 7: the cross-attention of `tokens` (positions in the prompt) kept only inside the
-        mask, at the layers `factors` (latent/layer ratio; (1, 2, 4) = 64/32/16 at 512 px)."""
+        mask, at the layers `factors` (latent/layer ratio; (1, 2, 4) = 64/32/16 at 512 px). The mask reaches
+        every resolution by one rule, max pooling from pixels (`sample.layout_reduce = "max"`: a cell is
+        on if any of its pixels is; "slice" picks every f-th latent cell instead); with guidance both
+        halves are controlled (`sample.layout_halves = "both"`) or only the conditional one ("cond")."""
         if not tokens:
             return ()
-        factors = tuple(self.config.sample.layout_factors if factors is None else factors)
-        return (attention.LayoutControl(latent_mask(batch["mask"]), tuple(int(k) for k in tokens), factors),)
+        sc = self.config.sample
+        factors = tuple(sc.layout_factors if factors is None else factors)
+        return (attention.LayoutControl(latent_mask(batch["mask"]), tuple(int(k) for k in tokens), factors,
+                                        halves=sc.get("layout_halves", "both"), reduce=sc.get("layout_reduce", "max")),)
 
     def sample(self, params, frozen, batch, rng, controls=(), num_steps=None, guidance_scale=None):
         """Images (B, H, W, 3) in [-1, 1] generated around `batch` foregrounds.

@@ -55,6 +55,24 @@ def load_head(path: str | Path, relu: bool | None = None) -> Head:
     return head_from_state_dict(torch_files.state_dict(path), str(path), relu)
 
 
+PREDICTORS = {"v1": "LAION-Aesthetics predictor V1 (linear head on CLIP ViT-L/14, sa_0_4_vit_l_14_linear.pth)",
+              "v2": "improved aesthetic predictor (V2: MLP head on CLIP ViT-L/14, e.g. sac+logos+ava1-l14-linearMSE)"}
+
+
+def version_of(head: Head) -> str:
+    """"v1" for the single linear layer of LAION-Aesthetics V1, "v2" for the improved predictor's MLP."""
+    return "v1" if len(head) == 1 else "v2"
+
+
+def check_version(head: Head, wanted: str, source) -> str:
+    """The head's version; ValueError naming config.aesthetic.version when it is not the one asked for."""
+    found = version_of(head)
+    if wanted and wanted != found:
+        raise ValueError(f"config.aesthetic.version = {wanted!r}, but {source} is a {found} head "
+                         f"({PREDICTORS[found]}); give the {wanted} head or set version to {found!r}")
+    return found
+
+
 def score(head: Head, embeddings: jnp.ndarray) -> jnp.ndarray:
     """(N, 768) CLIP image embeddings -> (N,) aesthetic scores (jit-able)."""
     x = embeddings.astype(jnp.float32)

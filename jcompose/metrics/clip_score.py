@@ -22,6 +22,9 @@ import numpy as np
 from jcompose.models import encoders, loading
 
 CONVENTIONS = {"torchmetrics": 100.0, "hessel": 2.5}
+# What a reader comparing with AnyScene's table should know (scores.json repeats it).
+ANYSCENE_NOTE = ("AnyScene reports CLIP-S of 14-15, which fits neither 100 * cos (about 25-35 with CLIP ViT-L/14 or "
+                 "ViT-B/32 on real images) nor 2.5 * max(cos, 0) (about 0.6-0.9); both conventions are given here")
 MAX_TEXT_TOKENS = 77
 
 
