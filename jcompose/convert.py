@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jcompose import cli
 from jcompose.models import encoders, loading
 from jcompose.models.diffusers_config import KINDS, read_config
 
@@ -106,14 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("dst", type=Path, help="folder to write (created)")
         command.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
                              help="dtype of the written tensors (default float32)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of input errors too (or set "
+                        f"{cli.DEBUG_ENV}=1)")
+    args = parser.parse_args(cli.pop_debug(sys.argv[1:] if argv is None else argv))
     target = "flax" if args.target == "to-flax" else "diffusers"
-    try:
+    with cli.guard(), cli.input_errors():  # bad folders and files: one `error:` line, exit 2
         for line in convert(args.src, args.dst, target, args.dtype):
             print(line)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     return 0
 
 

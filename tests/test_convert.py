@@ -49,8 +49,10 @@ def test_cli_help_and_errors(tmp_path, capsys):
         convert.main(["--help"])
     out = capsys.readouterr().out
     assert "to-flax" in out and "to-diffusers" in out
-    assert convert.main(["to-flax", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
-    assert "missing: folder not found" in capsys.readouterr().err
-    (tmp_path / "empty").mkdir()
-    assert convert.main(["to-flax", str(tmp_path / "empty"), str(tmp_path / "x")]) == 1
-    assert "neither a model folder" in capsys.readouterr().err
+    for folder, message in (("missing", "missing: folder not found"), ("empty", "neither a model folder")):
+        if folder == "empty":
+            (tmp_path / "empty").mkdir()
+        with pytest.raises(SystemExit) as exit_info:  # one `error:` line, exit status 2, as every entry point
+            convert.main(["to-flax", str(tmp_path / folder), str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.startswith("error: ") and "Traceback" not in err
