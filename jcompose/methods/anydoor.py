@@ -35,6 +35,7 @@ import numpy as np
 
 from input_pipeline import anydoor as anydoor_data
 from jcompose import diffusion
+from jcompose.methods.base import base_folder as base_model_folder
 from jcompose.models import encoders, loading, tiny, vit
 from jcompose.models.controlnet import ConditioningEmbedding
 from jcompose.models.diffusers_config import ConfigError
@@ -87,15 +88,9 @@ class AnyDoorMethod:
         self.workdir: Path | None = None
 
     # -------------------------------------------------------------------------------- models
-    def base_folder(self, workdir: str | Path | None) -> Path:
-        """`model.base`, or for "tiny:<base>" a tiny random base written (once) into <workdir>/base/<base>."""
-        base = self.config.model.base
-        if base.startswith("tiny:"):  # a tiny random SD 2.1-base written into the workdir
-            folder = Path(workdir) / "base" / base.split(":", 1)[1]
-            if not (folder / "unet").is_dir():
-                tiny.write_tiny_base(folder, base.split(":", 1)[1], formats=("msgpack",), seed=self.config.seed)
-            return folder
-        return Path(base)
+    def base_folder(self, workdir) -> Path:
+        """`model.base` as a folder (a "tiny:<base>" is written into <workdir>/base/<base>)."""
+        return base_model_folder(self.config.model.base, workdir, self.config.seed)
 
     def dinov2_folder(self, workdir: str | Path | None) -> Path:
         """`model.dinov2`, or for "tiny" a tiny random DINOv2 (37x37 grid) written (once) into <workdir>/dinov2."""

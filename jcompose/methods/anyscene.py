@@ -34,7 +34,8 @@ import numpy as np
 from input_pipeline import anyscene as anyscene_data
 from input_pipeline.anyscene_sources import make_anyscene_source
 from jcompose import attention, diffusion, losses
-from jcompose.models import loading, tiny
+from jcompose.methods.base import base_folder as base_model_folder
+from jcompose.models import loading
 
 COND_FORMATS = ("inpaint", "signed")
 
@@ -82,15 +83,9 @@ class AnySceneMethod:
         self.workdir: Path | None = None
 
     # -------------------------------------------------------------------------------- models
-    def _base_folder(self, workdir: str) -> Path:
-        base = self.config.model.base
-        if base.startswith("tiny:"):  # a tiny random base (+ ControlNet) written into the workdir
-            name = base.split(":", 1)[1]
-            folder = Path(workdir) / "base" / name
-            if not (folder / "unet").is_dir():
-                tiny.write_tiny_base(folder, name, formats=("msgpack",), controlnet=True, seed=self.config.seed)
-            return folder
-        return Path(base)
+    def _base_folder(self, workdir) -> Path:
+        """`model.base` as a folder (a "tiny:<base>" is written into <workdir>/base/<base>)."""
+        return base_model_folder(self.config.model.base, workdir, self.config.seed, controlnet=True)
 
     def load_models(self, base_folder: str | Path, controlnet_params: Any = None) -> None:
         """Loads the frozen base (unet, vae, text encoder, tokenizer, scheduler) and builds F_c.

@@ -28,3 +28,20 @@ class Method(Protocol):
 
     def sample(self, params: Any, frozen: Any, batch: dict, rng: jax.Array) -> jax.Array:
         """Images (B, H, W, 3) in [-1, 1] for a batch's conditions (for sample grids)."""
+
+
+def base_folder(base: str, workdir, seed: int, controlnet: bool = False):
+    """A config's `model.base` as a folder: the path itself, or for "tiny:<base>" (CPU runs, tests) a tiny
+    random base written once into `<workdir>/base/<base>` (`jcompose.models.tiny`; with a random
+    ControlNet when `controlnet`)."""
+    from pathlib import Path
+
+    from jcompose.models import tiny
+
+    if not base.startswith("tiny:"):
+        return Path(base)
+    name = base.split(":", 1)[1]
+    folder = Path(workdir) / "base" / name
+    if not (folder / "unet").is_dir():
+        tiny.write_tiny_base(folder, name, formats=("msgpack",), controlnet=controlnet, seed=seed)
+    return folder

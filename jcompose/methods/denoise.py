@@ -15,7 +15,8 @@ import numpy as np
 
 from input_pipeline.sources.shapes import ShapesSource
 from jcompose import diffusion
-from jcompose.models import loading, tiny
+from jcompose.methods.base import base_folder as base_model_folder
+from jcompose.models import loading
 
 
 class DenoiseMethod:
@@ -24,14 +25,9 @@ class DenoiseMethod:
         self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
 
     # -------------------------------------------------------------------------------- models
-    def _base_folder(self, workdir: str) -> Path:
-        base = self.config.model.base
-        if base.startswith("tiny:"):  # a tiny random base written into the workdir (CPU runs, tests)
-            folder = Path(workdir) / "base" / base.split(":", 1)[1]
-            if not (folder / "unet").is_dir():
-                tiny.write_tiny_base(folder, base.split(":", 1)[1], formats=("msgpack",), seed=self.config.seed)
-            return folder
-        return Path(base)
+    def _base_folder(self, workdir) -> Path:
+        """`model.base` as a folder (a "tiny:<base>" is written into <workdir>/base/<base>)."""
+        return base_model_folder(self.config.model.base, workdir, self.config.seed)
 
     def init(self, workdir: str) -> tuple[Any, Any]:
         pipe = loading.load_pipeline(self._base_folder(workdir), dtype=self.dtype)

@@ -33,7 +33,8 @@ import numpy as np
 from input_pipeline import dreamcom as dreamcom_data
 from input_pipeline import dreamcom_objects
 from jcompose import attention, diffusion
-from jcompose.models import loading, tiny
+from jcompose.methods.base import base_folder as base_model_folder
+from jcompose.models import loading
 
 SELF_ATTENTION_RULES = ("released", "paper", "none")
 VAE_FACTOR = 8
@@ -87,15 +88,9 @@ class DreamComMethod:
             encoders.export_encoder(self.pipe.text_encoder.module, params["text_encoder"], Path(folder) / "text_encoder")
 
     # -------------------------------------------------------------------------------- models
-    def base_folder(self, workdir: str | Path | None) -> Path:
-        base = self.config.model.base
-        if base.startswith("tiny:"):  # a tiny random inpainting base written into the workdir
-            name = base.split(":", 1)[1]
-            folder = Path(workdir) / "base" / name
-            if not (folder / "unet").is_dir():
-                tiny.write_tiny_base(folder, name, formats=("msgpack",), seed=self.config.seed)
-            return folder
-        return Path(base)
+    def base_folder(self, workdir) -> Path:
+        """`model.base` as a folder (a "tiny:<base>" is written into <workdir>/base/<base>)."""
+        return base_model_folder(self.config.model.base, workdir, self.config.seed)
 
     def load_models(self, base_folder: str | Path) -> None:
         """The inpainting base: 9-channel UNet, VAE, text encoder, tokenizer, scheduler."""

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jcompose.models.layers import DType, TimestepEmbedding, conv, timestep_embedding
-from jcompose.models.unet import DownBlock, MidBlock, per_block
+from jcompose.models.unet import encoder_blocks
 
 
 @struct.dataclass
@@ -81,33 +81,18 @@ class ControlNetModel(nn.Module):
     remat: bool = False
 
     def setup(self):
-        channels, n = tuple(self.block_out_channels), len(self.down_block_types)
-        heads = per_block(self.num_attention_heads or self.attention_head_dim, n)
-        depth = per_block(self.transformer_layers_per_block, n)
-        only_cross = per_block(self.only_cross_attention, n)
-        temb = channels[0] * 4
-        common = dict(temb_channels=temb, use_linear_projection=self.use_linear_projection,
-                      groups=self.norm_num_groups, eps=self.norm_eps, dtype=self.dtype)
-        down_cls, mid_cls = (nn.remat(DownBlock), nn.remat(MidBlock)) if self.remat else (DownBlock, MidBlock)
-
+        self.down_blocks, self.mid_block, plan = encoder_blocks(self)
+        channels, n = plan["channels"], len(self.down_block_types)
         if self.reads_latent:
             self.conv_in = conv(channels[0], dtype=self.dtype)
-        self.time_embedding = TimestepEmbedding(temb, dtype=self.dtype)
+        self.time_embedding = TimestepEmbedding(plan["common"]["temb_channels"], dtype=self.dtype)
         self.controlnet_cond_embedding = ConditioningEmbedding(channels[0], self.conditioning_embedding_out_channels,
                                                                dtype=self.dtype)
-        self.down_blocks = [
-            down_cls(channels[max(i - 1, 0)], channels[i], layers=self.layers_per_block,
-                     attention_heads=heads[i] if kind == "CrossAttnDownBlock2D" else None,
-                     add_downsample=i < n - 1, transformer_depth=depth[i], only_cross_attention=only_cross[i],
-                     **common)
-            for i, kind in enumerate(self.down_block_types)
-        ]
         # One zero conv per UNet skip: conv_in, each layer of each block, each downsampler.
         widths = [channels[0]]
         for i in range(n):
             widths += [channels[i]] * (self.layers_per_block + (i < n - 1))
         self.controlnet_down_blocks = [conv(w, 1, padding=0, dtype=self.dtype, zero_init=True) for w in widths]
-        self.mid_block = mid_cls(channels[-1], attention_heads=heads[-1], transformer_depth=depth[-1], **common)
         self.controlnet_mid_block = conv(channels[-1], 1, padding=0, dtype=self.dtype, zero_init=True)
 
     def __call__(self, sample, timesteps, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0,

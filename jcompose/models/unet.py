@@ -159,6 +159,25 @@ def per_block(value: Any, count: int) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * count
 
 
+def encoder_blocks(m: Any) -> tuple[list, Any, dict]:
+    """(down blocks, mid block, per-block settings) of a UNet-encoder-shaped module (the UNet and the
+    ControlNet share this architecture and these field names). Settings: channels, heads, depth,
+    only_cross (per block) and `common` block arguments."""
+    channels, n = tuple(m.block_out_channels), len(m.down_block_types)
+    plan = dict(channels=channels, heads=per_block(m.num_attention_heads or m.attention_head_dim, n),
+                depth=per_block(m.transformer_layers_per_block, n), only_cross=per_block(m.only_cross_attention, n))
+    plan["common"] = common = dict(temb_channels=channels[0] * 4, use_linear_projection=m.use_linear_projection,
+                                   groups=m.norm_num_groups, eps=m.norm_eps, dtype=m.dtype)
+    down_cls, mid_cls = (nn.remat(DownBlock), nn.remat(MidBlock)) if m.remat else (DownBlock, MidBlock)
+    down = [down_cls(channels[max(i - 1, 0)], channels[i], layers=m.layers_per_block,
+                     attention_heads=plan["heads"][i] if kind == "CrossAttnDownBlock2D" else None,
+                     add_downsample=i < n - 1, transformer_depth=plan["depth"][i],
+                     only_cross_attention=plan["only_cross"][i], **common)
+            for i, kind in enumerate(m.down_block_types)]
+    mid = mid_cls(channels[-1], attention_heads=plan["heads"][-1], transformer_depth=plan["depth"][-1], **common)
+    return down, mid, plan
+
+
 class UNet2DConditionModel(nn.Module):
     """The SD UNet; see the module doc for the call. Fields: diffusers config keys (+ dtype, remat)."""
 
@@ -184,27 +203,13 @@ class UNet2DConditionModel(nn.Module):
     remat: bool = False
 
     def setup(self):
-        channels, n = tuple(self.block_out_channels), len(self.down_block_types)
-        heads = per_block(self.num_attention_heads or self.attention_head_dim, n)
-        depth = per_block(self.transformer_layers_per_block, n)
-        only_cross = per_block(self.only_cross_attention, n)
-        temb = channels[0] * 4
-        common = dict(temb_channels=temb, use_linear_projection=self.use_linear_projection,
-                      groups=self.norm_num_groups, eps=self.norm_eps, dtype=self.dtype)
-        down_cls, up_cls, mid_cls = DownBlock, UpBlock, MidBlock
-        if self.remat:  # upsample_hw (argument 6, counting self) is a static shape
-            down_cls, up_cls, mid_cls = nn.remat(DownBlock), nn.remat(UpBlock, static_argnums=(6,)), nn.remat(MidBlock)
-
+        self.down_blocks, self.mid_block, plan = encoder_blocks(self)
+        channels, n, common = plan["channels"], len(self.down_block_types), plan["common"]
+        heads, depth, only_cross = plan["heads"], plan["depth"], plan["only_cross"]
+        # upsample_hw (argument 6, counting self) is a static shape
+        up_cls = nn.remat(UpBlock, static_argnums=(6,)) if self.remat else UpBlock
         self.conv_in = conv(channels[0], dtype=self.dtype)
-        self.time_embedding = TimestepEmbedding(temb, dtype=self.dtype)
-        self.down_blocks = [
-            down_cls(channels[max(i - 1, 0)], channels[i], layers=self.layers_per_block,
-                     attention_heads=heads[i] if kind == "CrossAttnDownBlock2D" else None,
-                     add_downsample=i < n - 1, transformer_depth=depth[i], only_cross_attention=only_cross[i],
-                     **common)
-            for i, kind in enumerate(self.down_block_types)
-        ]
-        self.mid_block = mid_cls(channels[-1], attention_heads=heads[-1], transformer_depth=depth[-1], **common)
+        self.time_embedding = TimestepEmbedding(common["temb_channels"], dtype=self.dtype)
         rev, rev_heads, rev_depth, rev_cross = channels[::-1], heads[::-1], depth[::-1], only_cross[::-1]
         self.up_blocks = [
             up_cls(rev[min(i + 1, n - 1)], rev[i], rev[max(i - 1, 0)], layers=self.layers_per_block + 1,
