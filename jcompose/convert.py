@@ -2,6 +2,8 @@
 
     python -m jcompose.convert to-flax SRC DST       # PyTorch safetensors -> Flax msgpack
     python -m jcompose.convert to-diffusers SRC DST  # Flax msgpack -> PyTorch safetensors
+    python -m jcompose.convert anydoor-ckpt epoch=1-step=8687.ckpt OUT  # AnyDoor's released model
+    python -m jcompose.convert sd-ckpt v2-1_512-ema-pruned.ckpt OUT    # an original SD checkpoint -> base folder
 
 SRC is one model folder (config.json + weights: unet, controlnet, vae, CLIP text encoder,
 DINOv2) or a whole base-model folder (unet/, vae/, text_encoder/, ...); other files (tokenizer,
@@ -10,6 +12,13 @@ imported. `to-diffusers` output loads in PyTorch with `UNet2DConditionModel.from
 `ControlNetModel.from_pretrained`, `AutoencoderKL.from_pretrained`, `CLIPTextModel` /
 `Dinov2Model.from_pretrained` (also CLIP and ViT folders); `to-flax` output (Flax msgpack, the
 parameter trees of diffusers'/transformers' former Flax classes) loads with `jcompose.models`.
+
+`anydoor-ckpt` reads AnyDoor's PyTorch Lightning checkpoint (or a pruned copy, .ckpt or .safetensors)
+torch-free and lazily (the optimizer state is never read; pickled objects of unknown classes become
+inert placeholders) and writes a folder for `python -m jcompose.compose anydoor --weights OUT`: unet/,
+vae/, scheduler/, extractor/, dinov2/, projector/, config.json (jcompose/models/ldm_convert.py).
+`sd-ckpt` writes a diffusers-layout base (unet/, vae/, scheduler/) from `v2-1_512-ema-pruned.ckpt`
+(or .safetensors, or SD 1.x); its text encoder is not converted (AnyDoor does not use one).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from jcompose import cli
+from jcompose.metrics.torch_files import UnsafePickleError
 from jcompose.models import encoders, loading
 from jcompose.models.diffusers_config import KINDS, read_config
 
@@ -109,12 +119,57 @@ def main(argv: list[str] | None = None) -> int:
                              help="dtype of the written tensors (default float32)")
     parser.add_argument("--debug", action="store_true", help=f"show the traceback of input errors too (or set "
                         f"{cli.DEBUG_ENV}=1)")
+    _add_checkpoint_parsers(sub)
     args = parser.parse_args(cli.pop_debug(sys.argv[1:] if argv is None else argv))
-    target = "flax" if args.target == "to-flax" else "diffusers"
     with cli.guard(), cli.input_errors():  # bad folders and files: one `error:` line, exit 2
-        for line in convert(args.src, args.dst, target, args.dtype):
+        if args.target in ("anydoor-ckpt", "sd-ckpt"):
+            lines = _convert_checkpoint(args)
+        else:
+            lines = convert(args.src, args.dst, "flax" if args.target == "to-flax" else "diffusers", args.dtype)
+        for line in lines:
             print(line)
     return 0
+
+
+def _add_checkpoint_parsers(sub) -> None:
+    from jcompose.models.ldm_convert import DTYPES
+
+    for name, help_text in (
+        ("anydoor-ckpt", "AnyDoor's released Lightning checkpoint -> a folder for `compose anydoor --weights`"),
+        ("sd-ckpt", "an original Stable Diffusion single-file checkpoint -> a diffusers-layout base folder"),
+    ):
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("src", type=Path, help="the .ckpt / .pth / .safetensors file")
+        command.add_argument("dst", type=Path, help="folder to write (created)")
+        command.add_argument("--dtype", choices=sorted(DTYPES), default="keep",
+                             help="dtype of the written float tensors (default: as in the checkpoint)")
+        command.add_argument("--sample-size", type=int, default=64,
+                             help="latent side the UNet was trained at (64 = 512 px, SD 2.1-base / AnyDoor)")
+        command.add_argument("--head-channels", type=int, default=None,
+                             help="UNet channels per attention head (default: 64 for SD 2.x, 8 heads for SD 1.x)")
+        if name == "sd-ckpt":
+            command.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
+                                 help="epsilon for v2-1_512 (SD 2.1-base) and SD 1.x; v_prediction for v2-1_768")
+        else:
+            command.add_argument("--dinov2-head-channels", type=int, default=64,
+                                 help="DINOv2 channels per head (ViT-g/14: 64, i.e. 24 heads)")
+
+
+def _convert_checkpoint(args) -> list[str]:
+    from jcompose.models import ldm_convert
+
+    if not args.src.is_file():
+        raise FileNotFoundError(f"{args.src}: checkpoint file not found")
+    if args.dst.exists() and any(args.dst.iterdir()):
+        raise FileExistsError(f"{args.dst}: exists and is not empty; choose a new folder")
+    common = dict(dtype=args.dtype, sample_size=args.sample_size, head_channels=args.head_channels)
+    try:
+        if args.target == "sd-ckpt":
+            return ldm_convert.convert_sd(args.src, args.dst, prediction_type=args.prediction_type, **common)
+        return ldm_convert.convert_anydoor(args.src, args.dst, dinov2_head_channels=args.dinov2_head_channels,
+                                           **common)
+    except UnsafePickleError as err:  # a pickle error, not a ValueError: name it as the input's fault
+        raise cli.InputError(str(err)) from None
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     """Runs the configured metrics and writes scores.json and the report; returns the scores."""
     from tqdm import tqdm
 
+    if config.get("protocol") == "anydoor":  # region CLIP-I / DINO x 100 (configs/eval/anydoor.py)
+        from jcompose.metrics import anydoor_protocol
+
+        return anydoor_protocol.evaluate(config, progress)
     if config.get("manifest"):  # a benchmark run written by compose: the method's own protocol
         from jcompose.metrics import dreamcom_protocol
 

@@ -3,34 +3,104 @@
     python -m jcompose.compose anydoor --checkpoint RUN --reference obj.png --reference-mask obj_mask.png \
         --background bg.jpg --mask target_mask.png [--shape-control] [--steps 50] [--guidance 5.0] \
         [--show] --out result.png
+    python -m jcompose.compose anydoor --weights RELEASE --reference obj.png ... --out result.png
+    python -m jcompose.compose anydoor --weights RELEASE --benchmark BENCH --out GEN [--batch 8]
 
-The run's stored config (`RUN/config.json`) says which base, DINOv2 and settings it was trained with
-(`--base` / `--dinov2` override the folders). `--reference/--reference-mask/--mask` repeat for several
-objects: objects whose regions do not meet are generated in one batched call, overlapping ones one
-after another (`jcompose/methods/anydoor_inference.py`). `--show` also writes `<out>_show.png`: the
-references as DINOv2 sees them, the background with the targets outlined, each collage, the result.
+`--checkpoint`: a jcompose training run; its stored config (`RUN/config.json`) says which base, DINOv2
+and settings it was trained with (`--base` / `--dinov2` override the folders). `--weights`: the folder
+`python -m jcompose.convert anydoor-ckpt` wrote from AnyDoor's released checkpoint (no training run).
+`--reference/--reference-mask/--mask` repeat for several objects: objects whose regions do not meet
+are generated in one batched call, overlapping ones one after another
+(`jcompose/methods/anydoor_inference.py`). `--show` also writes `<out>_show.png`: the references as
+DINOv2 sees them, the background with the targets outlined, each collage, the result.
+
+`--benchmark BENCH` (built by `python -m input_pipeline.anydoor_benchmark`) generates every
+concept x background pair, `--batch` pairs per compiled call, into GEN/<concept>/<background>.png,
+and writes GEN/manifest.json for `python -m jcompose.evaluate --config=configs/eval/anydoor.py`.
+Pair k uses seed + k (crop ratio and initial noise), so it equals a single compose with that seed.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from jcompose.cli import InputError
 from jcompose.inference import read_checkpoint, run_config, trained_tree, write_image
 
 
-def compose_anydoor(args) -> dict:
+def release_config(info: dict, folder: Path, dtype: str):
+    """The AnyDoor config (configs/anydoor.py, released settings) for a converted release folder."""
+    from configs.anydoor import get_config
+
+    config = get_config()
+    model, data = info.get("method", {}).get("model", {}), info.get("method", {}).get("data", {})
+    config.model.update(base=str(folder), dinov2=str(folder / info["components"]["dinov2"]), remat=False,
+                        **{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+    config.data.update(**data)
+    config.compute_dtype = dtype or config.compute_dtype
+    return config
+
+
+def load_release(folder: str | Path, dtype: str = ""):
+    """(method, params, frozen, step) of a folder written by `convert anydoor-ckpt`: the release's UNet (its
+    trained decoder in params), extractor and projector (params), VAE and DINOv2 (frozen).
+
+    dtype: compute dtype ("float32" / "bfloat16"; default the released config's, bfloat16)."""
+    import jax.numpy as jnp
+
+    from jcompose import cli
+    from jcompose.methods.anydoor import AnyDoorMethod, split_unet
+    from jcompose.models import ldm_convert, loading
+
+    folder = Path(folder)
+    with cli.input_errors("--weights: "):
+        info = ldm_convert.read_release(folder)
+        method = AnyDoorMethod(release_config(info, folder, dtype))
+        method.load_models(folder, method.config.model.dinov2)
+        extractor = ldm_convert.load_extractor(folder / info["components"]["extractor"],
+                                               loading.abstract_params(method.extractor))
+        projector = ldm_convert.load_projector(folder / info["components"]["projector"])
+    encoder, decoder = split_unet(method.pipe.unet.params)
+    params = {"extractor": extractor, "unet_decoder": decoder,
+              "projector": {k: jnp.asarray(v) for k, v in projector.items()}}
+    frozen = {"unet_encoder": encoder, "vae": method.pipe.vae.params, "dinov2": method.dinov2_params}
+    return method, params, frozen, info.get("global_step")
+
+
+def _load(args):
     from jcompose.methods import anydoor_inference as inference
 
-    objects = inference.read_objects(args.reference or [], args.reference_mask or [], args.mask or [])
-    if not args.background:
-        raise InputError("--background: give the image to put the objects into")
-    background = inference.read_rgb(args.background, "--background")
+    if bool(args.checkpoint) == bool(args.weights):
+        raise InputError("give one of --checkpoint RUN (a jcompose training run) or --weights FOLDER (the released "
+                         "model converted with `python -m jcompose.convert anydoor-ckpt`)")
+    if args.weights:
+        if args.base or args.dinov2 or args.ema:
+            raise InputError("--base / --dinov2 / --ema belong to --checkpoint runs; a --weights folder holds its "
+                             "own UNet, VAE and DINOv2")
+        return load_release(args.weights, args.dtype)
     workdir, config = run_config(args.checkpoint, "anydoor", base=args.base, dinov2=args.dinov2)
+    if args.dtype:
+        config.compute_dtype = args.dtype
     step, state = read_checkpoint(args.checkpoint)
     tree = trained_tree(state, ema=args.ema, step=step, checkpoint=args.checkpoint, needs="extractor",
                         method="AnyDoor")
     method, params, frozen = inference.load_trained(config, workdir, tree)
+    return method, params, frozen, step
+
+
+def compose_anydoor(args) -> dict:
+    from jcompose.methods import anydoor_inference as inference
+
+    if args.benchmark:
+        if args.reference or args.background or args.mask:
+            raise InputError("--benchmark generates its own pairs; leave out --reference / --background / --mask")
+        return compose_benchmark(args)
+    objects = inference.read_objects(args.reference or [], args.reference_mask or [], args.mask or [])
+    if not args.background:
+        raise InputError("--background: give the image to put the objects into")
+    background = inference.read_rgb(args.background, "--background")
+    method, params, frozen, step = _load(args)
     result = inference.compose(method, params, frozen, background, objects, seed=args.seed, num_steps=args.steps,
                                guidance_scale=args.guidance, shape_control=args.shape_control,
                                paste_mode=args.paste, background_name=args.background)
@@ -44,23 +114,78 @@ def compose_anydoor(args) -> dict:
     return written
 
 
+def compose_benchmark(args) -> dict:
+    """Every pair of `--benchmark`, `--batch` at a time (module doc); writes the images and manifest.json."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from input_pipeline import anydoor_benchmark
+    from jcompose.methods import anydoor_inference as inference
+
+    if args.batch < 1:
+        raise InputError(f"--batch {args.batch}: expected a positive number of pairs per call")
+    header, pairs = anydoor_benchmark.read_benchmark(args.benchmark)
+    method, params, frozen, step = _load(args)
+    sc = method.config.sample
+    steps = int(args.steps or sc.steps)
+    guidance = float(sc.guidance_scale if args.guidance is None else args.guidance)
+    transform = inference.inference_transform(method, args.shape_control)
+    run, size, out = inference.sampler(method, steps), method.config.data.image_size, Path(args.out)
+    entries = []
+    for start in range(0, len(pairs), args.batch):
+        chunk = pairs[start:start + args.batch]
+        examples, backgrounds = [], []
+        for k, pair in enumerate(chunk, start):
+            obj = inference.read_object(str(pair["reference"]), None, str(pair["mask"]))
+            background = inference.read_rgb(pair["background"], "background")
+            inference.check_object(obj, background.shape, str(pair["background"]))
+            examples.append(inference.prepare_example(transform, obj, background, args.seed + k))
+            backgrounds.append(background)
+        padded = examples + [examples[-1]] * (args.batch - len(examples))  # one compiled batch size
+        seeds = [args.seed + start + i for i in range(len(examples))] + [args.seed + start] * (args.batch - len(chunk))
+        batch = {key: jnp.asarray(np.stack([e[key] for e in padded])) for key in ("reference", "collage")}
+        noise = jnp.concatenate([inference.initial_noise(method, s, size) for s in seeds])
+        images = np.asarray(run(params, frozen, batch, noise, jnp.float32(guidance)))
+        for k, (pair, example, background, image) in enumerate(zip(chunk, examples, backgrounds, images), start):
+            result = inference.paste(inference.to_uint8(image), background, example, args.paste, int(sc.margin))
+            path = out / pair["concept"] / f"{Path(pair['background']).stem.removesuffix('_GT')}.png"
+            write_image(path, result)
+            entries.append({"image": str(path.relative_to(out)), "object": pair["concept"],
+                            "reference": str(pair["reference"]), "background": str(pair["background"]),
+                            "box": pair["box"], "seed": args.seed + k})
+        print(f"{len(entries)}/{len(pairs)} pairs", flush=True)
+    manifest = {"benchmark": header.get("name"), "bench": str(args.benchmark), "step": step,
+                "weights": str(args.weights or args.checkpoint), "steps": steps, "guidance": guidance,
+                "shape_control": bool(args.shape_control), "paste": args.paste, "seed": args.seed, "images": entries}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return {"image": str(out), "step": step, "count": len(entries)}
+
+
 def add_parser(sub) -> None:
     """Registers `anydoor` on the compose command line's subparsers."""
     p = sub.add_parser("anydoor", help="put reference objects into a background (AnyDoor)")
     p.set_defaults(run=compose_anydoor)
-    p.add_argument("--checkpoint", required=True, help="training workdir or <workdir>/checkpoints/<step>")
+    p.add_argument("--checkpoint", default="", help="training workdir or <workdir>/checkpoints/<step>")
+    p.add_argument("--weights", default="", help="the released model, converted: `python -m jcompose.convert "
+                   "anydoor-ckpt epoch=1-step=8687.ckpt FOLDER` (instead of --checkpoint)")
     p.add_argument("--reference", action="append", help="object photo (RGB with --reference-mask, or RGBA); repeat")
     p.add_argument("--reference-mask", action="append", help="the object's mask in its photo (white = object)")
     p.add_argument("--background", help="the image to put the objects into")
     p.add_argument("--mask", action="append", help="where the object goes in the background (white); repeat")
+    p.add_argument("--benchmark", default="", help="a folder built by `python -m input_pipeline.anydoor_benchmark`: "
+                   "generate every pair into the --out folder")
+    p.add_argument("--batch", type=int, default=8, help="--benchmark pairs per compiled call (default 8)")
     p.add_argument("--shape-control", action="store_true", help="follow the target mask's shape, not its box")
     p.add_argument("--paste", choices=("crop", "box"), default="crop", help="paste back the whole crop (released "
                    "run_inference.py) or only the target box (the demo)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's, 50)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the run's, 5.0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="",
+                   help="compute dtype (default: the run's; bfloat16 for --weights)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params (trained with EMA)")
     p.add_argument("--base", default="", help="SD 2.1-base folder (default: the run's)")
     p.add_argument("--dinov2", default="", help="DINOv2 folder (default: the run's)")
     p.add_argument("--show", action="store_true", help="also write <out>_show.png (inputs, collage, result)")
-    p.add_argument("--out", required=True, help="output image (.png)")
+    p.add_argument("--out", required=True, help="output image (.png), or folder with --benchmark")
