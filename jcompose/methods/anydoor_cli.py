@@ -44,7 +44,8 @@ def release_config(info: dict, folder: Path, dtype: str):
 
 def load_release(folder: str | Path, dtype: str = ""):
     """(method, params, frozen, step) of a folder written by `convert anydoor-ckpt`: the release's UNet (its
-    trained decoder in params), extractor and projector (params), VAE and DINOv2 (frozen).
+    trained decoder in params), extractor and projector (params), VAE and DINOv2 (frozen); step is the
+    Lightning global_step the checkpoint recorded ("unrecorded" for a pruned file without one).
 
     dtype: compute dtype ("float32" / "bfloat16"; default the released config's, bfloat16)."""
     import jax.numpy as jnp
@@ -65,7 +66,7 @@ def load_release(folder: str | Path, dtype: str = ""):
     params = {"extractor": extractor, "unet_decoder": decoder,
               "projector": {k: jnp.asarray(v) for k, v in projector.items()}}
     frozen = {"unet_encoder": encoder, "vae": method.pipe.vae.params, "dinov2": method.dinov2_params}
-    return method, params, frozen, info.get("global_step")
+    return method, params, frozen, info.get("global_step", "unrecorded")
 
 
 def _load(args):
