@@ -53,7 +53,10 @@ def resize_bilinear_host(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarra
     """`resize_bilinear` of one (H, W, C) image on the host (numpy, float32): the input pipeline's
     version, so images of any size need no device program per size."""
     rows, cols = _bilinear_matrix(image.shape[0], size), _bilinear_matrix(image.shape[1], size)
-    return np.einsum("ih,hwc,jw->ijc", rows, image.astype(np.float64), cols).astype(np.float32)
+    # Two matrix products (rows, then columns): a three-operand einsum without contraction order
+    # loops over every (i, h, w, j) and took ~100 s for one 512x384 image.
+    height_resized = np.tensordot(rows, image.astype(np.float64), axes=(1, 0))  # (size, W, C)
+    return np.einsum("jw,iwc->ijc", cols, height_resized, optimize=True).astype(np.float32)
 
 
 def pytorch_fid_input(images: jax.Array) -> jax.Array:
