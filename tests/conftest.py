@@ -33,6 +33,13 @@ def compile_cache(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", None)
 
 
+@pytest.fixture(autouse=True)
+def _debug_off(monkeypatch):
+    """Every test starts with tracebacks off: an in-process `--debug` sets JCOMPOSE_DEBUG for child
+    processes (cli.pop_debug), and without this it would leak into later tests and their subprocesses."""
+    monkeypatch.setenv("JCOMPOSE_DEBUG", "0")  # restored (removed) at teardown, whatever the test set
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

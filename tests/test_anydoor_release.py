@@ -30,6 +30,7 @@ from jcompose.models.lightning_ckpt import open_checkpoint
 from jcompose.models.pt_layout import LayoutError
 
 ATOL = 1e-4
+
 TINY = ["--sample-size", "8", "--head-channels", "16"]
 
 

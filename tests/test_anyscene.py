@@ -17,6 +17,7 @@ from input_pipeline import anyscene_benchmark
 from input_pipeline.sources.coco import CocoSource
 from input_pipeline.sources.synthetic import write_synthetic
 from jcompose import attention, methods
+from jcompose.methods import anyscene_inference
 from jcompose.methods.anyscene import AnySceneMethod
 from jcompose.tokens import token_positions
 
@@ -310,7 +311,6 @@ def test_the_learned_gain_comes_from_the_conditioning(conditioning_runs, tmp_pat
 def test_readme_compose_line_runs_after_the_quick_start(trained, tmp_path, monkeypatch):
     """The README's second quick-start line, as written, on the run the first line leaves."""
     from jcompose import compose
-    from jcompose.methods import anyscene_inference
 
     run = str(trained)
     monkeypatch.chdir(tmp_path)

@@ -263,7 +263,7 @@ def convert_anydoor(path: str | Path, out: str | Path, *, dtype: str = "keep", s
                 "ignored_buffers": ignored, "placeholders": ckpt.placeholders,
                 "unread_mib": round(ckpt.unread_bytes / 2**20, 1)}
         (out / "config.json").write_text(json.dumps(info, indent=2) + "\n")
-        report.append(f"{out / 'config.json'}: step {info.get('global_step')}; {len(ignored)} buffers ignored; "
+        report.append(f"{out / 'config.json'}: step {info.get('global_step', 'unrecorded')}; {len(ignored)} buffers ignored; "
                       f"{info['unread_mib']} MiB of optimizer state never read"
                       + (f"; inert placeholders for {', '.join(ckpt.placeholders)}" if ckpt.placeholders else ""))
     return report
