@@ -130,19 +130,6 @@ def prepare_workdir(workdir: str | epath.PathLike) -> epath.Path:
     return path
 
 
-def write_example_inputs(batch: dict, folder: epath.Path) -> None:
-    """The first example's `foreground` (in [-1, 1]) and `mask` as `folder/fg.png` and `mask.png`
-    (white = object), ready for `python -m jcompose.compose ... --foreground --mask`."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rgb = ((np.asarray(batch["foreground"][0], np.float32) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    mask = (np.asarray(batch["mask"][0], np.float32)[..., 0] > 0.5).astype(np.uint8) * 255
-    for name, image in (("fg.png", rgb), ("mask.png", mask)):
-        with (folder / name).open("wb") as f:
-            Image.fromarray(image).save(f, format="PNG")
-
-
 def _mismatch_hint(err: CheckpointMismatch, config) -> str:
     """The config fields that usually explain a checkpoint that does not fit."""
     text, hints = str(err), []
@@ -232,8 +219,9 @@ def train(config, workdir, method=None) -> dict[str, Any]:
     # every process, so it is placed replicated over the whole mesh).
     sample_host = next(iterator(config.train.sample_count, config.data.seed + 1))
     sample_batch = parallel.put_replicated({k: np.asarray(v) for k, v in sample_host.items()}, mesh)
-    if chief and {"foreground", "mask"} <= sample_host.keys() and not (workdir / "example").exists():
-        write_example_inputs(sample_host, workdir / "example")  # inputs for `compose` (README quick start)
+    write_examples = getattr(method, "write_example_inputs", None)  # optional part of the Method protocol
+    if chief and write_examples is not None and not (workdir / "example").exists():
+        write_examples(sample_host, workdir / "example")  # inputs for a first `compose` (README quick starts)
 
     def save(step: int) -> None:
         nonlocal last_saved

@@ -1,13 +1,39 @@
-"""Shared fixtures: tiny model folders written once per test session."""
+"""Shared fixtures (tiny model folders written once per test session) and the suite's compile sharing.
 
+Compilation dominates the suite on CPU, so one persistent XLA cache serves the whole session: the
+process that starts pytest (the xdist controller, or a plain run) makes it and exports it through
+`JAX_COMPILATION_CACHE_DIR`, which the xdist workers and every subprocess a test starts (training runs,
+sweeps, the benchmark suite) inherit. The same program compiled in two modules, two workers or two
+processes is compiled once. Set JAX_COMPILATION_CACHE_DIR yourself to keep a cache between runs.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="jcompose-test-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)  # only in the process that made it
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np
 import pytest
 
 from jcompose.models import tiny
+
+# Files whose tests take minutes (training runs): scheduled first, so that with `--dist loadfile` the
+# two workers finish together instead of one starting a long file at the end.
+_LONG_FILES = ("test_anyscene_conditioning.py", "test_train.py", "test_multimodel.py", "test_anyscene.py",
+               "test_bench.py", "test_dreamcom_train.py", "test_anydoor.py", "test_metrics_evaluate.py",
+               "test_run_record.py", "test_sweep.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
 
 
 @pytest.fixture(scope="session")
@@ -22,15 +48,6 @@ def tiny_dinov2(tmp_path_factory):
     return tiny.write_tiny_dinov2(tmp_path_factory.mktemp("dinov2") / "dinov2")
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for one test module: repeated programs compile once."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
 
 
 @pytest.fixture(autouse=True)

@@ -49,7 +49,7 @@ def randomised(tree, seed):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, compile_cache):
+def setup(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("anydoor")
     method = anydoor.AnyDoorMethod(get_config("tiny"))
     params, frozen = method.init(str(workdir))

@@ -215,7 +215,7 @@ def test_protocol_folder_mode_equals_the_manifest(scored, tiny_eval_models, tmp_
 # ----------------------------------------------------------------------------- generation
 
 
-def test_compose_benchmark_generates_every_pair_batched(sources, tiny_eval_models, tmp_path, compile_cache):
+def test_compose_benchmark_generates_every_pair_batched(sources, tiny_eval_models, tmp_path):
     """2 concepts x 2 backgrounds, --batch 3 (a full and a padded batch): every pair written, pair k equal to
     a single compose with seed + k, the manifest scored by the protocol."""
     from safetensors.numpy import save_file

@@ -16,7 +16,7 @@ from jcompose.models import tiny
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, compile_cache):
+def setup(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("anydoor_inference")
     method = anydoor.AnyDoorMethod(get_config("tiny"))
     params, frozen = method.init(str(workdir))

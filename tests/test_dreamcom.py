@@ -13,7 +13,7 @@ from jcompose.attention import CAPTURE_COLLECTION
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, compile_cache):
+def setup(tmp_path_factory):
     config = load("configs/dreamcom.py:tiny")
     method = methods.build(config)
     params, frozen = method.init(str(tmp_path_factory.mktemp("dreamcom")))

@@ -16,7 +16,7 @@ STEPS = 150
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, compile_cache):
+def run(tmp_path_factory):
     """The tiny config (the README's command) trained for STEPS steps on Toy/fg1."""
     workdir = tmp_path_factory.mktemp("dreamcom_run")
     config = load("configs/dreamcom.py:tiny")

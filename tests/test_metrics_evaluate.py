@@ -9,7 +9,6 @@ from PIL import Image
 
 from configs.eval.base import base_config
 from jcompose import evaluate
-from jcompose.models import tiny
 
 
 def _write_images(folder, seed, n=5, size=48):

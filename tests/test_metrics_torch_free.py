@@ -1,4 +1,4 @@
-"""Metrics with torch unimportable and the batch sharded over two (CPU) devices, as a user without torch."""
+"""Metrics with torch hidden and the batch sharded over two (CPU) devices, as a user without torch."""
 
 import importlib.util
 import json
@@ -7,17 +7,19 @@ import sys
 import textwrap
 
 import numpy as np
+from hide_torch import HIDE, OWN_CODE
 from PIL import Image
 
 from configs.eval.base import base_config
 from jcompose import evaluate
 
-_SCRIPT = textwrap.dedent(
+# torch and diffusers hidden from every import finder, each lookup recorded with the file that asked
+# (test_torch_free's hook: a user's machine without them).
+_SCRIPT = HIDE + textwrap.dedent(
     """
-    import os, sys, json
+    import os, json
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     os.environ["JAX_PLATFORMS"] = "cpu"
-    sys.modules["torch"] = None  # any `import torch` now raises ImportError
     import jax
     from configs.eval.base import base_config
     from jcompose import evaluate
@@ -37,7 +39,8 @@ _SCRIPT = textwrap.dedent(
     scores = evaluate.evaluate(c, progress=False)
     result["ssim"] = scores["per_image"]["ssim"]
     result["lpips"] = scores["per_image"]["lpips"]
-    result["torch_imported"] = sys.modules.get("torch") is not None
+    result["lookups"] = lookups  # (name, asking file) of every torch / diffusers import attempt
+    result["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers"))
     print(json.dumps(result))
     """
 )
@@ -59,7 +62,9 @@ def test_torch_free_and_sharded_equals_single_device(tmp_path):
                           str(int(lpips_weights))], check=False, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert got["devices"] == 2 and got["torch_imported"] is False
+    assert got["devices"] == 2 and got["loaded"] == []
+    ours = [(name, where) for name, where in got["lookups"] if where.startswith(OWN_CODE)]
+    assert ours == [], ours  # the metrics and their weight readers never even look for torch
     if fid_weights:
         assert got["inception_conv_kernel"] == [3, 3, 3, 32]
     if lpips_weights:

@@ -66,7 +66,7 @@ def _write_base_with_a_strong_hint(folder, seed, gain=100.0):
 
 
 @pytest.mark.slow
-def test_compose_uses_the_run_conditioning_format(tmp_path, compile_cache):
+def test_compose_uses_the_run_conditioning_format(tmp_path):
     """A run trained with cond_format 'signed' composes exactly as that model built by hand with 'signed'
     (compose reads the run's config.json), and not as the default 'inpaint' format would."""
     from configs.anyscene import get_config

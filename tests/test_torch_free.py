@@ -10,63 +10,27 @@ process.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import jax.numpy as jnp
 import numpy as np
+from hide_torch import HIDE, OWN_CODE
 
 from jcompose.models import loading
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OWN_CODE = tuple(os.path.join(REPO, d) + os.sep for d in ("jcompose", "configs", "input_pipeline"))
-
-_HIDE = textwrap.dedent(
-    """
-    import importlib.abc
-    import sys
-
-    lookups = []  # (module name, file that asked)
-
-    def _asker():
-        frame = sys._getframe(2)
-        while frame and ("importlib" in frame.f_code.co_filename or frame.f_code.co_filename.startswith("<frozen")):
-            frame = frame.f_back
-        return frame.f_code.co_filename if frame else "?"
-
-    class Hidden(importlib.abc.MetaPathFinder):
-        def __init__(self, inner):
-            self.inner = inner
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "diffusers"):
-                lookups.append((name, _asker()))
-                return None
-            find = getattr(self.inner, "find_spec", None)
-            return find(name, path, target) if find else None
-
-        def find_distributions(self, *args, **kwargs):  # package metadata: hidden packages have none
-            find = getattr(self.inner, "find_distributions", None)
-            return [d for d in (find(*args, **kwargs) if find else ())
-                    if (d.metadata["Name"] or "").lower() not in ("torch", "diffusers")]
-
-        def invalidate_caches(self):
-            getattr(self.inner, "invalidate_caches", lambda: None)()
-
-    sys.meta_path[:] = [Hidden(f) for f in sys.meta_path]
-    """
-)
-
-_SCRIPT = _HIDE + textwrap.dedent(
+_SCRIPT = HIDE + textwrap.dedent(
     """
     import json
     import numpy as np
     import jax.numpy as jnp
     import configs.common, input_pipeline.pipeline, input_pipeline.anyscene_benchmark  # noqa: F401
+    import input_pipeline.anydoor_benchmark, input_pipeline.sources.synthetic  # noqa: F401
     import jcompose.train, jcompose.compose, jcompose.evaluate, jcompose.convert, jcompose.sweep  # noqa: F401
-    import jcompose.bench  # noqa: F401
+    import jcompose.bench.commands, jcompose.bench.sample, jcompose.bench.train, jcompose.bench.suite  # noqa: F401
+    import jcompose.methods.anyscene_inference, jcompose.methods.dreamcom_inference  # noqa: F401
+    import jcompose.methods.anydoor_cli, jcompose.methods.anydoor_inference  # noqa: F401
     from jcompose.models import loading
 
     folder, dinov2, out = sys.argv[1:4]
@@ -132,7 +96,7 @@ def test_the_hook_names_the_importing_file(tmp_path):
     """The hook above sees an import of torch from a module file and names that file (so an empty
     list of own-code lookups means something), and the import fails as without torch."""
     (tmp_path / "probe_module.py").write_text("try:\n    import torch\nexcept ImportError:\n    pass\n")
-    probe = _HIDE + textwrap.dedent(
+    probe = HIDE + textwrap.dedent(
         f"""
         sys.path.insert(0, {str(tmp_path)!r})
         import probe_module  # noqa: F401

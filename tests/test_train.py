@@ -24,9 +24,6 @@ from jcompose.checkpoint import CheckpointError, Checkpointer, abstract_like
 REPO = Path(__file__).resolve().parents[1]
 
 
-# Runs of the same config compile the same programs: the persistent cache makes repeats cheap.
-pytestmark = pytest.mark.usefixtures("compile_cache")
-
 
 def _small(steps, **train):
     config = get_config("tiny")

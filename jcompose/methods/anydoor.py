@@ -188,6 +188,16 @@ class AnyDoorMethod:
                              "input_pipeline/anydoor_mixture.py), or config.data.synthetic=True for a generated set")
         return anydoor_mixture.released_mixture(roots, seed=d.seed, weights=dict(d.weights))
 
+    def write_example_inputs(self, batch: dict, folder) -> None:
+        """With the generated set (`data.synthetic`, the tiny run), a reference, its mask, a background and
+        a target mask from it in `folder` (reference.png, reference_mask.png, background.png, mask.png):
+        the README's first `compose anydoor` after the tiny run reads them. Nothing for real data."""
+        del batch  # AnyDoor's training examples are crops and collages, not compose's inputs
+        if self.config.data.synthetic and self.workdir is not None:
+            from jcompose.methods.anydoor_inference import write_example_inputs
+
+            write_example_inputs(self.workdir / "data", str(folder))
+
     def make_transform(self, **overrides):
         """The released `process_pairs` (input_pipeline/anydoor.py) at the config's sizes; keyword
         arguments override `anydoor.make_transform`'s (e.g. inference settings)."""

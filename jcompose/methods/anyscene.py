@@ -123,6 +123,13 @@ class AnySceneMethod:
             raise ValueError("config.data.coco_root = 'synthetic' needs init(workdir) first")
         return make_anyscene_source(self.config.data, self.workdir)
 
+    def write_example_inputs(self, batch: dict, folder) -> None:
+        """A training batch's first foreground and mask as `folder/fg.png`, `mask.png`: the README's first
+        `compose anyscene` after the quick start reads them."""
+        from jcompose.methods.anyscene_inference import write_example_inputs
+
+        write_example_inputs(batch, folder)
+
     def tokenize(self, prompts) -> np.ndarray:
         """Prompts -> (B, N) int32 ids padded to the tokenizer's context length."""
         tok = self.pipe.tokenizer

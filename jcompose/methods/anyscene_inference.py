@@ -73,6 +73,20 @@ def read_foregrounds(foregrounds: list[str], masks: list[str], canvas_value: int
     return composite, union[..., None].astype(np.float32)
 
 
+def write_example_inputs(batch: dict, folder) -> None:
+    """The first example's `foreground` (in [-1, 1]) and `mask` of a training batch as `folder/fg.png` and
+    `mask.png` (white = object), ready for `compose anyscene --foreground --mask`. `folder` may be an
+    etils path (gs:// workdirs)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = ((np.asarray(batch["foreground"][0], np.float32) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    mask = (np.asarray(batch["mask"][0], np.float32)[..., 0] > 0.5).astype(np.uint8) * 255
+    for name, image in (("fg.png", rgb), ("mask.png", mask)):
+        with (folder / name).open("wb") as f:
+            Image.fromarray(image).save(f, format="PNG")
+
+
 def attention_grid(result: np.ndarray, maps: np.ndarray, words: list[str]) -> np.ndarray:
     """uint8 (H, W, 3) result + float (h, w, K) per-word maps -> uint8 (H, (K+1) W, 3): the result, then
     each map (normalised to its max, JET colours) blended over it."""

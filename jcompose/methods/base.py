@@ -29,6 +29,10 @@ class Method(Protocol):
     def sample(self, params: Any, frozen: Any, batch: dict, rng: jax.Array) -> jax.Array:
         """Images (B, H, W, 3) in [-1, 1] for a batch's conditions (for sample grids)."""
 
+    # Optional: `write_example_inputs(batch, folder)` writes, once per run, input files for a first
+    # `compose` into `<workdir>/example` (from the sample batch or the run's data), so the README's
+    # compose line after a quick start runs as written.
+
 
 def base_folder(base: str, workdir, seed: int, controlnet: bool = False):
     """A config's `model.base` as a folder: the path itself, or for "tiny:<base>" (CPU runs, tests) a tiny

@@ -1,0 +1,58 @@
+"""AnyDoor from a clean start as the README shows it: the tiny run through `jcompose.train`, then
+`compose anydoor` on its checkpoint with the example inputs the run leaves, one object and two."""
+
+import cv2
+import numpy as np
+import pytest
+
+from configs.anydoor import get_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from jcompose import train
+
+    workdir = tmp_path_factory.mktemp("anydoor_run")
+    config = get_config("tiny")
+    config.train.update(steps=2, log_every=1, ckpt_every=2)  # the README's run, shortened: wiring, not learning
+    result = train.train(config, str(workdir))
+    assert result["step"] == 2 and np.isfinite(result["loss"])
+    return workdir
+
+
+def _readme_line(run, out):
+    """The README's compose line after the tiny run, with its /tmp/anydoor replaced by `run`."""
+    example = run / "example"
+    return ["anydoor", "--checkpoint", str(run), "--reference", str(example / "reference.png"),
+            "--reference-mask", str(example / "reference_mask.png"), "--background", str(example / "background.png"),
+            "--mask", str(example / "mask.png"), "--out", str(out), "--show"]
+
+
+@pytest.mark.slow
+def test_the_tiny_run_leaves_inputs_that_compose_reads(run, tmp_path):
+    from jcompose import compose
+
+    background = cv2.imread(str(run / "example" / "background.png"))
+    target = cv2.imread(str(run / "example" / "mask.png"), cv2.IMREAD_GRAYSCALE) > 127
+    reference_mask = cv2.imread(str(run / "example" / "reference_mask.png"), cv2.IMREAD_GRAYSCALE) > 127
+    assert target.any() and reference_mask.any() and target.shape == background.shape[:2]
+
+    written = compose.main(_readme_line(run, tmp_path / "result.png") + ["--steps", "2"])
+    result = cv2.imread(written["image"])
+    assert written["step"] == 2 and result.shape == background.shape
+    ys, xs = np.nonzero(target)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    assert np.abs(result[box].astype(int) - background[box]).mean() > 1  # the box was generated anew
+    show = cv2.imread(written["attention"])  # --show: inputs, collage and result side by side
+    assert show.shape[0] >= background.shape[0] and show.shape[1] > 2 * background.shape[1]
+
+    # Two objects: the example object, and the same reference put into a free corner of the background.
+    h, w = target.shape
+    corner = np.zeros_like(target, np.uint8)
+    corner[h - h // 4:h - 2, 2:w // 4] = 255
+    cv2.imwrite(str(tmp_path / "corner.png"), corner)
+    two = _readme_line(run, tmp_path / "two.png")
+    two += ["--reference", str(run / "example" / "reference.png"), "--reference-mask",
+            str(run / "example" / "reference_mask.png"), "--mask", str(tmp_path / "corner.png"), "--steps", "2"]
+    written = compose.main(two)
+    assert cv2.imread(written["image"]).shape == background.shape
