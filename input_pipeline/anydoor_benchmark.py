@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(cli.pop_debug(sys.argv[1:] if argv is None else argv))
     with cli.guard():
+        if not Path(args.dreambooth).is_dir():
+            raise cli.InputError(f"--dreambooth {args.dreambooth}: no such folder (expected <concept>/*.jpg folders)")
         if not args.coco and not (args.image_dir and args.instances):
             raise cli.InputError("give --coco ROOT, or --image-dir and --instances")
         if args.backgrounds <= 0:

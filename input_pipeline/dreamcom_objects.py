@@ -60,6 +60,9 @@ def parse_objects(data: Any) -> list[ObjectRef]:
         kind, _, rest = str(spec).partition(":")
         if kind == "murecom" and "/" in rest:
             category, fg = rest.split("/", 1)
+            if not category.strip() or not fg.strip():
+                raise ValueError(f"config.data.objects entry {spec!r}: expected 'murecom:<Category>/fg<k>' (the "
+                                 "category names the class noun), e.g. 'murecom:Dog/fg1'")
             refs.append(ObjectRef(f"{category}_{fg}", category.replace("_", " ").lower(), kind, rest))
         elif kind == "dreameditbench" and rest:
             refs.append(ObjectRef(rest, "", kind, rest))  # class noun read from the DreamBooth classes file

@@ -129,3 +129,42 @@ def pair_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), resample=Image.BICUBIC))
 
 
+
+
+def run_of(config) -> dict | None:
+    """The training run behind the images being scored, or None when none is named: `config.run` (a
+    workdir or `<workdir>/checkpoints/<step>`), else the `run` that `compose --benchmark` records in
+    `config.manifest`. Its stored config (`config.json`) must be of `config.method` (InputError naming
+    both otherwise); returns {"workdir", "step", "method", "config"} for scores.json."""
+    from jcompose import inference, run_record
+
+    path, step = str(config.get("run") or ""), None
+    if not path and config.get("manifest") and Path(config.manifest).is_file():
+        try:
+            manifest = json.loads(Path(config.manifest).read_text())
+        except ValueError as err:
+            raise InputError(f"config.manifest {config.manifest}: invalid JSON ({err})") from None
+        path, step = str(manifest.get("run") or ""), manifest.get("step")
+    if not path:
+        return None
+    workdir, newest = inference.resolve_checkpoint(path)
+    stored = run_record.read_config(workdir)
+    if stored is None:
+        raise InputError(f"config.run {path}: {workdir} has no {run_record.RECORD} (the config the run was "
+                         "trained with)")
+    if config.get("method") and stored.method != config.method:
+        raise InputError(f"config.run {path}: a {stored.method!r} run, not {config.method!r} (the protocol of "
+                         "this evaluation config)")
+    return {"workdir": str(workdir), "step": step if step is not None else newest, "method": stored.method,
+            "config": stored.to_dict()}
+
+
+def write_scores(folder: str | Path, scores: dict, config) -> None:
+    """`folder/scores.json`: the scores, and under "run" the training run that made the images (`run_of`)
+    when one is known."""
+    run = run_of(config)
+    if run is not None:
+        scores = {**scores, "run": run}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")

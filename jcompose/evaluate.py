@@ -29,7 +29,7 @@ import numpy as np
 from jcompose import cli, parallel
 from jcompose.cli import InputError
 from jcompose.eval_inputs import (batches, by_stem, crop_to_mask, list_images, pair_image, pair_mask, read_image,
-                                  read_mask, read_prompts)
+                                  read_mask, read_prompts, run_of, write_scores)
 from jcompose.metrics import aesthetic, clip_score, fid, inception, ssim
 from jcompose.metrics.extractors import METRICS, build_extractors, check_config  # noqa: F401 (public here)
 
@@ -40,6 +40,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     """Runs the configured metrics and writes scores.json and the report; returns the scores."""
     from tqdm import tqdm
 
+    run_of(config)  # the run named or recorded must be this protocol's method: checked before the long work
     if config.get("protocol") == "anydoor":  # region CLIP-I / DINO x 100 (configs/eval/anydoor.py)
         from jcompose.metrics import anydoor_protocol
 
@@ -229,8 +230,7 @@ def write_outputs(config, scores: dict, generated: list[Path], refs: dict[str, P
     from PIL import Image
 
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    write_scores(out, scores, config)
     thumb = config.report.thumb
     rows = generated[: config.report.examples]
     cols = 2 if refs else 1

@@ -105,3 +105,43 @@ def tiny_eval_models(tmp_path_factory):
     save_file({"weight": rng.normal(size=(1, 16)).astype(np.float32), "bias": np.array([5.0], np.float32)},
               str(root / "aesthetic.safetensors"))
     return root
+
+
+# ------------------------------------------------------------------ where the suite's time goes
+# JCOMPOSE_COMPILE_REPORT=DIR: each test process writes DIR/<worker>.json, per test the seconds spent
+# tracing, lowering and compiling XLA programs in that process (subprocesses a test starts not
+# included; persistent-cache hits count as lowering only).
+_COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+                   "/jax/core/compile/backend_compile_duration": "compile_s"}
+_compile_seconds: dict = {}
+_current_test = ["(collection)"]
+
+
+def pytest_configure(config):
+    if os.environ.get("JCOMPOSE_COMPILE_REPORT"):
+        from jax import monitoring
+
+        def listen(event, seconds, **_):
+            if event in _COMPILE_EVENTS:
+                per_test = _compile_seconds.setdefault(_current_test[0], {})
+                per_test[_COMPILE_EVENTS[event]] = per_test.get(_COMPILE_EVENTS[event], 0.0) + seconds
+
+        monitoring.register_event_duration_secs_listener(listen)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _current_test[0] = item.nodeid
+    yield
+
+
+def pytest_sessionfinish(session):
+    folder = os.environ.get("JCOMPOSE_COMPILE_REPORT")
+    if folder and _compile_seconds:
+        import json
+
+        os.makedirs(folder, exist_ok=True)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(os.path.join(folder, f"{worker}.json"), "w") as f:
+            json.dump(_compile_seconds, f, indent=1)

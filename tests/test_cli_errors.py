@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from toy_method import use_toy_method
 
-from input_pipeline import anyscene_benchmark
+from input_pipeline import anydoor_benchmark, anyscene_benchmark
 from input_pipeline.sources import synthetic
-from jcompose import cli, evaluate, sweep, train
+from jcompose import cli, compose, convert, evaluate, sweep, train
+from jcompose.bench import commands as bench_commands
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,8 @@ def files(tmp_path_factory):
     (root / "a_file").write_text("not a folder")
     (root / "syntax.py").write_text("def get_config(arg):\n    return (\n")
     (root / "prompts.json").write_text("{'not': json")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
     truth = synthetic.write_synthetic(root / "data", num_images=3, num_videos=0, image_size=(64, 80))
     coco = truth.coco_dir
     for image in sorted((coco / "images").glob("*.jpg"))[:1]:
@@ -43,6 +46,7 @@ def files(tmp_path_factory):
     from PIL import Image
 
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "gen" / "a.png")
+    Image.fromarray(mask).save(root / "mask.png")
     (root / "sweep_syntax.py").write_text("def get_sweep(arg)\n    return {}\n")
     (root / "sweep_typo.py").write_text("def get_sweep(arg):\n    return {'config': 'configs/denoise.py:tiny', "
                                         "'runs': [{'optim.lrr': 1e-4}]}\n")
@@ -129,10 +133,44 @@ BENCHMARK = [
       "--out={w}"], "--num 0: expected > 0"),
 ]
 
+COMPOSE = [
+    (["anyscene", "--checkpoint={f}/nowhere", "--foreground={f}/gen/a.png", "--mask={f}/mask.png", "--prompt=x",
+      "--out={w}/o.png"], "--checkpoint {f}/nowhere: neither a training workdir"),
+    (["anyscene", "--checkpoint={f}", "--foreground={f}/nope.png", "--mask={f}/mask.png", "--prompt=x",
+      "--out={w}/o.png"], "--foreground {f}/nope.png: no such file"),
+    (["anyscene", "--checkpoint={f}", "--foreground={f}/gen/a.png", "--mask={f}/gen/a.png", "--prompt=x",
+      "--out={w}/o.png"], "--mask {f}/gen/a.png: empty foreground"),
+    (["dreamcom", "--checkpoint={f}", "--background={f}/gen/a.png", "--box=1,2", "--out={w}"],
+     "--box '1,2': expected four integers x1,y1,x2,y2"),
+    (["anydoor", "--checkpoint={f}", "--reference={f}/gen/a.png", "--background={f}/gen/a.png",
+      "--mask={f}/mask.png", "--out={w}/o.png"], "--reference {f}/gen/a.png: no --reference-mask given"),
+]
+
+CONVERT = [
+    (["to-flax", "{f}/nowhere", "{w}"], "{f}/nowhere: folder not found"),
+    (["anydoor-ckpt", "{f}/a_file", "{w}"], "{f}/a_file: neither a zip archive nor a legacy torch pickle"),
+    (["anydoor-ckpt", "{f}/gen/a.png", "{w}"], "{f}/gen/a.png: neither a zip archive nor a legacy torch pickle"),
+    (["sd-ckpt", "{f}/nope.ckpt", "{w}"], "{f}/nope.ckpt: checkpoint file not found"),
+]
+
+BENCH = [
+    (["train", "--config=configs/nope.py"], "config configs/nope.py: no such file"),
+    (["suite", "--out={f}/a_file"], "--out {f}/a_file: is a file, not a folder"),
+]
+
+ANYDOOR_BENCHMARK = [
+    (["--dreambooth={f}/nowhere", "--coco={f}/nowhere", "--out={w}"], "--dreambooth {f}/nowhere: no such folder"),
+    (["--dreambooth={f}", "--out={w}"], "give --coco ROOT, or --image-dir and --instances"),
+    (["--dreambooth={f}", "--coco={f}/nowhere", "--out={w}"], "{f}/nowhere/val2017: COCO image folder not found"),
+]
+
 CASES = ([("train", *c) for c in TRAIN] + [("evaluate", *c) for c in EVALUATE] + [("sweep", *c) for c in SWEEP]
-         + [("synthetic", *c) for c in SYNTHETIC] + [("anyscene_benchmark", *c) for c in BENCHMARK])
+         + [("synthetic", *c) for c in SYNTHETIC] + [("anyscene_benchmark", *c) for c in BENCHMARK]
+         + [("compose", *c) for c in COMPOSE] + [("convert", *c) for c in CONVERT] + [("bench", *c) for c in BENCH]
+         + [("anydoor_benchmark", *c) for c in ANYDOOR_BENCHMARK])
 MAINS = {"train": train.main, "evaluate": evaluate.main, "sweep": sweep.main, "synthetic": synthetic.main,
-         "anyscene_benchmark": anyscene_benchmark.main}
+         "anyscene_benchmark": anyscene_benchmark.main, "compose": compose.main, "convert": convert.main,
+         "bench": bench_commands.main, "anydoor_benchmark": anydoor_benchmark.main}
 
 
 @pytest.mark.parametrize("entry, argv, expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
@@ -188,6 +226,10 @@ def test_internal_errors_and_debug_keep_the_traceback(monkeypatch, tmp_path):
     ("jcompose.sweep", ["list", "--sweep=nope.py", "--root=/tmp/x"], "--sweep nope.py: no such file"),
     ("input_pipeline.sources.synthetic", ["--out=/tmp/x", "--num_images", "-3"], "--num_images -3"),
     ("input_pipeline.anyscene_benchmark", ["--coco_root=/nonexistent", "--out=/tmp/x"], "--coco_root /nonexistent"),
+    ("input_pipeline.anydoor_benchmark", ["--dreambooth=/nonexistent", "--out=/tmp/x"], "--dreambooth /nonexistent"),
+    ("jcompose.bench", ["train", "--config=configs/nope.py"], "config configs/nope.py: no such file"),
+    ("jcompose.compose", ["anydoor", "--checkpoint=/nonexistent", "--out=/tmp/x.png"], "--reference"),
+    ("jcompose.convert", ["sd-ckpt", "/nonexistent.ckpt", "/tmp/x"], "/nonexistent.ckpt: checkpoint file not found"),
 ])
 def test_what_a_user_sees(module, argv, expected):
     env = {k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV}
@@ -196,7 +238,7 @@ def test_what_a_user_sees(module, argv, expected):
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
     assert expected in result.stderr
-    if module == "jcompose.train":  # --debug and the environment variable show the traceback
+    if module in ("jcompose.train", "jcompose.bench"):  # --debug and the environment variable show the traceback
         for extra, more_env in ((["--debug"], {}), ([], {cli.DEBUG_ENV: "1"})):
             debug = subprocess.run([sys.executable, "-m", module, *argv, *extra], cwd=REPO, capture_output=True,
                                    text=True, timeout=300, env={**env, **more_env}, check=False)

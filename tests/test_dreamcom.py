@@ -136,3 +136,37 @@ def test_sampling_self_attention_does_not_mix_box_and_background(setup, rule):
         elif across.any():
             assert mixed > 0, name
     assert masked == len(layers) == (4 if rule == "released" else 0)  # the tiny UNet's 4 decoder layers
+
+
+def test_self_attention_rules_on_the_full_size_inpainting_unet():
+    """On SD 1.5-inpainting's own architecture (traced abstractly: no weights, no FLOPs) the rules pick
+    the layers the reference names: released = up 32x32 layers 2 and 3 and all three up 64x64 layers (the
+    last 5 of 9), paper = all but the last 6 (the 16x16 decoder block). The paper's rule on the tiny UNet
+    (4 decoder layers) would pick none: an error, not a silent no-op."""
+    from jcompose.bench.weights import full_size_configs
+    from jcompose.methods.dreamcom import self_attention_rule_layers
+    from jcompose.models.unet import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**full_size_configs("sd15-inpaint")[0])
+    x, t, ctx = jnp.zeros((1, 9, 64, 64)), jnp.ones((1,), jnp.int32), jnp.zeros((1, 77, 768))
+    params = jax.eval_shape(lambda: unet.init(jax.random.PRNGKey(0), x, t, ctx))["params"]
+    calls = []
+
+    def trace(p):  # params as an abstract argument: 3.4 GB of fp32 weights are never allocated
+        apply = lambda ctx_: unet.apply({"params": p}, x, t, ctx, attention=ctx_)  # noqa: E731
+        calls.extend(attention.attention_layers(apply, (64, 64)))
+        return jnp.zeros(())
+
+    jax.eval_shape(trace, params)
+    decoder = [c.name for c in calls if not c.is_cross and c.path[0].startswith("up_blocks")]
+
+    def layer(block, attn):
+        return f"up_blocks_{block}/attentions_{attn}/transformer_blocks_0/attn1"
+
+    assert len(decoder) == 9
+    assert self_attention_rule_layers(decoder, "released") == {layer(2, 1), layer(2, 2), layer(3, 0), layer(3, 1),
+                                                               layer(3, 2)}
+    assert self_attention_rule_layers(decoder, "paper") == {layer(1, 0), layer(1, 1), layer(1, 2)}
+    assert self_attention_rule_layers(decoder, "none") == frozenset()
+    with pytest.raises(ValueError, match="picks none of this UNet's 4 decoder"):
+        self_attention_rule_layers(decoder[-4:], "paper")

@@ -95,13 +95,23 @@ def test_export_and_compose_with_and_without_crop(run, tmp_path, capsys):
         assert np.abs(images[0].astype(int) - images[1].astype(int)).max() > 0  # two draws
         if crop == "--do-crop":  # the small box's crop region is pasted back; far pixels are the original
             np.testing.assert_array_equal(images[0][60:, 100:], original[60:, 100:])
+    import cv2
+
+    empty = tmp_path / "empty_mask.png"
+    cv2.imwrite(str(empty), np.zeros((96, 128), np.uint8))
     for flags, message in ((["--box", "20,10,400,30"], "error: --box 20,10,400,30: outside the 128x96 background"),
                            (["--object", "Cat_fg1", "--box", "1,1,5,5"], "error: --object Cat_fg1: the run trained "
-                                                                          "Toy_fg1")):
+                                                                          "Toy_fg1"),
+                           (["--mask", str(empty)], f"error: --mask {empty}: "),
+                           (["--mask", str(tmp_path / "nope.png")], f"error: --mask {tmp_path / 'nope.png'}: ")):
         with pytest.raises(SystemExit) as exit_info:
             compose.main(["dreamcom", "--checkpoint", str(workdir), "--background", str(background), *flags,
                           "--out", str(tmp_path / "bad")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a DreamCom run is not an AnyScene checkpoint
+        compose.main(["anyscene", "--checkpoint", str(workdir), "--foreground", str(background), "--mask",
+                      str(background), "--prompt", "x", "--out", str(tmp_path / "bad.png")])
+    assert exit_info.value.code == 2 and "a 'dreamcom' run, not 'anyscene'" in capsys.readouterr().err
 
 
 def test_benchmark_generation_writes_the_manifest(run, tmp_path):
@@ -115,3 +125,31 @@ def test_benchmark_generation_writes_the_manifest(run, tmp_path):
     entry = manifest["images"][0]
     assert entry["object"] == "Toy_fg1" and len(entry["references"]) == 5
     assert (tmp_path / "gen" / entry["image"]).is_file()
+    assert manifest["run"] == str(workdir)  # evaluate finds the run (and its config) from here
+
+
+def test_evaluate_names_the_run_and_refuses_another_methods(run, tmp_path):
+    """scores.json says which run made the images (from config.run or the compose manifest), and an
+    evaluation config of another method refuses the run before any work."""
+    from configs.eval.anyscene import get_config as anyscene_eval
+    from configs.eval.dreamcom import get_config as dreamcom_eval
+    from jcompose import evaluate
+    from jcompose.cli import InputError
+    from jcompose.eval_inputs import run_of, write_scores
+
+    workdir, config = run
+    wrong = anyscene_eval()
+    wrong.update(run=str(workdir), out=str(tmp_path / "out"))
+    with pytest.raises(InputError, match="a 'dreamcom' run, not 'anyscene'"):
+        evaluate.evaluate(wrong, progress=False)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"run": str(workdir), "step": 7, "images": []}))
+    right = dreamcom_eval()
+    right.manifest = str(manifest)
+    write_scores(tmp_path / "scores", {"DINO": 0.5}, right)
+    scores = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    assert scores["DINO"] == 0.5 and scores["run"]["workdir"] == str(workdir) and scores["run"]["step"] == 7
+    assert scores["run"]["method"] == "dreamcom"
+    assert scores["run"]["config"]["data"]["objects"] == list(config.data.objects)
+    right.update(manifest="", run=str(workdir / "checkpoints" / str(STEPS)))
+    assert run_of(right)["step"] == STEPS

@@ -205,3 +205,33 @@ def test_bad_images_and_folders_are_named(tmp_path):
     classes.unlink()
     with pytest.raises(RecordError, match=r"prompts_and_classes\.txt: DreamBooth classes file not found"):
         deb.objects(bench, dreambooth)
+
+
+@pytest.mark.parametrize("objects, error", [
+    ((), "config.data.objects is empty"),
+    (("folder:/photos/dog:",), "no class noun after the folder"),
+    (("folder:/photos/dog",), "expected 'murecom:<Category>/fg<k>', 'dreameditbench:<subject>' or 'folder:"),
+    (("murecom:/fg1",), "'murecom:/fg1': expected 'murecom:<Category>/fg<k>'"),
+    (("murecom:Dog/fg1", "folder:/x/Dog_fg1:dog"), "object names repeat"),
+])
+def test_object_specs_are_checked(objects, error):
+    from types import SimpleNamespace
+
+    from input_pipeline.dreamcom_objects import parse_objects
+
+    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)")):
+        parse_objects(SimpleNamespace(objects=objects))
+
+
+def test_reference_folders_need_photos_with_masks(tmp_path):
+    from input_pipeline.sources.dreambooth import ReferenceFolderSource
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordError, match="no reference photos found"):
+        ReferenceFolderSource(tmp_path / "empty")
+    with pytest.raises(RecordError, match="reference photo folder not found"):
+        ReferenceFolderSource(tmp_path / "missing")
+    (tmp_path / "unmasked").mkdir()
+    cv2.imwrite(str(tmp_path / "unmasked" / "0.jpg"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(RecordError, match="no mask found"):
+        ReferenceFolderSource(tmp_path / "unmasked")

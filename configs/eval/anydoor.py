@@ -15,6 +15,7 @@ from configs.eval.base import base_config
 
 def get_config(arg: str = ""):
     c = base_config()
+    c.method = "anydoor"
     c.protocol = "anydoor"            # jcompose.evaluate dispatches to jcompose/metrics/anydoor_protocol.py
     c.metrics = ("clip_i", "dino")
     c.manifest = ""                   # GEN/manifest.json written by `compose anydoor --benchmark`

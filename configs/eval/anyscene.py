@@ -13,6 +13,7 @@ from configs.eval.base import base_config
 
 def get_config(arg: str = ""):
     c = base_config()
+    c.method = "anyscene"
     c.metrics = ("fid", "kid", "clip_score", "aesthetic")
     c.aesthetic.version = "v1"  # AnyScene's supplement: LAION-Aesthetics predictor V1
     if arg:

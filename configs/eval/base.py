@@ -13,6 +13,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.masks = ""            # per generated image, white = inserted object (foreground crop / background blank)
     c.prompts = ""          # JSON {name: prompt} or `name<TAB>prompt` lines (clip_score)
     c.out = ""              # writes scores.json, report.html, examples.png here
+    c.run = ""              # the training run that made the images (workdir or checkpoint folder; default:
+                            # the `run` a compose --benchmark manifest records): its config.json is read, its
+                            # method checked against `method`, and both go into scores.json
+    c.method = ""           # the method whose images these are (set by each method's eval config)
     c.metrics = ("fid", "clip_score")
     c.batch_size = 16       # global; rounded up to a multiple of the device count
     c.workers = 4           # host threads decoding / preprocessing images

@@ -15,6 +15,7 @@ from configs.eval.base import base_config
 
 def get_config(arg: str = ""):
     c = base_config()
+    c.method = "dreamcom"
     c.metrics = ("dino", "clip_i", "lpips", "ssim")
     c.manifest = ""         # GEN/manifest.json of `compose dreamcom --benchmark`: the paper's protocol
     if arg:

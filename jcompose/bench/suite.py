@@ -31,6 +31,7 @@ from typing import Any
 
 from jcompose.bench import suite_report, timing, torch_train, weights
 from jcompose.bench.runner import Part, Terminated, kill_live_parts, run_part
+from jcompose.cli import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT_IN_METHODS = ("denoise", "anyscene")
@@ -140,6 +141,8 @@ def _select(parts: list[Part], wanted: str) -> list[Part]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Plans, runs and reports the suite; returns the report's data (also DIR/report.json)."""
     started = time.perf_counter()
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: is a file, not a folder")
     probe = probe_backend()
     accelerator = probe["backend"] != "cpu"
     isolate = args.isolate == "yes" or (args.isolate == "auto" and accelerator)

@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from jcompose.cli import InputError
-from jcompose.inference import read_checkpoint, run_config, trained_tree, write_image
+from jcompose.inference import read_checkpoint, resolve_checkpoint, run_config, trained_tree, write_image
 
 
 def release_config(info: dict, folder: Path, dtype: str):
@@ -156,7 +156,8 @@ def compose_benchmark(args) -> dict:
                             "box": pair["box"], "seed": args.seed + k})
         print(f"{len(entries)}/{len(pairs)} pairs", flush=True)
     manifest = {"benchmark": header.get("name"), "bench": str(args.benchmark), "step": step,
-                "weights": str(args.weights or args.checkpoint), "steps": steps, "guidance": guidance,
+                "weights": str(args.weights or args.checkpoint), "steps": steps,
+                "run": str(resolve_checkpoint(args.checkpoint)[0]) if args.checkpoint else "", "guidance": guidance,
                 "shape_control": bool(args.shape_control), "paste": args.paste, "seed": args.seed, "images": entries}
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

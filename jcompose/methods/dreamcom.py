@@ -55,6 +55,21 @@ def masked_mse(pred: jax.Array, target: jax.Array, loss_mask: jax.Array) -> jax.
     return jnp.mean(per_sample)
 
 
+def self_attention_rule_layers(decoder: list[str], rule: str) -> frozenset[str]:
+    """The layers masked self-attention acts on, of `decoder` (the UNet's decoder self-attention layer names
+    in call order; SD 1.5 has 9): "released" = the last 5 (bcmi/DreamCom's inference: up 32x32 layers 2
+    and 3, all three up 64x64 layers), "paper" = all but the last 6 (the paper's text; SD 1.5's first
+    3, the 16x16 decoder block), "none" = none. A rule that picks no layer of a UNet that has some (the
+    paper's on a small UNet) raises ValueError rather than silently masking nothing."""
+    if rule not in SELF_ATTENTION_RULES:
+        raise ValueError(f"self-attention rule {rule!r}: expected one of {SELF_ATTENTION_RULES}")
+    chosen = {"released": decoder[-5:], "paper": decoder[:-6], "none": []}[rule]
+    if rule != "none" and decoder and not chosen:
+        raise ValueError(f"self-attention rule {rule!r} picks none of this UNet's {len(decoder)} decoder "
+                         "self-attention layers (it needs more than 6): use 'released' or 'none'")
+    return frozenset(chosen)
+
+
 class DreamComMethod:
     """The DreamCom recipe (see module doc); built from `configs/dreamcom.py`."""
 
@@ -212,14 +227,8 @@ class DreamComMethod:
         return [c.name for c in calls if not c.is_cross and c.path[0].startswith("up_blocks")]
 
     def self_attention_layers(self, rule: str | None = None) -> frozenset[str]:
-        """The masked self-attention layers of a rule: released = last 5 decoder layers, paper = all but the
-        last 6, none = no layer."""
-        rule = rule or self.config.sample.self_attention
-        if rule not in SELF_ATTENTION_RULES:
-            raise ValueError(f"self-attention rule {rule!r}: expected one of {SELF_ATTENTION_RULES}")
-        decoder = self.decoder_self_attention
-        chosen = {"released": decoder[-5:], "paper": decoder[:-6], "none": []}[rule]
-        return frozenset(chosen)
+        """The masked self-attention layers of a rule (`self_attention_rule_layers`) on this UNet."""
+        return self_attention_rule_layers(self.decoder_self_attention, rule or self.config.sample.self_attention)
 
     def sample(self, params, frozen, batch, rng, num_steps=None, guidance_scale=None, self_attention=None):
         """Inpaints each batch box: (B, H, W, 3) in [-1, 1].

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from jcompose.cli import InputError
-from jcompose.inference import read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
+from jcompose.inference import (read_checkpoint, read_image_file, resolve_checkpoint, run_config, to_uint8, trained_tree,
+                                write_image)
 
 BENCHMARKS = ("murecom", "dreameditbench")
 
@@ -193,6 +194,7 @@ def compose_benchmark(args) -> dict:
         done += len(images)
         print(f"{name} {stem}: {done} images", flush=True)
     (out / "manifest.json").write_text(json.dumps({"benchmark": kind, "root": str(root), "step": step,
+                                                   "run": str(resolve_checkpoint(args.checkpoint)[0]),
                                                    "images": manifest}, indent=1))
     return {"image": str(out), "step": step, "count": done}
 

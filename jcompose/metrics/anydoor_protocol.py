@@ -29,7 +29,7 @@ import numpy as np
 
 from jcompose import parallel
 from jcompose.cli import InputError
-from jcompose.eval_inputs import batches, by_stem, list_images, read_mask
+from jcompose.eval_inputs import batches, by_stem, list_images, read_mask, write_scores
 from jcompose.metrics import clip_score, dino, preprocess
 
 SCALE = 100.0
@@ -184,8 +184,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         "per_image": {"image": [str(r["image"]) for r in rows], **{m: (SCALE * cos[m]).tolist() for m in cos}},
     }
     target = Path(config.out)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "scores.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_scores(target, result, config)
     (target / "report.md").write_text(
         f"# AnyDoor protocol: {header.get('benchmark')} ({len(rows)} images, {len(per_object)} objects)\n\n"
         "| Model | CLIP Score ↑ | DINO Score ↑ |\n| --- | --- | --- |\n"

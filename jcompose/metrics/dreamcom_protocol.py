@@ -28,7 +28,7 @@ import numpy as np
 
 from jcompose import parallel
 from jcompose.cli import InputError
-from jcompose.eval_inputs import batches, crop_to_mask, pair_mask, read_image, read_mask
+from jcompose.eval_inputs import batches, crop_to_mask, pair_mask, read_image, read_mask, write_scores
 from jcompose.metrics import clip_score, dino, lpips, preprocess, regions
 
 CONVENTIONS = {
@@ -182,8 +182,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
                               "clip_model": str(config.clip.model), "dino_model": str(config.dino.model)},
               "per_pair": per_pair}
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scores.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_scores(out, result, config)
     (out / "report.md").write_text(
         f"# DreamCom protocol: {header.get('benchmark')} ({len(per_pair)} pairs, {len(entries)} images)\n\n"
         "| Method | DINO ↑ | CLIP ↑ | LPIPS ↓ | SSIM ↑ |\n| --- | --- | --- | --- | --- |\n"
