@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
         keep_best=0,           # plus the best by best_metric (logged mean over log_every steps)
         best_metric="loss",
         best_mode="min",
-        sample_every=0,        # 0: a sample grid only at the end
+        sample_every=0,        # 0: a sample grid only at the end; -1: no sample grids (sweeps, tests)
         sample_count=4,        # sample-grid images (per model when a run trains several)
         export=False,          # at the end, each trained model exported by its method (<workdir>/export/<name>)
     ))
@@ -69,8 +69,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.optim.lr > 0, "optim.lr", "a positive float")
     need(config.optim.schedule in ("constant", "cosine"), "optim.schedule", "'constant' or 'cosine'")
     need(config.optim.warmup_steps >= 0, "optim.warmup_steps", "a count >= 0")
-    need(t.sample_count > 0 and t.sample_every >= 0, "train.sample_count",
-         "a positive count (and train.sample_every >= 0)")
+    need(t.sample_count > 0, "train.sample_count", "a positive count")
+    need(t.sample_every >= -1, "train.sample_every", "a step count, 0 (a grid at the end only) or -1 (no grids)")
     d = config.data
     need(d.image_size > 0 and d.image_size % 8 == 0, "data.image_size", "a positive multiple of 8 (the VAE factor)")
     need(d.worker_count >= 0, "data.worker_count", "a count >= 0 (0: read in the main process)")

@@ -282,7 +282,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
             if done % config.train.ckpt_every == 0 or done == config.train.steps:
                 check_finite(done)
                 save(done)
-            if config.train.sample_every and done % config.train.sample_every == 0:
+            if config.train.sample_every > 0 and done % config.train.sample_every == 0:
                 write_samples(done)
             # Every process stops at the same step: with several, they agree at each log step.
             stopping = stop["signal"] is not None
@@ -296,7 +296,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
                       "checkpoint saved", flush=True)
                 break
         else:
-            if config.train.steps > start or not (workdir / "samples").exists():
+            if config.train.sample_every >= 0 and (config.train.steps > start or not (workdir / "samples").exists()):
                 write_samples(config.train.steps)
             if chief and config.train.get("export", False) and hasattr(method, "export"):
                 export_models(method, state["params"], workdir / "export", models)

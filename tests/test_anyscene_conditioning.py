@@ -43,7 +43,7 @@ def conditioning_runs(tmp_path_factory):
         workdir = tmp_path_factory.mktemp(f"anyscene_{name}")
         config = run_config()
         config.optim.lr = CONDITIONING_LR
-        config.train.update(steps=CONDITIONING_STEPS, ckpt_every=CONDITIONING_STEPS)
+        config.train.update(steps=CONDITIONING_STEPS, ckpt_every=CONDITIONING_STEPS, sample_every=-1)  # no grids
         train.train(config, str(workdir), method=method(config))
         runs[name] = workdir
     return runs

@@ -112,3 +112,12 @@ def test_compose_falls_back_from_a_damaged_newest_checkpoint(tmp_path, caplog):
     assert (tmp_path / "checkpoints" / "2").is_dir()  # a reader leaves the run as it is
     with pytest.raises(InputError, match=r"checkpoints/2: step 2 is damaged"):
         inference.read_checkpoint(str(tmp_path / "checkpoints" / "2"))
+
+
+@pytest.mark.parametrize("every, grids", [(-1, []), (0, ["step_0000004.png"]),
+                                          (2, ["step_0000002.png", "step_0000004.png"])])
+def test_sample_grids_every_n_steps_at_the_end_or_never(tmp_path, monkeypatch, every, grids):
+    use_toy_method(monkeypatch)
+    train.train(toy_config(steps=4, sample_every=every), str(tmp_path / "run"))
+    written = sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png"))
+    assert written == grids

@@ -170,3 +170,44 @@ def test_self_attention_rules_on_the_full_size_inpainting_unet():
     assert self_attention_rule_layers(decoder, "none") == frozenset()
     with pytest.raises(ValueError, match="picks none of this UNet's 4 decoder"):
         self_attention_rule_layers(decoder[-4:], "paper")
+
+
+def test_loss_and_gradients_match_the_pytorch_reference(setup, tmp_path):
+    """The `bench train` PyTorch step (jcompose/bench/torch_train_dreamcom.py: diffusers' 9-channel UNet,
+    a masked cross-attention processor, the released context layout and loss normalisation) on the same
+    weights and the same draw gives the same loss and UNet gradients: the benchmark compares equal work."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from jcompose.bench.torch_train_dreamcom import DreamComTorch
+    from jcompose.models import encoders, loading, pt_layout
+
+    method, params, frozen, batch = setup
+    params = jax.tree_util.tree_map(lambda v: v + 0.01 * jnp.sign(v), params)  # not the base: a trained-like UNet
+    folder = tmp_path / "base"
+    loading.export_diffusers(method.pipe.unet.module, params["unet"], folder / "unet")
+    loading.export_diffusers(method.pipe.vae.module, frozen["vae"], folder / "vae")
+    encoders.export_encoder(method.pipe.text_encoder.module, frozen["text_encoder"], folder / "text_encoder")
+    for part in ("tokenizer", "scheduler"):
+        shutil.copytree(method.pipe.root / part, folder / part)
+
+    rng = jax.random.PRNGKey(5)
+    loss, grads = jax.value_and_grad(lambda p: method.loss(p, frozen, batch, rng)[0])(params)
+    k_latent, k_masked, k_noise, k_t = jax.random.split(rng, 4)  # the loss's own draw (see DreamComMethod.loss)
+    latents = np.asarray(method._latents(frozen, batch["image"], k_latent))
+    masked = np.asarray(method._latents(frozen, batch["masked_image"], k_masked))
+    noise = np.asarray(jax.random.normal(k_noise, latents.shape))
+    t = np.asarray(jax.random.randint(k_t, (latents.shape[0],), 0, 1000))
+
+    model = DreamComTorch(folder, {k: np.asarray(v) for k, v in batch.items()}, method.config, "cpu")
+    torch_loss = model.loss(*(torch.from_numpy(x) for x in (latents, masked, noise)), torch.from_numpy(t))
+    torch_loss.backward()
+    named = dict(model.unet.named_parameters())
+    pairs = [(v, named[k].grad.numpy()) for k, v in pt_layout.flax_to_state_dict(grads["unet"]).items()]
+    # max |jcompose - torch| over all UNet gradients / the largest gradient (per-leaf ratios would see
+    # float rounding on leaves whose gradient is ~0)
+    error = max(float(np.abs(a - b).max()) for a, b in pairs) / max(float(np.abs(b).max()) for _, b in pairs)
+    print(f"loss jcompose {float(loss):.7f} torch {float(torch_loss):.7f}; relative UNet gradient error {error:.1e}")
+    assert abs(float(loss) - float(torch_loss)) < 1e-5 * max(1.0, float(torch_loss))
+    assert error < 1e-3 and len(pairs) == len(named)

@@ -142,11 +142,12 @@ def test_bucket_env_gives_the_default_workdir(fake):
     assert "--workdir=gs://my-bucket/jcompose/jcompose-denoise" in result.stdout
 
 
-def test_anyscene_dry_run_prints_the_pod_command(fake):
-    result = fake("anyscene", "--dry-run", "--accelerator", "v5p-64", "--workdir", "gs://b/anyscene")
+@pytest.mark.parametrize("method", ["anyscene", "dreamcom", "anydoor"])
+def test_method_dry_run_prints_the_pod_command(fake, method):
+    result = fake(method, "--dry-run", "--accelerator", "v5p-64", "--workdir", f"gs://b/{method}")
     assert result.returncode == 0, result.stderr
     train = next(line for line in result.stdout.splitlines() if "jcompose.train" in line)
-    assert "--worker=all" in train and "--config=configs/anyscene.py" in train and "--multihost" in train
+    assert "--worker=all" in train and f"--config=configs/{method}.py" in train and "--multihost" in train
     assert fake.calls() == []
 
 

@@ -8,6 +8,7 @@ and the checkpoint holds both objects and both data streams.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -47,7 +48,6 @@ _SCRIPT = textwrap.dedent(
         checkpoints.close()
         params = {"/".join(k): np.asarray(v) for k, v in flatten_dict(state["params"]).items()}
         np.savez(workdir + ".npz", **params)
-        shard = jax.tree_util.tree_leaves(state["params"])[0].shape
         report[os.path.basename(workdir)] = {"loss": result["loss"], "losses": {k: v for k, v in result.items() if
                                              k.startswith("loss/")}, "devices": jax.device_count()}
     print(json.dumps(report))
@@ -57,9 +57,12 @@ _SCRIPT = textwrap.dedent(
 
 def _run(tmp_path, devices: int, runs: list[list[str]]) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path), json.dumps(runs)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path), json.dumps(runs)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report["mesh_lines"] = [line for line in proc.stdout.splitlines() if line.startswith("mesh ")]
+    return report
 
 
 @pytest.mark.slow
@@ -69,6 +72,10 @@ def test_two_objects_in_one_program_equal_each_alone(tmp_path):
     alone = _run(tmp_path, 1, [[objects[0]], [objects[1]]])
     both = np.load(tmp_path / "fg1_fg2.npz")
     assert together["fg1_fg2"]["devices"] == 2 and alone["fg1"]["devices"] == 1
+    # The object axis is split over the 2 devices: each holds one object's UNet and Adam moments (plus
+    # the replicated frozen VAE and text encoder), about half of the whole state.
+    total, most = (float(x) for x in re.findall(r"([\d.]+) MiB", together["mesh_lines"][0]))
+    assert most < 0.6 * total, together["mesh_lines"]
     for name in ("fg1", "fg2"):  # the logged per-object losses are the objects' own runs' losses
         np.testing.assert_allclose(together["fg1_fg2"]["losses"][f"loss/Toy_{name}"], alone[name]["loss"], rtol=1e-5)
     worst = 0.0

@@ -77,7 +77,7 @@ def test_compose_uses_the_run_conditioning_format(tmp_path):
     config = get_config("tiny")
     config.model.cond_format = "signed"
     config.model.controlnet = "base"  # the tiny base's random ControlNet
-    config.train.update(steps=1, log_every=1, ckpt_every=1)
+    config.train.update(steps=1, log_every=1, ckpt_every=1, sample_every=-1)
     _write_base_with_a_strong_hint(tmp_path / "base" / "sd15", config.seed)
     config.sample.steps = 2
     train.train(config, tmp_path)

@@ -65,9 +65,10 @@ SMALL = """
 from jcompose.sweep import grid
 
 def get_sweep(arg):
-    base = {"data.image_size": 32, "train.steps": 2, "train.batch_size": 2, "train.log_every": 1,
-            "train.ckpt_every": 2, "train.sample_count": 1, "sample.steps": 1}
-    # Runs differ in a data seed only: the second reuses the first's compiled step from the cache.
+    base = {"data.image_size": 32, "train.steps": 2, "train.batch_size": 4, "train.log_every": 1,
+            "train.ckpt_every": 2, "train.sample_count": 2, "sample.steps": 2, "train.ema_decay": 0.9}
+    # Runs differ in a data seed only: the second reuses the first's compiled step from the cache (the
+    # programs are also test_train.py's `_small` ones, which the suite's shared cache may already hold).
     return {"config": "configs/denoise.py:tiny", "runs": [dict(base, **{"data.seed": s}) for s in (0, 1)]}
 """
 
@@ -75,8 +76,9 @@ def get_sweep(arg):
 @pytest.mark.slow
 def test_run_sweep_and_collect_the_table(tmp_path):
     root = tmp_path / "runs"
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path / "cache")  # the suite's (conftest.py)
     command = [sys.executable, "-m", "jcompose.sweep", "run", f"--sweep={_sweep_file(tmp_path, SMALL)}",
-               f"--root={root}", f"--cache-dir={tmp_path / 'cache'}"]
+               f"--root={root}", f"--cache-dir={cache}"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]

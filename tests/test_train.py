@@ -66,9 +66,11 @@ def test_resume_is_exact(tmp_path):
 @pytest.mark.slow
 def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
     workdir = tmp_path / "run"
+    # `_small`'s settings (the same compiled step, from the suite's shared cache), run until stopped.
     cmd = [sys.executable, "-m", "jcompose.train", "--config=configs/denoise.py:tiny", f"--workdir={workdir}",
            "--config.data.image_size=32", "--config.train.steps=100000", "--config.train.ckpt_every=100000",
-           "--config.train.log_every=1"]
+           "--config.train.log_every=1", "--config.train.batch_size=4", "--config.train.sample_count=2",
+           "--config.train.ema_decay=0.9", "--config.sample.steps=2"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
     deadline = time.time() + 600

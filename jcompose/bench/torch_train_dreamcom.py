@@ -44,47 +44,72 @@ class MaskedCrossAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+class DreamComTorch:
+    """The released fine-tuning step on a base folder with diffusers PyTorch: frozen VAE and text encoder,
+    the whole 9-channel UNet trained (`self.unet`), the released context layout, masked cross-attention.
+
+    `batch` fixes the conditions: image / masked_image (B, H, W, 3) in [-1, 1], mask / loss_mask
+    (B, H, W, 1) {0, 1}, input_ids (B, L).
+    """
+
+    def __init__(self, folder: Path, batch: dict, config, device: str):
+        import torch
+        from transformers import CLIPTokenizer
+
+        self.device, self.autocast = device, device == "cuda"
+        self.vae, text, self.unet, self.scheduler = sd_modules(folder, device)
+        self.unet.requires_grad_(True).train()
+        self.images, self.masked = nchw(batch, "image", device), nchw(batch, "masked_image", device)
+        self.mask = nchw(batch, "mask", device)[:, :, ::8, ::8]  # latent size by strided slicing, as released
+        self.loss_mask = nchw(batch, "loss_mask", device)[:, :, ::8, ::8]
+        ids = token_ids(batch, device)
+        length = ids.shape[1]
+        n = config.model.num_inside or (length - 1) // 2
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+
+        def encode(prompt):
+            tokens = tokenizer([prompt] * ids.shape[0], padding="max_length", max_length=length, truncation=True,
+                               return_tensors="pt").input_ids.to(device)
+            return text(tokens)[0]
+
+        with torch.no_grad():
+            self.context = encode("")
+            self.context[:, 1:n + 1] = text(ids)[0][:, 1:n + 1]
+            self.context[:, n + 1:2 * n + 1] = encode(config.model.background_prompt)[:, 1:n + 1]
+        self.unet.set_attn_processor(MaskedCrossAttnProcessor(self.mask[:, 0], n))
+
+    def latents(self, images, generator=None):
+        """Sampled, scaled VAE latents of (B, 3, H, W) images, without gradient."""
+        import torch
+
+        with torch.no_grad(), torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+            dist = self.vae.encode(images).latent_dist
+            return dist.sample(generator) * self.vae.config.scaling_factor
+
+    def loss(self, latents, masked_latents, noise, t):
+        """The released loss on a given draw: epsilon MSE weighted by the loss mask, per sample over
+        (C, h, w) / the mask's sum, mean over the batch."""
+        import torch
+
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+            x_in = torch.cat([self.scheduler.add_noise(latents, noise, t), self.mask, masked_latents], dim=1)
+            pred = self.unet(x_in, t, self.context).sample.float()
+            err = (pred - noise.float()) ** 2 * self.loss_mask
+            return (err.sum((1, 2, 3)) / self.loss_mask.sum((1, 2, 3)).clamp(min=1)).mean()
+
+
 @register("dreamcom", overrides=DREAMCOM_SYNTHETIC, base="sd15-inpaint")
 def dreamcom_step_seconds(folder: Path, batch: dict, config, repeats: int) -> float:
     import torch
 
-    device = torch_device()
-    cuda = device == "cuda"
-    vae, text, unet, scheduler = sd_modules(folder, device)
-    unet.requires_grad_(True).train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+    model = DreamComTorch(folder, batch, config, torch_device())
+    optimizer = torch.optim.AdamW(model.unet.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay,
                                   eps=config.optim.eps)
-    images, masked = nchw(batch, "image", device), nchw(batch, "masked_image", device)
-    mask = nchw(batch, "mask", device)[:, :, ::8, ::8]
-    loss_mask = nchw(batch, "loss_mask", device)[:, :, ::8, ::8]
-    ids = token_ids(batch, device)
-    length = ids.shape[1]
-    n = config.model.num_inside or (length - 1) // 2
-    from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    def loss_fn():  # a fresh draw each step, as training does
+        latents, masked = model.latents(model.images), model.latents(model.masked)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, model.scheduler.config.num_train_timesteps, (latents.shape[0],), device=model.device)
+        return model.loss(latents, masked, noise, t)
 
-    def encode(prompt):
-        tokens = tokenizer([prompt] * ids.shape[0], padding="max_length", max_length=length, truncation=True,
-                           return_tensors="pt").input_ids.to(device)
-        return text(tokens)[0]
-
-    with torch.no_grad():
-        context = encode("")
-        context[:, 1:n + 1] = text(ids)[0][:, 1:n + 1]
-        context[:, n + 1:2 * n + 1] = encode(config.model.background_prompt)[:, 1:n + 1]
-    unet.set_attn_processor(MaskedCrossAttnProcessor(mask[:, 0], n))
-
-    def loss_fn():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
-            with torch.no_grad():
-                latents = vae.encode(images).latent_dist.sample() * vae.config.scaling_factor
-                masked_latents = vae.encode(masked).latent_dist.sample() * vae.config.scaling_factor
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
-            x_in = torch.cat([scheduler.add_noise(latents, noise, t), mask, masked_latents], dim=1)
-            pred = unet(x_in, t, context).sample.float()
-            err = (pred - noise.float()) ** 2 * loss_mask
-            return (err.sum((1, 2, 3)) / loss_mask.sum((1, 2, 3)).clamp(min=1)).mean()
-
-    return optimizer_step_seconds(loss_fn, unet.parameters(), optimizer, config.optim.clip_norm or 1e9, repeats)
+    return optimizer_step_seconds(loss_fn, model.unet.parameters(), optimizer, config.optim.clip_norm or 1e9, repeats)

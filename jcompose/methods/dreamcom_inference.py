@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from jcompose.cli import InputError
-from jcompose.inference import (read_checkpoint, read_image_file, resolve_checkpoint, run_config, to_uint8, trained_tree,
-                                write_image)
+from jcompose.inference import (read_checkpoint, read_image_file, resolve_checkpoint, run_config, to_uint8,
+                                trained_tree, write_image)
 
 BENCHMARKS = ("murecom", "dreameditbench")
 

@@ -167,7 +167,8 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
-            raise TorchFileError(f"{self.source}: not a torch file or damaged (persistent id {pid!r:.40}, expected a storage)")
+            raise TorchFileError(f"{self.source}: not a torch file or damaged (persistent id {pid!r:.40}, "
+                                 "expected a storage)")
         return self.load_storage(pid[1:])
 
 

@@ -179,7 +179,8 @@ class _LazyUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
-            raise TorchFileError(f"{self.source}: not a torch file or damaged (persistent id {pid!r:.40}, expected a storage)")
+            raise TorchFileError(f"{self.source}: not a torch file or damaged (persistent id {pid!r:.40}, "
+                                 "expected a storage)")
         kind = pid[1]
         if not (isinstance(kind, tuple) and kind[:1] == ("storage-type",)):
             raise UnsafePickleError(f"{self.source}: storage of type {kind!r:.60}, expected a torch.<X>Storage")
