@@ -138,6 +138,10 @@ def collect(sweep: dict, root: str) -> list[dict[str, Any]]:
     metrics (empty if it has not logged)."""
     from jcompose import run_record
 
+    fields = list(dict.fromkeys(f for overrides in sweep["runs"].values() for f in overrides))
+    last = [f.split(".")[-1] for f in fields]
+    # A column is the field's last name ("lr"), or its whole dotted path where two swept fields share it.
+    column = {f: (name if last.count(name) == 1 else f) for f, name in zip(fields, last, strict=True)}
     rows = []
     for name, overrides in sweep["runs"].items():
         folder = epath.Path(root) / name
@@ -150,7 +154,7 @@ def collect(sweep: dict, root: str) -> list[dict[str, Any]]:
                 value = stored
                 for part in field.split("."):
                     value = value[part]
-            labels[field.split(".")[-1]] = list(value) if isinstance(value, tuple) else value
+            labels[column[field]] = list(value) if isinstance(value, tuple) else value
         rows.append({"run": name, **labels, **metrics})
     return rows
 

@@ -208,6 +208,7 @@ def test_loss_and_gradients_match_the_pytorch_reference(setup, tmp_path):
     # max |jcompose - torch| over all UNet gradients / the largest gradient (per-leaf ratios would see
     # float rounding on leaves whose gradient is ~0)
     error = max(float(np.abs(a - b).max()) for a, b in pairs) / max(float(np.abs(b).max()) for _, b in pairs)
-    print(f"loss jcompose {float(loss):.7f} torch {float(torch_loss):.7f}; relative UNet gradient error {error:.1e}")
-    assert abs(float(loss) - float(torch_loss)) < 1e-5 * max(1.0, float(torch_loss))
+    print(f"loss jcompose {float(loss):.7f} torch {float(torch_loss.detach()):.7f}; relative UNet gradient error {error:.1e}")
+    want = float(torch_loss.detach())
+    assert abs(float(loss) - want) < 1e-5 * max(1.0, want)
     assert error < 1e-3 and len(pairs) == len(named)

@@ -90,3 +90,28 @@ def test_run_sweep_and_collect_the_table(tmp_path):
         assert (root / row["run"] / "checkpoints" / "2").is_dir()
     assert rows[0]["loss"] != rows[1]["loss"]  # different data: really two runs
     assert "| run |" in result.stdout
+
+
+def test_collect_labels_each_row_from_the_runs_stored_config(tmp_path):
+    """Rows carry what each run was trained with (its config.json), not what the sweep file says now; a
+    run that has not started shows its overrides; fields sharing a last name keep their whole path."""
+    import json
+
+    from toy_method import toy_config
+
+    from jcompose import run_record
+
+    runs = {name: {"optim.lr": lr, "model.dropout": 0.0, "loss.dropout": 0.1} for name, lr in
+            (("a", 0.1), ("b", 0.2), ("c", 0.3))}
+    for name, lr in (("a", 0.5), ("b", 0.2)):  # a ran with lr 0.5: the sweep file was edited since
+        config = toy_config()
+        config.optim.lr = lr
+        config.model.dropout = 0.0
+        config.loss = {"dropout": 0.1}
+        (tmp_path / name).mkdir()
+        run_record.record(config, tmp_path / name, resuming=False, argv=["train"])
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps({"step": 4, "loss": 1.5}))
+    rows = sweep.collect({"config": "configs/denoise.py", "runs": runs}, str(tmp_path))
+    assert rows[0] == {"run": "a", "lr": 0.5, "model.dropout": 0.0, "loss.dropout": 0.1, "step": 4, "loss": 1.5}
+    assert rows[1] == {"run": "b", "lr": 0.2, "model.dropout": 0.0, "loss.dropout": 0.1}
+    assert rows[2] == {"run": "c", "lr": 0.3, "model.dropout": 0.0, "loss.dropout": 0.1}  # not started yet

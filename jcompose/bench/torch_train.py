@@ -104,7 +104,7 @@ def nchw(batch: dict, key: str, device: str):
     """batch[key] (B, H, W, C) -> a float32 torch tensor (B, C, H, W) on `device`."""
     import torch
 
-    return torch.from_numpy(np.asarray(batch[key], np.float32)).permute(0, 3, 1, 2).contiguous().to(device)
+    return torch.from_numpy(np.array(batch[key], np.float32)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
 def token_ids(batch: dict, device: str):
