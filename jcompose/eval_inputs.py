@@ -129,8 +129,6 @@ def pair_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), resample=Image.BICUBIC))
 
 
-
-
 def run_of(config) -> dict | None:
     """The training run behind the images being scored, or None when none is named: `config.run` (a
     workdir or `<workdir>/checkpoints/<step>`), else the `run` that `compose --benchmark` records in
