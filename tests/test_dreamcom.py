@@ -195,10 +195,10 @@ def test_loss_and_gradients_match_the_pytorch_reference(setup, tmp_path):
     rng = jax.random.PRNGKey(5)
     loss, grads = jax.value_and_grad(lambda p: method.loss(p, frozen, batch, rng)[0])(params)
     k_latent, k_masked, k_noise, k_t = jax.random.split(rng, 4)  # the loss's own draw (see DreamComMethod.loss)
-    latents = np.asarray(method._latents(frozen, batch["image"], k_latent))
-    masked = np.asarray(method._latents(frozen, batch["masked_image"], k_masked))
-    noise = np.asarray(jax.random.normal(k_noise, latents.shape))
-    t = np.asarray(jax.random.randint(k_t, (latents.shape[0],), 0, 1000))
+    latents = np.array(method._latents(frozen, batch["image"], k_latent))  # writable copies for torch
+    masked = np.array(method._latents(frozen, batch["masked_image"], k_masked))
+    noise = np.array(jax.random.normal(k_noise, latents.shape))
+    t = np.array(jax.random.randint(k_t, (latents.shape[0],), 0, 1000))
 
     model = DreamComTorch(folder, {k: np.asarray(v) for k, v in batch.items()}, method.config, "cpu")
     torch_loss = model.loss(*(torch.from_numpy(x) for x in (latents, masked, noise)), torch.from_numpy(t))
