@@ -375,9 +375,8 @@ def attend(q: Array, k: Array, v: Array, *, scale: float, module: Any, path: Seq
     fused = _attention_implementation(q.dtype, q.shape[-1]) if not controls else None
     if fused:
         return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=fused)
-    # Explicit softmax attention (controls edit the probabilities; on CPU/TPU faster than
-    # dot_product_attention's XLA path), heads-major: token-major einsums took SD 1.5's UNet forward
-    # at 512 px on CPU from 5.8 to 6.9 s (tools/compare_old_flax_modules.py).
+    # Explicit softmax attention (controls edit the probabilities), heads-major: token-major einsums
+    # took SD 1.5's UNet forward at 512 px on CPU from 5.8 to 6.9 s (tools/compare_old_flax_modules.py).
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
     logits = jnp.einsum("bnqh,bnkh->bnqk", q, k, preferred_element_type=jnp.float32) * scale
     probs = jax.nn.softmax(logits, axis=-1)

