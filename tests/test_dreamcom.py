@@ -117,7 +117,7 @@ def test_training_cross_attention_keeps_instance_tokens_inside_the_box(setup):
         assert np.abs(probs[..., 0]).max() == 0 and np.abs(probs[..., n + 1:]).max() == 0  # SOT, background
 
 
-@pytest.mark.parametrize("rule", ["released", "none"])
+@pytest.mark.parametrize("rule", ["released", "paper", "none"])
 def test_sampling_self_attention_does_not_mix_box_and_background(setup, rule):
     method, params, frozen, batch = setup
     layers = method.self_attention_layers(rule)
@@ -135,41 +135,38 @@ def test_sampling_self_attention_does_not_mix_box_and_background(setup, rule):
             assert mixed == 0.0, name
         elif across.any():
             assert mixed > 0, name
-    assert masked == len(layers) == (4 if rule == "released" else 0)  # the tiny UNet's 4 decoder layers
+    # the tiny UNet's 7 layers: released = its 4 decoder layers, paper = the 3 before its last 6 decoder ones
+    assert masked == len(layers) == {"released": 4, "paper": 3, "none": 0}[rule]
 
 
 def test_self_attention_rules_on_the_full_size_inpainting_unet():
-    """On SD 1.5-inpainting's own architecture (traced abstractly: no weights, no FLOPs) the rules pick
-    the layers the reference names: released = up 32x32 layers 2 and 3 and all three up 64x64 layers (the
-    last 5 of 9), paper = all but the last 6 (the 16x16 decoder block). The paper's rule on the tiny UNet
-    (4 decoder layers) would pick none: an error, not a silent no-op."""
+    """On SD 1.5-inpainting's own architecture (traced abstractly: no weights, no FLOPs), by name: its 16
+    self-attention layers; released = up 32x32 layers 2 and 3 and all three up 64x64 layers (the last 5
+    decoder layers, reference/dreamcom.md A.2); paper = every layer but the last 6 of the decoder (Sec.
+    4.3 and the implementation details: the 6 encoder layers, the mid block and the 16x16 decoder block,
+    10 of 16)."""
     from jcompose.bench.weights import full_size_configs
-    from jcompose.methods.dreamcom import self_attention_rule_layers
+    from jcompose.methods.dreamcom import self_attention_names, self_attention_rule_layers
     from jcompose.models.unet import UNet2DConditionModel
 
     unet = UNet2DConditionModel(**full_size_configs("sd15-inpaint")[0])
     x, t, ctx = jnp.zeros((1, 9, 64, 64)), jnp.ones((1,), jnp.int32), jnp.zeros((1, 77, 768))
     params = jax.eval_shape(lambda: unet.init(jax.random.PRNGKey(0), x, t, ctx))["params"]
-    calls = []
-
-    def trace(p):  # params as an abstract argument: 3.4 GB of fp32 weights are never allocated
-        apply = lambda ctx_: unet.apply({"params": p}, x, t, ctx, attention=ctx_)  # noqa: E731
-        calls.extend(attention.attention_layers(apply, (64, 64)))
-        return jnp.zeros(())
-
-    jax.eval_shape(trace, params)
-    decoder = [c.name for c in calls if not c.is_cross and c.path[0].startswith("up_blocks")]
+    names = self_attention_names(unet, params)
 
     def layer(block, attn):
-        return f"up_blocks_{block}/attentions_{attn}/transformer_blocks_0/attn1"
+        return f"{block}/attentions_{attn}/transformer_blocks_0/attn1"
 
-    assert len(decoder) == 9
-    assert self_attention_rule_layers(decoder, "released") == {layer(2, 1), layer(2, 2), layer(3, 0), layer(3, 1),
-                                                               layer(3, 2)}
-    assert self_attention_rule_layers(decoder, "paper") == {layer(1, 0), layer(1, 1), layer(1, 2)}
-    assert self_attention_rule_layers(decoder, "none") == frozenset()
-    with pytest.raises(ValueError, match="picks none of this UNet's 4 decoder"):
-        self_attention_rule_layers(decoder[-4:], "paper")
+    down = [layer(f"down_blocks_{b}", a) for b in range(3) for a in range(2)]
+    up = [layer(f"up_blocks_{b}", a) for b in range(1, 4) for a in range(3)]
+    assert names == down + [layer("mid_block", 0)] + up  # SD 1.5's 16, in call order
+    assert self_attention_rule_layers(names, "released") == set(up[-5:]) == {
+        layer("up_blocks_2", 1), layer("up_blocks_2", 2), layer("up_blocks_3", 0), layer("up_blocks_3", 1),
+        layer("up_blocks_3", 2)}
+    paper = self_attention_rule_layers(names, "paper")
+    assert paper == set(down) | {layer("mid_block", 0)} | {layer("up_blocks_1", a) for a in range(3)}
+    assert len(paper) == 10
+    assert self_attention_rule_layers(names, "none") == frozenset()
 
 
 def test_loss_and_gradients_match_the_pytorch_reference(setup, tmp_path):

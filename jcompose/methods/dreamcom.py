@@ -14,7 +14,7 @@ The released recipe (bcmi/DreamCom-Image-Composition; reference/dreamcom.md A.1-
   tokens 1..n, outside nothing, SOT dropped, no renormalisation;
 * sampling: DDIM (50 steps, CFG 7.5, both halves masked), masked self-attention on the released layers
   (the last 5 decoder self-attention layers, `sample.self_attention = "released"`) or the paper's rule
-  (every decoder self-attention layer except the last 6, `"paper"`), or none.
+  (every self-attention layer except the last 6 of the decoder: 10 of SD 1.5's 16, `"paper"`), or none.
 
 One model per object: the engine trains several objects at once by vmapping this loss over a leading
 model axis (`num_models`, `make_source(k)`, `make_transform(k)`); the method itself sees one object.
@@ -55,18 +55,36 @@ def masked_mse(pred: jax.Array, target: jax.Array, loss_mask: jax.Array) -> jax.
     return jnp.mean(per_sample)
 
 
-def self_attention_rule_layers(decoder: list[str], rule: str) -> frozenset[str]:
-    """The layers masked self-attention acts on, of `decoder` (the UNet's decoder self-attention layer names
-    in call order; SD 1.5 has 9): "released" = the last 5 (bcmi/DreamCom's inference: up 32x32 layers 2
-    and 3, all three up 64x64 layers), "paper" = all but the last 6 (the paper's text; SD 1.5's first
-    3, the 16x16 decoder block), "none" = none. A rule that picks no layer of a UNet that has some (the
-    paper's on a small UNet) raises ValueError rather than silently masking nothing."""
+def self_attention_names(unet, params) -> list[str]:
+    """Names of every self-attention layer of a 9-channel inpainting `unet` in call order (encoder, mid
+    block, decoder), traced abstractly: `params` may be `jax.ShapeDtypeStruct`s (no weights, no FLOPs)."""
+    size = 2 ** len(unet.down_block_types)
+    calls = []
+
+    def trace(p):
+        calls.extend(attention.attention_layers(lambda ctx: unet.apply(
+            {"params": p}, jnp.zeros((1, unet.in_channels, size, size)), jnp.ones((1,), jnp.int32),
+            jnp.zeros((1, 1, unet.cross_attention_dim)), attention=ctx), (size, size)))
+        return jnp.zeros(())
+
+    jax.eval_shape(trace, params)
+    return [c.name for c in calls if not c.is_cross]
+
+
+def self_attention_rule_layers(names: list[str], rule: str) -> frozenset[str]:
+    """The layers masked self-attention acts on, of `names` (the UNet's self-attention layer names in call
+    order, `self_attention_names`): "released" = the last 5 of the decoder (bcmi/DreamCom's inference: up
+    32x32 layers 2 and 3, all three up 64x64 layers), "paper" = every layer except the last 6 of the
+    decoder (the paper's Sec. 4.3 and implementation details; on SD 1.5 the 6 encoder layers, the mid
+    block and the 16x16 decoder block: 10 of 16), "none" = none. A rule that picks no layer of a UNet
+    that has some raises ValueError rather than silently masking nothing."""
     if rule not in SELF_ATTENTION_RULES:
         raise ValueError(f"self-attention rule {rule!r}: expected one of {SELF_ATTENTION_RULES}")
-    chosen = {"released": decoder[-5:], "paper": decoder[:-6], "none": []}[rule]
-    if rule != "none" and decoder and not chosen:
-        raise ValueError(f"self-attention rule {rule!r} picks none of this UNet's {len(decoder)} decoder "
-                         "self-attention layers (it needs more than 6): use 'released' or 'none'")
+    decoder = [name for name in names if name.startswith("up_blocks")]
+    chosen = {"released": decoder[-5:], "paper": [n for n in names if n not in decoder[-6:]], "none": []}[rule]
+    if rule != "none" and names and not chosen:
+        raise ValueError(f"self-attention rule {rule!r} picks none of this UNet's {len(names)} self-attention "
+                         "layers: use 'released' or 'none'")
     return frozenset(chosen)
 
 
@@ -217,18 +235,13 @@ class DreamComMethod:
 
     # ------------------------------------------------------------------------------- sampling
     @cached_property
-    def decoder_self_attention(self) -> list[str]:
-        """Names of the UNet's decoder self-attention layers in call order (traced once, no FLOPs)."""
-        unet = self.pipe.unet.module
-        size = 2 ** len(unet.down_block_types)
-        calls = attention.attention_layers(lambda ctx: unet.apply(
-            {"params": self.pipe.unet.params}, jnp.zeros((1, 9, size, size)), jnp.ones((1,), jnp.int32),
-            jnp.zeros((1, 1, unet.cross_attention_dim)), attention=ctx), (size, size))
-        return [c.name for c in calls if not c.is_cross and c.path[0].startswith("up_blocks")]
+    def self_attention_names(self) -> list[str]:
+        """Names of this UNet's self-attention layers in call order (traced once, no FLOPs)."""
+        return self_attention_names(self.pipe.unet.module, self.pipe.unet.params)
 
     def self_attention_layers(self, rule: str | None = None) -> frozenset[str]:
         """The masked self-attention layers of a rule (`self_attention_rule_layers`) on this UNet."""
-        return self_attention_rule_layers(self.decoder_self_attention, rule or self.config.sample.self_attention)
+        return self_attention_rule_layers(self.self_attention_names, rule or self.config.sample.self_attention)
 
     def sample(self, params, frozen, batch, rng, num_steps=None, guidance_scale=None, self_attention=None):
         """Inpaints each batch box: (B, H, W, 3) in [-1, 1].
