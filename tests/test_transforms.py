@@ -336,7 +336,7 @@ def _reference(rng, h, w, box):
 def test_dreamcom_outputs_and_box_survival_over_seeds():
     from input_pipeline import dreamcom
 
-    t = dreamcom.make_transform(class_noun="dog", size=64, relax_step=0.0)
+    t = dreamcom.make_transform(class_noun="dog", size=64, relax_step=0.0, crop_fallback="shrink")
     rng = np.random.default_rng(0)
     zoomed = 0
     for seed in range(60):
@@ -386,16 +386,91 @@ def test_dreamcom_fill_colour_determinism_and_errors():
     a, b = t(rec, np.random.default_rng(3)), t(rec, np.random.default_rng(3))
     for k in ("image", "mask", "loss_mask"):
         np.testing.assert_array_equal(a[k], b[k])
-    # A box wider than any crop can keep: bounded draws, then RecordError naming the source.
-    wide = _reference(np.random.default_rng(2), 64, 256, (10, 54, 5, 250))
-    with pytest.raises(RecordError, match="mem://ref: no crop/zoom in 30 draws"):
-        dreamcom.make_transform(class_noun="bus", size=64, max_draws=30)(wide, np.random.default_rng(0))
     with pytest.raises(RecordError, match="'mask' is empty"):
         t(dict(rec, mask=np.zeros((80, 120), np.uint8)), np.random.default_rng(0))
     with pytest.raises(RecordError, match="'image' must be uint8"):
         t(dict(rec, image=rec["image"].astype(np.float32)), np.random.default_rng(0))
     with pytest.raises(ValueError, match="class_noun"):
         dreamcom.make_transform(class_noun="")
+
+
+def _pil(image, hw, resample):
+    """The released resize: PIL's (torchvision's Resize on PIL images; test.py's LANCZOS / NEAREST)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), resample))
+
+
+@pytest.mark.parametrize("shape, box", [((120, 320), (20, 100, 60, 110)),    # tall box, landscape photo
+                                        ((300, 100), (110, 150, 10, 90)),    # wide box, portrait photo
+                                        ((100, 250), (30, 70, 40, 150))])    # wide box, often cut by the crop
+def test_dreamcom_crop_rule_on_non_square_boxes(shape, box):
+    """No zoom, fixed 80% rule: every example is a 64 x 64 window of the photo resized by PIL (shorter
+    side to 64, as torchvision's Resize), the mask is the box inside that window, and the window keeps
+    more than 80% of the box's pixels; the box's extent across the photo's long side is never cut."""
+    from PIL import Image
+
+    from input_pipeline import dreamcom
+
+    rec = _reference(np.random.default_rng(4), *shape, box)
+    h, w = shape
+    hw = (64, int(64 * w / h)) if h <= w else (int(64 * h / w), 64)
+    photo = _pil(rec["image"], hw, Image.BILINEAR).astype(np.float32) / 127.5 - 1
+    boxm = np.zeros(shape, np.uint8)
+    boxm[box[0]:box[1], box[2]:box[3]] = 255
+    boxm = _pil(boxm, hw, Image.NEAREST) > 0
+    t = dreamcom.make_transform(class_noun="dog", size=64, zoom_prob=0.0, relax_step=0.0, crop_fallback="shrink")
+    offsets = set()
+    for seed in range(12):
+        ex = t(rec, np.random.default_rng(seed))
+        assert ex["crop_fallback"] == 0.0
+        windows = [(oy, ox) for oy in range(hw[0] - 63) for ox in range(hw[1] - 63)
+                   if np.array_equal(ex["image"], photo[oy:oy + 64, ox:ox + 64])]
+        assert len(windows) == 1, "the example is not one window of the PIL-resized photo"
+        oy, ox = windows[0]
+        offsets.add((oy, ox))
+        np.testing.assert_array_equal(ex["mask"][..., 0], boxm[oy:oy + 64, ox:ox + 64])
+        assert ex["mask"].sum() > 0.8 * boxm.sum()
+        ys, xs = np.nonzero(boxm)
+        long_axis = ys if h > w else xs
+        inside = np.nonzero(ex["mask"][..., 0])[0 if h <= w else 1]
+        short_extent = (xs if h > w else ys)
+        assert inside.max() - inside.min() == short_extent.max() - short_extent.min()  # never cut across
+        assert long_axis.size > 0
+    assert len(offsets) > 1  # the window is drawn, not fixed
+
+
+@pytest.mark.parametrize("fallback", ["shrink", "relax"])
+def test_dreamcom_object_wider_than_any_crop_is_kept_and_reported(fallback, caplog):
+    """A box wider than any crop can keep 80% of (the released redraw would never pass): never dropped.
+    "shrink" (the paper's rule) shrinks the photo until the whole box fits one crop; "relax" (the released
+    loop) keeps lowering the threshold by 0.02 every 20 draws until a draw passes. Either way the example
+    says so (`crop_fallback` = 1, which the method logs as a training metric) and a warning names the file."""
+    import logging
+
+    from input_pipeline import dreamcom
+
+    wide = _reference(np.random.default_rng(2), 64, 256, (10, 54, 5, 250))  # box 44 x 245 in a 64 x 256 photo
+    t = dreamcom.make_transform(class_noun="bus", size=64, max_draws=30, crop_fallback=fallback)
+    with caplog.at_level(logging.WARNING, logger="input_pipeline.dreamcom"):
+        ex = t(wide, np.random.default_rng(0))
+    assert ex["crop_fallback"] == 1.0
+    assert any("mem://ref" in r.getMessage() and fallback in r.getMessage() for r in caplog.records)
+    m = ex["mask"][..., 0]
+    ys, xs = np.nonzero(m)
+    assert m.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # a rectangle
+    if fallback == "shrink":
+        # the whole box, scaled by 64 / 245 on both axes: 11-12 x 64 pixels, aspect ratio kept
+        assert abs((xs.max() - xs.min() + 1) - 64) <= 1 and abs((ys.max() - ys.min() + 1) - 44 * 64 / 245) <= 1
+        pad = ex["loss_mask"][..., 0] == 0  # the shrunk photo is 16 rows high: the rest is padding
+        assert 0.6 < pad.mean() < 0.8 and not (pad & (m > 0)).any()
+    else:
+        assert 64 * 44 * 0.2 < m.sum() < 0.8 * 245 * 44  # less than 80% of the box, but part of it
+    assert (ex["masked_image"][m > 0] == 0).all()
+    with pytest.raises(ValueError, match="crop_fallback"):
+        dreamcom.make_transform(class_noun="bus", crop_fallback="skip")
+    with pytest.raises(ValueError, match="relax_step"):
+        dreamcom.make_transform(class_noun="bus", crop_fallback="relax", relax_step=0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -479,6 +554,32 @@ def test_dreamcom_inference_inputs_crop_rule_and_paste():
     np.testing.assert_array_equal(out[keep], bg[keep])
     with pytest.raises(RecordError, match="mem://bg: field 'box'"):
         dreamcom.inference_inputs(dict(small, box=(10, 10, 400, 20)))
+
+
+def test_dreamcom_resizes_are_the_released_pil_ones_on_a_photo():
+    """The released test.py resizes with PIL (Lanczos; the mask nearest), whose filters widen when they
+    shrink: on a photo-sized image (872 x 1000) to 512 x 512 the inputs are PIL's exactly; OpenCV's
+    Lanczos-4 (no antialiasing) would be grey levels away (printed)."""
+    import cv2
+    import skimage.data
+    from PIL import Image
+
+    from input_pipeline import dreamcom
+
+    photo = skimage.data.hubble_deep_field()
+    ex = dreamcom.inference_inputs({"image": photo, "box": (100, 80, 900, 800), "source": "hubble"}, size=512)
+    assert tuple(ex["region"]) == (0, 872, 0, 1000)  # a box over a quarter of the image: the whole photo
+    want = _pil(photo, (512, 512), Image.LANCZOS)
+    np.testing.assert_array_equal(ex["image"], want.astype(np.float32) / 127.5 - 1)
+    mask = np.zeros(photo.shape[:2], np.uint8)
+    mask[80:800, 100:900] = 255
+    np.testing.assert_array_equal(ex["mask"][..., 0], _pil(mask, (512, 512), Image.NEAREST) > 0)
+    opencv = cv2.resize(photo, (512, 512), interpolation=cv2.INTER_LANCZOS4).astype(int)
+    diff = np.abs(opencv - want.astype(int))
+    print(f"OpenCV Lanczos-4 vs PIL Lanczos on 872x1000 -> 512: mean {diff.mean():.2f}, max {diff.max()} grey levels")
+    assert diff.mean() > 1.0  # a difference worth matching
+    back = dreamcom.paste_region(want, np.zeros_like(photo), ex["region"])
+    np.testing.assert_array_equal(back, _pil(want, photo.shape[:2], Image.LANCZOS))
 
 
 def test_transforms_on_synthetic_dataset_files(tmp_path):

@@ -162,13 +162,13 @@ class DreamComMethod:
         ref, _ = self._resolved(index)
         example = dreamcom_data.make_transform(class_noun=ref.class_noun, token=self.config.model.token,
                                                template=self.config.model.template, size=d.image_size,
-                                               zoom_prob=d.zoom_prob, fill=d.fill)
+                                               zoom_prob=d.zoom_prob, fill=d.fill, crop_fallback=d.crop_fallback)
         ids = self.tokenize([self.prompt(index)])[0]
+        keys = ("image", "mask", "masked_image", "loss_mask", "crop_fallback")
 
         def transform(record: dict, rng: np.random.Generator) -> dict:
             out = example(record, rng)
-            return {"image": out["image"], "mask": out["mask"], "masked_image": out["masked_image"],
-                    "loss_mask": out["loss_mask"], "input_ids": ids}
+            return {**{k: out[k] for k in keys}, "input_ids": ids}
 
         return transform
 
@@ -231,7 +231,10 @@ class DreamComMethod:
         pred = self.pipe.unet.module.apply({"params": params["unet"]}, x_in, t, context, attention=ctx).sample
         target = diffusion.training_target(self.schedule, latents, noise, t)
         loss = masked_mse(pred.astype(jnp.float32), target, latent_mask(batch["loss_mask"]))
-        return loss, {"masked_mse": loss, "mse": jnp.mean((pred.astype(jnp.float32) - target) ** 2)}
+        metrics = {"masked_mse": loss, "mse": jnp.mean((pred.astype(jnp.float32) - target) ** 2)}
+        if "crop_fallback" in batch:  # share of the batch whose crop needed data.crop_fallback
+            metrics["crop_fallback"] = jnp.mean(batch["crop_fallback"].astype(jnp.float32))
+        return loss, metrics
 
     # ------------------------------------------------------------------------------- sampling
     @cached_property
