@@ -28,6 +28,9 @@ import pytest
 
 from jcompose.models import tiny
 
+# With JCOMPOSE_REQUIRE_OPTIONAL set (CI), any skip fails the run (tests/skip_policy.py).
+pytest_plugins = ("skip_policy", "pytester")  # pytester: tests/test_skip_policy.py
+
 # Files whose tests take minutes (training runs): scheduled first, so that with `--dist loadfile` the
 # two workers finish together instead of one starting a long file at the end.
 _LONG_FILES = ("test_anyscene_conditioning.py", "test_train.py", "test_multimodel.py", "test_anyscene.py",
@@ -67,20 +70,16 @@ def rng():
 
 
 def require_package(module: str, pip_name: str, purpose: str) -> None:
-    """Skips the calling test when the optional package `module` is not installed; fails instead when
-    JCOMPOSE_REQUIRE_OPTIONAL is set (CI installs every optional test package, so none may skip there).
+    """Skips the calling test when the optional package `module` is not installed, naming the install
+    command (a failure instead under JCOMPOSE_REQUIRE_OPTIONAL, as every skip: tests/skip_policy.py).
 
     For packages used only as data (published weight files), whose import would pull in torch/torchvision.
     """
     import importlib.util
 
-    if importlib.util.find_spec(module) is not None:
-        return
-    message = (f"optional test dependency {pip_name} ({purpose}) is not installed: "
-               f"pip install --no-deps {pip_name}")
-    if os.environ.get("JCOMPOSE_REQUIRE_OPTIONAL"):
-        pytest.fail(message)
-    pytest.skip(message)
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"optional test dependency {pip_name} ({purpose}) is not installed: "
+                    f"pip install --no-deps {pip_name}")
 
 
 @pytest.fixture(scope="session")

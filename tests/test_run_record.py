@@ -49,6 +49,36 @@ def test_a_fresh_folder_is_not_checked(tmp_path, monkeypatch):
         run_record.record(third, tmp_path, resuming=True)
 
 
+# Every field that defines the trained model or its data stream, each changed alone (a field dropped from
+# run_record.PROTECTED fails here), and fields a resume may change.
+_PROTECTED_CHANGES = {"method": "other", "seed": 7, "compute_dtype": "bfloat16", "model.base": "toy-v2",
+                      "data.seed": 3, "data.image_size": 256, "train.batch_size": 8}
+_FREE_CHANGES = {"train.steps": 9, "train.log_every": 3, "train.ckpt_every": 5, "optim.lr": 0.5,
+                 "data.strict": True, "data.max_consecutive_skips": 5, "train.grad_accum": 2}
+
+
+def _set(config, field, value):
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    return config
+
+
+def test_each_protected_field_alone_blocks_a_resume(tmp_path):
+    run_record.record(toy_config(), tmp_path, resuming=False)
+    stored = (tmp_path / run_record.RECORD).read_text()
+    flat = run_record._flatten(toy_config().to_dict())
+    for field, value in _PROTECTED_CHANGES.items():
+        with pytest.raises(ConfigError) as err:
+            run_record.record(_set(toy_config(), field, value), tmp_path, resuming=True)
+        assert f"{field}: {flat[field]!r} -> {value!r}" in str(err.value), (field, str(err.value))
+        assert (tmp_path / run_record.RECORD).read_text() == stored, field  # nothing rewritten
+    config = toy_config()
+    for field, value in _FREE_CHANGES.items():  # each recorded in the history, none refused
+        assert run_record.record(_set(config, field, value), tmp_path, resuming=True) == {field: (flat[field], value)}
+    history = json.loads((tmp_path / run_record.RECORD).read_text())["history"]
+    assert [list(h["changed"]) for h in history] == [[f] for f in _FREE_CHANGES]
+
+
 def _write_base_with_a_strong_hint(folder, seed, gain=100.0):
     """The tiny base training would write, with its ControlNet's hint encoder output (conv_out) scaled by
     `gain`. With LeCun-random weights the 8-conv hint encoder shrinks its input so much that the latent

@@ -304,6 +304,34 @@ def test_grad_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(results[accum][0], results[1][0], rtol=0, atol=1e-6, err_msg=f"accum {accum}")
 
 
+class _NoiseGradient:
+    """loss = sum(w * n) with n ~ N(0, 1) drawn from the step's key: the gradient is the draw itself."""
+
+    def loss(self, params, frozen, batch, rng):
+        return jnp.sum(params["w"] * jax.random.normal(rng, params["w"].shape)) + 0.0 * jnp.sum(batch["x"]), {}
+
+
+def test_grad_accumulation_draws_independent_keys_per_micro_batch():
+    """Each micro-batch gets its own key: the accumulated gradient of `_NoiseGradient` is the mean of A
+    independent N(0, 1) draws, so |g|^2 ~ n / A (n = 4096 weights: within 10% with overwhelming
+    probability); one key reused for every micro-batch would give |g|^2 ~ n. Steps draw anew too."""
+    n, accum = 4096, 8
+    batch = {"x": np.ones((16, 1), np.float32)}
+    config = get_config("tiny")
+    config.train.grad_accum = accum
+    config.optim.update(clip_norm=0.0, lr=0.0)  # nothing moves: only the gradients are of interest
+    tx, _ = train.make_optimizer(config)
+    step = jax.jit(train.make_train_step(_NoiseGradient(), tx, config))
+    state = _state(tx, np.zeros((64, 64), np.float32))
+    norms = []
+    for _ in range(2):
+        state, metrics = step(state, {}, batch)
+        norms.append(float(metrics["grad_norm"]) ** 2 * accum / n)
+    print(f"grad_accum {accum}: |g|^2 * A / n over two steps = {np.round(norms, 3)} (1 expected)")
+    assert all(0.9 < v < 1.1 for v in norms), norms
+    assert norms[0] != norms[1]  # the step key advanced
+
+
 def _hand_lr(t, peak, warmup, total, schedule):
     """The schedule as the README states it: linear warm-up from 0, then constant or cosine to 0."""
     if t < warmup:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import base_config
+from input_pipeline.records import RecordError
 
 IN, OUT = 6, 4
 
@@ -27,16 +28,22 @@ def toy_config(steps: int = 4, **train):
 
 
 class Records:
-    """Random-access records {"x": (IN,), "y": (OUT,), "index"}: a pure function of the index."""
+    """Random-access records {"x": (IN,), "y": (OUT,), "index"}: a pure function of the index (and `stream`).
 
-    def __init__(self, n: int):
-        self.n = n
+    `stream` k > 0: another model's data (other values), in which every (k + 2)-th record is unusable
+    (RecordError, skipped by the pipeline), so the streams of several models advance at different paces.
+    """
+
+    def __init__(self, n: int, stream: int = 0):
+        self.n, self.stream = n, stream
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        rng = np.random.default_rng(1000 + i)
+        if self.stream and i % (self.stream + 2) == 0:
+            raise RecordError(f"stream{self.stream}/{i}", "unusable (toy)")
+        rng = np.random.default_rng(1000 + i + 100_000 * self.stream)
         return {"x": rng.normal(size=IN).astype(np.float32), "y": rng.normal(size=OUT).astype(np.float32),
                 "index": i}
 
@@ -67,6 +74,40 @@ class ToyMethod:
     def sample(self, params, frozen, batch, rng):
         values = jnp.tanh(batch["x"] @ params["w"])[:, None, None, :3]
         return jnp.broadcast_to(values, (values.shape[0], 4, 4, 3))
+
+
+class ToyModels(ToyMethod):
+    """Several toy models trained in one program (`num_models` = len(streams)), model k on stream
+    `streams[k]` (see `Records`); ToyModels(config, (k,)) is stream k's model trained alone."""
+
+    def __init__(self, config, streams=(0, 1, 2)):
+        super().__init__(config)
+        self.streams = tuple(streams)
+        self.num_models = len(self.streams)
+        self.model_names = [f"stream{k}" for k in self.streams]
+
+    def make_source(self, k: int = 0):
+        return Records(self.config.data.num_records, self.streams[k])
+
+    def make_transform(self, k: int = 0):
+        return super().make_transform()
+
+
+def light_prefetch():
+    """A context in which `jcompose.train` reads data with 1 thread and 2 elements of read-ahead instead of
+    grain's 16 threads and 500 elements per iterator: starting those threads took 5 of a toy run's 7 s on
+    two busy cores. Read-ahead stays (a checkpoint must still store the consumed position, not the
+    prefetched one); batches do not depend on it."""
+    import functools
+    from unittest import mock
+
+    import grain
+
+    from input_pipeline.pipeline import make_iterator
+    from jcompose import train
+
+    light = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+    return mock.patch.object(train, "make_iterator", functools.partial(make_iterator, read_options=light))
 
 
 def use_toy_method(monkeypatch):
