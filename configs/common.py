@@ -17,7 +17,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.method = ""
     c.seed = 0
     c.compute_dtype = "float32"  # or "bfloat16" (the papers trained SD in fp16)
-    c.model = ml_collections.ConfigDict(dict(base=""))
+    # attention: "auto" (a fused kernel where the platform has one: cuDNN on NVIDIA, Pallas flash on TPU;
+    # layers with attention controls always exact), "xla" (never fused), "fused" (always; on CPU the TPU
+    # kernel interpreted, to check its numerics)
+    c.model = ml_collections.ConfigDict(dict(base="", attention="auto"))
     c.data = ml_collections.ConfigDict(dict(
         num_records=1000, image_size=512, seed=0, worker_count=0,
         strict=False,                 # raise on the first bad record (naming its file) instead of skipping it
@@ -56,6 +59,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     need(config.compute_dtype in ("float32", "bfloat16"), "compute_dtype", "'float32' or 'bfloat16'")
     need(bool(config.model.base), "model.base", "a base-model folder or 'tiny:<base>'")
+    need(config.model.get("attention", "auto") in ("auto", "xla", "fused"), "model.attention",
+         "'auto', 'xla' or 'fused'")
     t = config.train
     need(t.batch_size > 0, "train.batch_size", "a positive integer")
     need(t.grad_accum > 0 and t.batch_size % t.grad_accum == 0, "train.grad_accum",

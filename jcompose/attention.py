@@ -5,8 +5,9 @@ ControlNet) take an `AttentionContext` argument, threaded down from the model's 
 keyword. Each layer knows its own path (e.g. ``up_blocks_3/attentions_2/transformer_blocks_0/attn1``),
 whether it is self- or cross-attention and its spatial size, and calls `attend`:
 
-* with no control applying to the layer, on a GPU in bf16/fp16 (head dim <= 128, multiple of 8),
-  through `jax.nn.dot_product_attention` with cuDNN's fused kernel;
+* with no control applying to the layer, through the platform's fused kernel where it has one
+  (cuDNN on NVIDIA GPUs, a Pallas flash kernel on TPU; `jcompose.attention_kernels` chooses, following
+  `config.model.attention`);
 * otherwise explicitly: softmax probabilities in float32, then each control multiplies them
   (XLA fuses this; on CPU it measured faster than `dot_product_attention`'s XLA path).
 
@@ -29,6 +30,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from jcompose import attention_kernels
 
 Array = jax.Array
 CAPTURE_COLLECTION = "attention_maps"
@@ -343,15 +346,6 @@ class AttentionContext:
         return AttentionCall(tuple(path), is_cross, int(layer_hw[0]), int(layer_hw[1]), factor, self.timestep)
 
 
-def _attention_implementation(dtype: Any, head_dim: int) -> str | None:
-    """cuDNN fused attention where it is supported (GPU, half precision, head dim <= 128, % 8)."""
-    if jax.default_backend() != "gpu":
-        return None
-    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        return None
-    return "cudnn" if head_dim % 8 == 0 and head_dim <= 128 else None
-
-
 def attend(q: Array, k: Array, v: Array, *, scale: float, module: Any, path: Sequence[str], is_cross: bool,
            layer_hw: tuple[int, int], context: AttentionContext | None) -> Array:
     """Multi-head attention of one layer with the context's controls.
@@ -372,9 +366,10 @@ def attend(q: Array, k: Array, v: Array, *, scale: float, module: Any, path: Seq
         if context.on_call is not None:
             context.on_call(call)
         controls = [c for c in context.controls if c.applies(call)]
-    fused = _attention_implementation(q.dtype, q.shape[-1]) if not controls else None
-    if fused:
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=fused)
+    implementation, reason = attention_kernels.choose(q, controlled=bool(controls))
+    attention_kernels.record(path, is_cross, q, k, implementation, reason)
+    if implementation != "xla":
+        return attention_kernels.fused_attention(q, k, v, scale=scale, implementation_=implementation)
     # Explicit softmax attention (controls edit the probabilities), heads-major: token-major einsums
     # took SD 1.5's UNet forward at 512 px on CPU from 5.8 to 6.9 s (tools/compare_old_flax_modules.py).
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))

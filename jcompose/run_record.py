@@ -25,8 +25,8 @@ from configs.common import ConfigError
 RECORD = "config.json"
 # Fields (dotted prefixes) a resume must not change: they define the trained model or its data stream.
 PROTECTED = ("method", "seed", "compute_dtype", "model", "data", "train.batch_size")
-# Under a protected prefix, still free to change.
-FREE = ("data.strict", "data.max_consecutive_skips")
+# Under a protected prefix, still free to change (the attention implementation changes no weight).
+FREE = ("data.strict", "data.max_consecutive_skips", "model.attention")
 
 
 def _plain(config: Any) -> dict:

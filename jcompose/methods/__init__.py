@@ -2,6 +2,7 @@
 
 import importlib
 
+from jcompose import attention_kernels
 from jcompose.methods.base import Method
 
 # config.method -> (module, class); imported on demand so one method's dependencies never load another's.
@@ -18,4 +19,6 @@ def build(config) -> Method:
     if config.method not in METHODS:
         raise ValueError(f"config.method = {config.method!r}: unknown; available: {', '.join(map(repr, METHODS))}")
     module, cls = METHODS[config.method]
+    # The attention implementation is chosen when programs are traced, from this process-wide setting.
+    attention_kernels.set_implementation(config.model.get("attention", "auto"))
     return getattr(importlib.import_module(module), cls)(config)
