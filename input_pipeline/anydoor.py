@@ -26,6 +26,8 @@ import numpy as np
 from input_pipeline.records import RecordError
 from jcompose import imaging
 
+COLLAGE_MASKS = ("training", "run_inference")
+
 
 def _tenths(rng: np.random.Generator, lo_hi: tuple[int, int]) -> float:
     """randint(lo, hi) / 10 with hi exclusive, as the released code draws its ratios."""
@@ -85,6 +87,7 @@ def make_transform(
     region_rule: str = "any",
     hf_thresh: int = 50,
     shape_control: bool = False,
+    collage_mask: str = "training",
 ) -> Callable[[dict, np.random.Generator], dict]:
     """Build `transform(pair_record, rng) -> example`; defaults are the released training values.
 
@@ -105,6 +108,10 @@ def make_transform(
       hf_thresh: Sobel magnitude threshold of the HF map.
       shape_control: without augmentation, the mask channel is the target mask itself instead of
         the box (the released demo's "Enable Shape Control").
+      collage_mask: how the mask channel is squared and resized: "training" (the released training code,
+        demo and predict.py: square padding -1, nearest) or "run_inference" (the released
+        run_inference.py: it pads with -1, casts to uint8 so the padding wraps to 255, resizes
+        bilinearly and keeps > 0.5: padding 1, box edges bilinear).
 
     A record may carry its dataset's "region_rule" and "max_target_region" (the released mixture's
     per-dataset settings, `anydoor_mixture.TagPair`); they take precedence over the arguments.
@@ -125,6 +132,8 @@ def make_transform(
     """
     if region_rule not in ("any", "both"):
         raise ValueError(f"region_rule must be 'any' or 'both', got {region_rule!r}")
+    if collage_mask not in COLLAGE_MASKS:
+        raise ValueError(f"collage_mask must be one of {COLLAGE_MASKS}, got {collage_mask!r}")
 
     def transform(record: dict, rng: np.random.Generator) -> dict:
         source, ref, ref_mask, tar, tar_mask = _check_pair(record)
@@ -187,12 +196,16 @@ def make_transform(
         h1, w1 = tar_crop.shape[:2]
         tar_sq = imaging.pad_to_square(tar_crop, 0)[0]
         collage = imaging.pad_to_square(collage, 0)[0]
-        shape_mask = imaging.pad_to_square(shape_mask, 2)[0]  # 2 marks padding, becomes -1
         h2, w2 = tar_sq.shape[:2]
         tar_sq = imaging.resize(tar_sq, (size, size))
         collage = imaging.resize(collage, (size, size))
-        shape_mask = imaging.resize(shape_mask, (size, size), nearest=True).astype(np.float32)
-        shape_mask[shape_mask == 2] = -1.0
+        if collage_mask == "run_inference":  # -1 padding as uint8 is 255; bilinear uint8 resize; > 0.5
+            square = imaging.pad_to_square(shape_mask.astype(np.uint8), 255)[0]
+            shape_mask = (imaging.resize(square, (size, size)) > 0.5).astype(np.float32)
+        else:
+            shape_mask = imaging.pad_to_square(shape_mask, 2)[0]  # 2 marks padding, becomes -1
+            shape_mask = imaging.resize(shape_mask, (size, size), nearest=True).astype(np.float32)
+            shape_mask[shape_mask == 2] = -1.0
 
         return {
             "reference": imaging.to_signed(ref_img),
@@ -206,7 +219,8 @@ def make_transform(
     return transform
 
 
-def paste_back(generated: np.ndarray, target_image: np.ndarray, crop_box, sizes, *, margin: int = 5) -> np.ndarray:
+def paste_back(generated: np.ndarray, target_image: np.ndarray, crop_box, sizes, *, margin: int = 5,
+               drop_first_row: bool = False) -> np.ndarray:
     """Put a generated square back into the full target image (the released `crop_back`).
 
     Args:
@@ -214,6 +228,8 @@ def paste_back(generated: np.ndarray, target_image: np.ndarray, crop_box, sizes,
       target_image: uint8 (H, W, 3), the full target image the example was cut from.
       crop_box, sizes: the example's `crop_box` (y0, y1, x0, x1) and `sizes` [H1, W1, H2, W2].
       margin: pixels along the crop border left untouched (5 in run_inference.py, 3 in the demo).
+      drop_first_row: resize the square without its first row, as every released inference script
+        (`pred[1:]` before `crop_back`): the result moves up by 1/S of the crop.
     Returns:
       uint8 (H, W, 3): a copy of target_image with the crop (minus the margin) replaced by the
       generated square resized to H2 x W2 with its square padding removed.
@@ -222,7 +238,7 @@ def paste_back(generated: np.ndarray, target_image: np.ndarray, crop_box, sizes,
     y0, y1, x0, x1 = (int(v) for v in crop_box)
     if (y1 - y0, x1 - x0) != (h1, w1) or max(h1, w1) != h2 or h2 != w2:
         raise ValueError(f"crop_box {tuple(crop_box)} and sizes {tuple(sizes)} do not describe one squared crop")
-    square = imaging.resize(generated, (h2, w2))
+    square = imaging.resize(generated[1:] if drop_first_row else generated, (h2, w2))
     top, left = (h2 - h1) // 2, (w2 - w1) // 2  # pad_to_square puts the odd pixel after
     crop = square[top : top + h1, left : left + w1]
     out = target_image.copy()

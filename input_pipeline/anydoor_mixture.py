@@ -115,8 +115,9 @@ def _saliency(value: str) -> Any:
     return sources[0] if len(sources) == 1 else ConcatSource(sources)
 
 
-def _build(name: str, roots: Mapping[str, str]) -> tuple[Any, Callable | None, bool]:
-    """(source, record-to-pair function, one-piece reference filter) of one dataset."""
+def _build(name: str, roots: Mapping[str, str], frame_order: str = "released") -> tuple[Any, Callable | None, bool]:
+    """(source, record-to-pair function, one-piece reference filter) of one dataset; `frame_order` for the
+    clip readers (video.py: "released" = meta.json's / os.listdir's order, "sorted" = by name)."""
     if name == "saliency":
         return _saliency(roots["saliency"]), coco.image_pair, False
     if name == "sam":
@@ -126,12 +127,12 @@ def _build(name: str, roots: Mapping[str, str]) -> tuple[Any, Callable | None, b
         return (coco.CocoSource(root / "train2017", roots.get("lvis_json") or root / "lvis_v1_train.json",
                                 min_area=LVIS_MIN_AREA), coco.image_pair, False)
     if name in ("ytb_vos", "ytb_vis"):
-        return video.VideoSource(roots[name], "youtube_vos"), video.sample_pair, False
+        return video.VideoSource(roots[name], "youtube_vos", frame_order=frame_order), video.sample_pair, False
     if name == "mose":
-        return video.VideoSource(roots["mose"], "mose", meta_json=roots.get("mose_meta") or None), \
-            video.sample_pair, True
+        return video.VideoSource(roots["mose"], "mose", meta_json=roots.get("mose_meta") or None,
+                                 frame_order=frame_order), video.sample_pair, True
     if name == "vipseg":
-        return vipseg.VIPSegSource(roots["vipseg"]), vipseg.sample_pair, False
+        return vipseg.VIPSegSource(roots["vipseg"], frame_order=frame_order), vipseg.sample_pair, False
     if name in ("uvo", "uvo_val"):
         split = "train" if name == "uvo" else "val"
         return (uvo.UVOSource(roots["uvo_frames"], roots["uvo_json" if name == "uvo" else "uvo_val_json"],
@@ -140,8 +141,8 @@ def _build(name: str, roots: Mapping[str, str]) -> tuple[Any, Callable | None, b
         return tryon.VitonHDSource(roots["vitonhd"]), None, False
     if name == "fashiontryon":
         return tryon.FashionTryonSource(roots["fashiontryon"]), None, False
-    return (mvimgnet.MVImgNetSource(roots["mvimgnet"], list_file=roots.get("mvimgnet_list") or None),
-            mvimgnet.sample_pair, False)
+    return (mvimgnet.MVImgNetSource(roots["mvimgnet"], list_file=roots.get("mvimgnet_list") or None,
+                                    frame_order=frame_order), mvimgnet.sample_pair, False)
 
 
 def _given(name: str, roots: Mapping[str, str]) -> bool:
@@ -152,10 +153,11 @@ def _given(name: str, roots: Mapping[str, str]) -> bool:
     return bool(roots.get(name))
 
 
-def anydoor_components(roots: Mapping[str, str], weights: Mapping[str, float] | None = None
-                       ) -> list[tuple[str, Any, float, TagPair]]:
+def anydoor_components(roots: Mapping[str, str], weights: Mapping[str, float] | None = None,
+                       frame_order: str = "released") -> list[tuple[str, Any, float, TagPair]]:
     """[(dataset name, source, weight, prepare), ...] in the released order for the datasets whose roots
-    are given (see module doc), with RELEASED_WEIGHTS updated by `weights` (0 leaves a dataset out).
+    are given (see module doc), with RELEASED_WEIGHTS updated by `weights` (0 leaves a dataset out);
+    `frame_order` of the clip readers (see `_build`).
 
     Raises ValueError for an unknown roots/weights key, a negative weight or nothing to train on;
     RecordError (naming the folder/file) for a given root that is not in its layout or has no records.
@@ -172,7 +174,7 @@ def anydoor_components(roots: Mapping[str, str], weights: Mapping[str, float] | 
             raise ValueError(f"AnyDoor weight {name}={weight}: expected >= 0 (0 leaves it out)")
         if weight == 0 or not _given(name, roots):
             continue
-        source, to_pair, one_piece = _build(name, roots)
+        source, to_pair, one_piece = _build(name, roots, frame_order)
         if len(source) == 0:
             raise RecordError(roots.get(name) or roots.get("uvo_frames", ""), f"{name}: no usable records")
         components.append((name, source, weight, TagPair(name, to_pair, one_piece)))
@@ -190,11 +192,12 @@ def describe(components: list[tuple[str, Any, float, Any]]) -> str:
     return f"AnyDoor mixture: {used}" + (f"; left out: {', '.join(missing)}" if missing else "")
 
 
-def released_mixture(roots: Mapping[str, str], *, seed: int, weights: Mapping[str, float] | None = None) -> Any:
+def released_mixture(roots: Mapping[str, str], *, seed: int, weights: Mapping[str, float] | None = None,
+                     frame_order: str = "released") -> Any:
     """AnyDoor's training mixture of `pair` records as an endless grain MapDataset (`pipeline.mix_sources`:
     each dataset at weight / sum of the present weights), for `pipeline.make_iterator` with the
     `anydoor.make_transform()` transform. Prints the `describe` line. Arguments as `anydoor_components`.
     """
-    components = anydoor_components(roots, weights)
+    components = anydoor_components(roots, weights, frame_order)
     print(describe(components), flush=True)
     return pipeline.mix_sources([(source, weight, prepare) for _, source, weight, prepare in components], seed=seed)

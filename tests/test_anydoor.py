@@ -305,6 +305,27 @@ def test_fresh_extractor_is_the_unet_encoder_with_zero_residuals(setup):
     assert all(float(jnp.abs(r).max()) == 0.0 for r in [*down, mid])
 
 
+def test_hint_encoder_starts_as_torch_conv2d_default(setup):
+    """The released hint encoder is LDM's nn.Conv2d stack: torch's default init (kaiming-uniform a = sqrt(5):
+    kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = c_in x 3 x 3, torch.nn.Conv2d's docs), its
+    last conv zero (zero_module). Flax's LeCun-normal kernels are sqrt(3) x wider and its biases zero."""
+    from scipy import stats
+
+    method, params, _, _, _ = setup
+    assert method.config.model.hint_init == "torch"
+    embedding = params["extractor"]["controlnet_cond_embedding"]
+    assert float(jnp.abs(embedding["conv_out"]["kernel"]).max()) == 0 == float(jnp.abs(embedding["conv_out"]["bias"]).max())
+    convs = {k: v for k, v in embedding.items() if k != "conv_out"}
+    assert len(convs) == 7  # conv_in + 2 per stage after the first (16, 32, 32, 32)
+    for name, conv in convs.items():
+        kernel, bias = np.asarray(conv["kernel"]), np.asarray(conv["bias"])
+        bound = 1 / np.sqrt(np.prod(kernel.shape[:3]))  # HWIO: kh x kw x c_in
+        for what, values in (("kernel", kernel), ("bias", bias)):
+            assert np.abs(values).max() <= bound, (name, what)
+            p = stats.kstest(values.ravel(), stats.uniform(-bound, 2 * bound).cdf).pvalue
+            assert p > 1e-4, (name, what, p)
+
+
 # ------------------------------------------------------------------------------------ training
 
 
@@ -358,6 +379,13 @@ def test_a_base_that_is_not_sd2_is_refused_by_file(setup, tmp_path):
 # -------------------------------------------------------------------------------------- config
 
 
+def _flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
 def test_released_config_and_registration():
     from jcompose import methods
 
@@ -371,8 +399,17 @@ def test_released_config_and_registration():
     assert isinstance(methods.build(c), anydoor.AnyDoorMethod)
     with pytest.raises(ValueError, match=r"config.data.roots: no dataset folder given; .*config.data.roots.ytb_vos"):
         methods.build(c).make_source()
-    with pytest.raises(ValueError, match="unknown variant 'paper'"):
-        get_config("paper")
+    # released details kept by default (each a named option)
+    assert (c.variant, c.data.box_mask_prob, c.sample.crop_expand_tenths) == ("released", 0.3, (15, 30))
+    assert (c.data.frame_order, c.model.hint_init) == ("released", "torch")
+    assert (c.sample.collage_mask, c.sample.drop_first_row, c.sample.margin) == ("run_inference", True, 5)
+    # the paper's tables: the box-only model and a fixed 2.0 zoom (randint(20, 21) / 10), nothing else
+    paper = get_config("paper")
+    assert (paper.variant, paper.data.box_mask_prob, paper.sample.crop_expand_tenths) == ("paper", 1.0, (20, 21))
+    changed = {k for k, v in _flat(paper.to_dict()).items() if _flat(c.to_dict()).get(k) != v}
+    assert changed == {"variant", "data.box_mask_prob", "sample.crop_expand_tenths"}
+    with pytest.raises(ValueError, match="unknown variant 'papers'"):
+        get_config("papers")
     c.model.dinov2_interpolation = "nearest"
     with pytest.raises(ConfigError, match="dinov2_interpolation = 'nearest'"):
         anydoor.AnyDoorMethod(c)

@@ -233,6 +233,10 @@ def test_compose_benchmark_generates_every_pair_batched(sources, tiny_eval_model
     _, pairs = bench.read_benchmark(tmp_path / "bench")
     assert written["count"] == len(manifest["images"]) == len(pairs) == 4
     assert [e["seed"] for e in manifest["images"]] == [10, 11, 12, 13] and manifest["step"] == "unrecorded"
+    # which configs/anydoor.py variant made the images: the released weights run the released settings
+    assert (manifest["variant"], manifest["box_mask_prob"], manifest["crop_expand_tenths"]) == ("released", 0.3,
+                                                                                                [15, 30])
+    assert (manifest["collage_mask"], manifest["drop_first_row"]) == ("run_inference", True)
     k = 3  # the padded batch's only pair
     entry, pair = manifest["images"][k], pairs[k]
     compose.main(["anydoor", "--weights", str(tmp_path / "rel"), "--reference", str(pair["reference"]),

@@ -73,7 +73,9 @@ def test_overlapping_objects_go_one_after_another(setup, rng):
 
 
 def test_shape_control_uses_the_target_mask_as_the_mask_channel(setup, rng):
-    method = setup[0]
+    config = setup[0].config.copy_and_resolve_references()
+    config.sample.collage_mask = "training"  # the demo's, where shape control comes from
+    method = anydoor.AnyDoorMethod(config)
     background = rng.integers(0, 255, (192, 192, 3)).astype(np.uint8)
     obj = _object(rng, (96, 96))
     box = inference.prepare_example(inference.inference_transform(method), obj, background, 1)
@@ -90,6 +92,108 @@ def test_shape_control_uses_the_target_mask_as_the_mask_channel(setup, rng):
     expected = np.where(expected == 2, -1.0, expected).astype(np.float32)
     np.testing.assert_array_equal(shape["collage"][..., 3], expected)
     assert (box["collage"][..., 3] > 0).sum() > (shape["collage"][..., 3] > 0).sum()  # the box is larger
+
+
+def _released_square(values, pad):
+    """run_inference.py's pad_to_square: the shorter axis padded, int(d / 2) before, the rest after."""
+    h, w = values.shape[:2]
+    d = abs(h - w)
+    spec = [(0, 0), (d // 2, d - d // 2)] if h > w else [(d // 2, d - d // 2), (0, 0)]
+    return np.pad(values, spec + [(0, 0)] * (values.ndim - 2), constant_values=pad)
+
+
+def test_collage_mask_is_run_inference_s_by_default(setup, rng):
+    """run_inference.py builds the mask channel as a float box in the crop, pads it to a square with -1, casts
+    to uint8 (-1 wraps to 255), resizes bilinearly and keeps > 0.5: the square padding is 1 there (-1 in
+    training, the demo and predict.py: `sample.collage_mask = "training"`)."""
+    import cv2
+
+    method = setup[0]
+    background = rng.integers(0, 255, (192, 160, 3)).astype(np.uint8)
+    obj = _object(rng, (96, 60), background.shape[:2])
+    ex = inference.prepare_example(inference.inference_transform(method), obj, background, 3)
+    y0, y1, x0, x1 = (int(v) for v in ex["crop_box"])
+    ty0, ty1, tx0, tx1 = (int(v) for v in ex["target_box"])
+    box = np.zeros((y1 - y0, x1 - x0, 3))
+    box[ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] = 1.0
+    assert ex["sizes"][0] != ex["sizes"][1]  # a crop cut by the image border: there is square padding
+    square = _released_square(box, -1).astype(np.uint8)
+    expected = (cv2.resize(square, (64, 64)).astype(np.float32) > 0.5).astype(np.float32)[..., 0]
+    np.testing.assert_array_equal(ex["collage"][..., 3], expected)
+    assert (ex["collage"][..., 3] == 1).sum() > (ex["collage"][..., 3] == 1)[16:48, 16:48].sum()  # padding is 1
+
+    training = method.config.copy_and_resolve_references()
+    training.sample.collage_mask = "training"
+    other = inference.prepare_example(inference.inference_transform(anydoor.AnyDoorMethod(training)), obj,
+                                      background, 3)
+    square = _released_square(box[..., 0], 2).astype(np.uint8)
+    expected = cv2.resize(square, (64, 64), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    np.testing.assert_array_equal(other["collage"][..., 3], np.where(expected == 2, -1.0, expected))
+    np.testing.assert_array_equal(other["collage"][..., :3], ex["collage"][..., :3])
+
+
+def test_paper_variant_zooms_2x_and_trains_box_only(setup, rng):
+    """configs/anydoor.py:paper at the tiny sizes: every inference crop is the 1.1x target box grown 2.0x
+    (squared) whatever the seed, where the released settings draw 1.5-2.9; its training mask channel is
+    always the box (box_mask_prob 1.0; released 0.3: mostly a perturbed object mask)."""
+    method = setup[0]
+    paper = method.config.copy_and_resolve_references()
+    paper_values = get_config("paper")
+    paper.sample.crop_expand_tenths = paper_values.sample.crop_expand_tenths
+    paper.data.box_mask_prob = paper_values.data.box_mask_prob
+    paper_method = anydoor.AnyDoorMethod(paper)
+    background = rng.integers(0, 255, (160, 160, 3)).astype(np.uint8)
+    obj = _object(rng, (80, 80), background.shape[:2])
+    sides = {name: set() for name in ("paper", "released")}
+    for seed in range(6):
+        for name, m in (("paper", paper_method), ("released", method)):
+            ex = inference.prepare_example(inference.inference_transform(m), obj, background, seed)
+            ty0, ty1, tx0, tx1 = (int(v) for v in ex["target_box"])
+            y0, y1, x0, x1 = (int(v) for v in ex["crop_box"])
+            assert abs((y1 - y0) - (x1 - x0)) <= 1  # squared (box2squre halves the side), inside the image
+            sides[name].add(round(max(y1 - y0, x1 - x0) / max(ty1 - ty0, tx1 - tx0), 2))
+    assert len(sides["paper"]) == 1 and abs(sides["paper"].pop() - 2.0) < 0.05
+    assert len(sides["released"]) > 1 and all(1.45 < r < 2.95 for r in sides["released"])
+
+    record = {"reference_image": obj.reference, "reference_mask": obj.reference_mask, "target_image": background,
+              "target_mask": obj.target_mask, "dynamic": True, "source": "mem://pair"}
+    box_share = {}
+    for name, m in (("paper", paper_method), ("released", method)):
+        transform, draws = m.make_transform(), np.random.default_rng(0)
+        masks = [transform(record, draws)["collage"][..., 3] for _ in range(20)]
+        box_share[name] = np.mean([np.array_equal(k > 0.5, _box_of(k > 0.5)) for k in masks])
+    assert box_share["paper"] == 1.0 and box_share["released"] < 0.8
+
+
+def _box_of(mask):
+    """The filled bounding box of a boolean mask."""
+    ys, xs = np.nonzero(mask)
+    out = np.zeros_like(mask)
+    out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    return out
+
+
+def test_paste_drops_the_first_generated_row_as_released(setup, rng):
+    """crop_back in every released inference script gets `pred[1:]`: the square without its first row,
+    stretched back to the crop (a 1/512 shift); `sample.drop_first_row = False` keeps it."""
+    import cv2
+
+    method = setup[0]
+    background = rng.integers(0, 255, (192, 160, 3)).astype(np.uint8)
+    ex = inference.prepare_example(inference.inference_transform(method), _object(rng, (96, 60), (192, 160)),
+                                   background, 3)
+    generated = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    h1, w1, h2, w2 = (int(v) for v in ex["sizes"])
+    y0, y1, x0, x1 = (int(v) for v in ex["crop_box"])
+    pred = cv2.resize(generated[1:].astype(np.float32), (w2, h2))  # released: float, truncated when stored
+    top, left = (h2 - h1) // 2, (w2 - w1) // 2
+    want = background.copy()
+    want[y0 + 5:y1 - 5, x0 + 5:x1 - 5] = pred[top:top + h1, left:left + w1][5:-5, 5:-5]
+    got = inference.paste(generated, background, ex, "crop", 5, drop_first_row=method.config.sample.drop_first_row)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1, diff.max()  # uint8 vs float bilinear rounding
+    kept = inference.paste(generated, background, ex, "crop", 5, drop_first_row=False)
+    assert np.abs(kept.astype(int) - want.astype(int)).max() > 30
 
 
 # ----------------------------------------------------------------------------------- bad input

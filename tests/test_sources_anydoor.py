@@ -485,6 +485,39 @@ def roots(tmp_path_factory):
             "fashiontryon": str(root / "fashion"), "mvimgnet": str(write_mvimgnet(root / "mv"))}
 
 
+def test_clip_frame_order_is_the_released_directory_order_or_sorted(roots, tmp_path):
+    """The min-gap pairing counts in the clip's frame order. frame_order="released": the released loaders'
+    order, os.listdir's for MOSE, VIPSeg and MVImgNet (ext4: a hash order, not time) and meta.json's for
+    YouTube-VOS; "sorted": by name. The oracle is os.listdir itself and a meta.json listed backwards."""
+    def names(paths):
+        return [os.path.basename(p) for p in paths]
+
+    def listed(folder, suffix, keep):
+        return [n for n in os.listdir(folder) if n.endswith(suffix) and n in keep]
+
+    ytb = write_youtube_vos(tmp_path / "ytb")
+    meta = json.loads((ytb / "meta.json").read_text())
+    for obj in meta["videos"]["vid0"]["objects"].values():
+        obj["frames"] = obj["frames"][::-1]
+    (ytb / "meta.json").write_text(json.dumps(meta))
+    built = {}
+    for order in ("released", "sorted"):
+        components = mixture.anydoor_components({**roots, "ytb_vos": str(ytb)}, frame_order=order)
+        built[order] = {name: source for name, source, _, _ in components}
+    for name, key, suffix in (("mose", "frame_paths", ".jpg"), ("vipseg", "frame_paths", ".jpg"),
+                              ("mvimgnet", "mask_paths", ".png")):
+        for k in range(len(built["released"][name])):
+            released, by_name = (names(built[order][name][k][key]) for order in ("released", "sorted"))
+            folder = os.path.dirname(built["released"][name][k][key][0])
+            assert released == listed(folder, suffix, released), (name, k)
+            assert by_name == sorted(released), (name, k)
+    for k in range(len(built["released"]["ytb_vos"])):
+        released, by_name = (names(built[order]["ytb_vos"][k]["frame_paths"]) for order in ("released", "sorted"))
+        assert released == sorted(released, reverse=True) and by_name == sorted(released)
+    with pytest.raises(ValueError, match="frame_order"):
+        mixture.anydoor_components(roots, frame_order="shuffled")
+
+
 def test_released_weights_table():
     assert mixture.RELEASED_WEIGHTS == {name: length * (1 if name in IMAGE_SETS else 2)
                                         for name, (length, _, _) in RELEASED.items()}

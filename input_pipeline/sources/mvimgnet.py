@@ -6,11 +6,12 @@ Layout: root/<class>/<object>/images/ holding `<frame>.jpg` views and RGBA mask 
 standing for root) or from a scan of root/*/*/images/.
 
 Records (built in `__getitem__`, which lists the object folder, so construction from a list file reads
-nothing but the list): {"frame_paths": [jpg per mask], "mask_paths": [mask PNGs, sorted by name],
+nothing but the list): {"frame_paths": [jpg per mask], "mask_paths": [mask PNGs, in `frame_order`],
 "min_gap": n // 8, "dynamic": 2, "source": the object folder}. K = 8 and dynamic 2 (multi-view, high
 quality) as released (reference/anydoor.md 3.2). Only objects with masks are used: a scan keeps folders
 with at least 2 mask PNGs; a listed folder with fewer raises RecordError when read (the pipeline skips
-it). The released loader pairs masks in `os.listdir` order; they are sorted by name here.
+it). The released loader pairs masks in `os.listdir` order: `frame_order="released"`; "sorted" (by name) is
+the default.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from input_pipeline.records import RecordError, read_image
+from input_pipeline.sources.video import frame_order_names
 from input_pipeline.sources.vipseg import decode_png, frame_pair_indices
 
 GAP_DIVISOR = 8
@@ -27,9 +29,9 @@ DYNAMIC = 2
 LIST_PREFIX = "MVDir/"
 
 
-def _mask_names(folder: Path) -> list[str]:
-    """Sorted `<frame>_*.png` names in an object folder."""
-    return sorted(p.name for p in folder.iterdir() if p.suffix == ".png" and "_" in p.stem)
+def _mask_names(folder: Path, frame_order: str = "sorted") -> list[str]:
+    """`<frame>_*.png` names in an object folder, by name or in os.listdir order (`frame_order`)."""
+    return [f"{n}.png" for n in frame_order_names(folder, ".png", frame_order) if "_" in n]
 
 
 def read_alpha_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
@@ -57,11 +59,12 @@ class MVImgNetSource:
       list_prefix: the list file's stand-in for root ("MVDir/" in the released list).
       gap_divisor: K of the min-gap rule (8).
       dynamic: the pairs' `dynamic` label (2).
+      frame_order: "sorted" (by name) or "released" (os.listdir's, as the released loader; see video.py).
     Raises RecordError at construction for a missing root or list file, or when nothing is found.
     """
 
     def __init__(self, root: str | Path, *, list_file: str | Path | None = None, list_prefix: str = LIST_PREFIX,
-                 gap_divisor: int = GAP_DIVISOR, dynamic: int = DYNAMIC):
+                 gap_divisor: int = GAP_DIVISOR, dynamic: int = DYNAMIC, frame_order: str = "sorted"):
         root = Path(root)
         if not root.is_dir():
             raise RecordError(root, "MVImgNet folder not found (expected root/<class>/<object>/images/ with "
@@ -82,7 +85,7 @@ class MVImgNetSource:
             raise RecordError(source, "no object folder (expected <class>/<object>/images/ with at least 2 "
                                       "<frame>_*.png masks)")
         self.folders = [str(f) for f in folders]
-        self.gap_divisor, self.dynamic = gap_divisor, dynamic
+        self.gap_divisor, self.dynamic, self.frame_order = gap_divisor, dynamic, frame_order
 
     def __len__(self) -> int:
         return len(self.folders)
@@ -91,7 +94,7 @@ class MVImgNetSource:
         folder = Path(self.folders[index])
         if not folder.is_dir():
             raise RecordError(folder, "object folder not found")
-        masks = _mask_names(folder)
+        masks = _mask_names(folder, self.frame_order)
         if len(masks) < 2:
             raise RecordError(folder, f"{len(masks)} mask PNGs named <frame>_*.png; expected at least 2 "
                                       "(only MVImgNet objects with masks are usable)")

@@ -12,11 +12,18 @@ every annotation PNG once at construction. Frames are only decoded in `sample_pa
 Minimum pair gap: AnyDoor pairs frames at least floor(n / K) apart for an object seen in n frames, with
 K = 10 for YouTube-VOS/VIS, UVO and MOSE (reference/anydoor.md); DAVIS is not in AnyDoor's mix and
 uses K = 10 here too. The gap can be 0 for clips shorter than K frames, as in the released code.
+
+Frame order (`frame_order`), which the gap counts in: "sorted" (by name: temporal), or "released", the
+order of the released loaders: meta.json's list for YouTube-VOS/VIS, `os.listdir`'s for MOSE (and
+VIPSeg, MVImgNet). Directory order is the file system's: by name on some, a hash order on ext4, where
+the released "gap" is not a time gap at all (pairs of any two frames) and the order differs between
+machines. `frame_order_names` is the rule every reader shares.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +32,19 @@ from input_pipeline.records import RecordError, field, load_json, read_image, re
 
 logger = logging.getLogger(__name__)
 GAP_DIVISOR = {"youtube_vos": 10, "mose": 10, "davis": 10}
+FRAME_ORDERS = ("released", "sorted")
 # AnyDoor's data-type label for adaptive timesteps: 1 (True) multi-view low quality, 2 multi-view high
 # quality; the released loaders give YouTube-VOS 1 and MOSE 2 (DAVIS is not in its mix: 1 here).
 DYNAMIC = {"youtube_vos": True, "mose": 2, "davis": True}
+
+
+def frame_order_names(folder: str | Path, suffix: str, frame_order: str) -> list[str]:
+    """Names (without `suffix`) of the files in `folder` ending in `suffix`: in `os.listdir` order for
+    "released", by name for "sorted"."""
+    if frame_order not in FRAME_ORDERS:
+        raise ValueError(f"frame_order = {frame_order!r}: expected one of {FRAME_ORDERS}")
+    names = [n[:-len(suffix)] for n in os.listdir(folder) if n.endswith(suffix)]
+    return sorted(names) if frame_order == "sorted" else names
 
 
 class VideoSource:
@@ -44,15 +61,18 @@ class VideoSource:
         from `index_meta()` of an earlier scan: scanning MOSE's ~100k PNGs takes minutes, reading it does not.
       strict: a video with frames but no annotation PNGs raises RecordError (default: such videos are
         left out with one warning giving their count).
+      frame_order: "sorted" (by name) or "released" (meta.json's order, else os.listdir's; module doc).
     Records: {"frame_paths", "mask_paths" (same length, frames where the object is annotated),
               "object_id": int, "min_gap": int, "dynamic": bool | int, "source": video frame folder}.
     """
 
     def __init__(self, root: str | Path, layout: str = "youtube_vos", *, resolution: str = "480p",
                  gap_divisor: int | None = None, use_meta: bool = True, meta_json: str | Path | None = None,
-                 dynamic: bool | int | None = None, strict: bool = False):
+                 dynamic: bool | int | None = None, strict: bool = False, frame_order: str = "sorted"):
         if layout not in GAP_DIVISOR:
             raise ValueError(f"VideoSource layout={layout!r}: expected one of {sorted(GAP_DIVISOR)}")
+        if frame_order not in FRAME_ORDERS:
+            raise ValueError(f"VideoSource frame_order={frame_order!r}: expected one of {FRAME_ORDERS}")
         root = Path(root)
         sub = Path(resolution) if layout == "davis" else Path()
         frame_root, mask_root = root / "JPEGImages" / sub, root / "Annotations" / sub
@@ -76,8 +96,8 @@ class VideoSource:
         for video_dir in videos:
             video = video_dir.name
             masks = {p.stem: p for p in (mask_root / video).glob("*.png")}
-            frames = [p.stem for p in video_dir.glob("*.jpg")]
-            stems = sorted(s for s in frames if s in masks)
+            frames = frame_order_names(video_dir, ".jpg", frame_order)
+            stems = [s for s in frames if s in masks]
             if frames and not stems:
                 if strict:
                     raise RecordError(mask_root / video, f"no annotation PNGs for the {len(frames)} frames of "
@@ -85,7 +105,7 @@ class VideoSource:
                 unannotated.append(video)
                 continue
             if meta is not None:
-                objects = {int(i): [s for s in frames if s in masks] for i, frames in meta.get(video, {}).items()}
+                objects = {int(i): [s for s in listed if s in masks] for i, listed in meta.get(video, {}).items()}
             else:
                 objects = {}
                 for stem in stems:
@@ -93,7 +113,7 @@ class VideoSource:
                         if object_id:
                             objects.setdefault(object_id, []).append(stem)
             for object_id, frames in sorted(objects.items()):
-                frames = sorted(frames)
+                frames = sorted(frames) if frame_order == "sorted" else frames
                 if len(frames) < 2:
                     continue
                 self.records.append({

@@ -11,8 +11,8 @@ in both), so construction only lists folders and no PNG is decoded before pairin
    "source": video frame folder}
 An object is eligible for a pair when its id is non-zero and present in both drawn frames. K = 100
 (reference/anydoor.md 3.2), so clips under 100 frames have no minimum gap, as released. The released
-code pairs `os.listdir` order (not temporal); frames are sorted by name here. The reference mask must
-be one piece (a single external contour), the released loader's filter.
+code pairs `os.listdir` order (not temporal): `frame_order="released"`; "sorted" (by name) is the
+default. The reference mask must be one piece (a single external contour), the released loader's filter.
 
 `frame_pair_indices` (AnyDoor's min-gap draw) and `decode_png` are shared with the UVO, MVImgNet and
 try-on readers.
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from input_pipeline.records import RecordError, read_image
+from input_pipeline.sources.video import frame_order_names
 
 GAP_DIVISOR = 100
 DYNAMIC = 1
@@ -96,11 +97,13 @@ class VIPSegSource:
       root: the VIPSeg_720P folder (holding images/ and panomasksRGB/).
       gap_divisor: K of the min-gap rule (min_gap = n_frames // K), 100 as released.
       dynamic: the pairs' `dynamic` label (1: multi-view, low quality).
+      frame_order: "sorted" (by name) or "released" (os.listdir's, as the released loader; see video.py).
     Raises RecordError at construction when a top-level folder is missing or no video has 2 frames
     with masks.
     """
 
-    def __init__(self, root: str | Path, *, gap_divisor: int = GAP_DIVISOR, dynamic: int = DYNAMIC):
+    def __init__(self, root: str | Path, *, gap_divisor: int = GAP_DIVISOR, dynamic: int = DYNAMIC,
+                 frame_order: str = "sorted"):
         root = Path(root)
         image_root, mask_root = root / "images", root / "panomasksRGB"
         for folder in (image_root, mask_root):
@@ -110,7 +113,7 @@ class VIPSegSource:
         self.records = []
         for video_dir in sorted(p for p in image_root.iterdir() if p.is_dir()):
             masks = {p.stem: p for p in (mask_root / video_dir.name).glob("*.png")}
-            stems = sorted(p.stem for p in video_dir.glob("*.jpg") if p.stem in masks)
+            stems = [s for s in frame_order_names(video_dir, ".jpg", frame_order) if s in masks]
             if len(stems) < 2:
                 continue
             self.records.append({

@@ -37,7 +37,7 @@ from input_pipeline import anydoor as anydoor_data
 from jcompose import diffusion
 from jcompose.methods.base import base_folder as base_model_folder
 from jcompose.models import encoders, loading, tiny, vit
-from jcompose.models.controlnet import ConditioningEmbedding
+from jcompose.models.controlnet import HINT_INITS, ConditioningEmbedding, init_conditioning_embedding
 from jcompose.models.diffusers_config import ConfigError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -83,6 +83,8 @@ class AnyDoorMethod:
         if config.model.dinov2_interpolation not in vit.INTERPOLATIONS:
             raise ConfigError(f"config.model.dinov2_interpolation = {config.model.dinov2_interpolation!r}: expected "
                               f"one of {vit.INTERPOLATIONS}")
+        if config.model.hint_init not in HINT_INITS:
+            raise ConfigError(f"config.model.hint_init = {config.model.hint_init!r}: expected one of {HINT_INITS}")
         if not 0.0 <= config.model.id_dropout < 1.0:
             raise ConfigError(f"config.model.id_dropout = {config.model.id_dropout!r}: expected a probability in [0, 1)")
         self.workdir: Path | None = None
@@ -135,14 +137,16 @@ class AnyDoorMethod:
 
     def init_extractor(self, unet_params: dict, rng: jax.Array) -> dict:
         """The extractor's params: the UNet encoder's time embedding, down and mid blocks copied; a fresh
-        hint embedding (its last conv zero); every zero conv zero (so its residuals start at 0)."""
+        hint embedding (`model.hint_init`: torch's nn.Conv2d default as released, or Flax's; its last conv
+        zero); every zero conv zero (so its residuals start at 0)."""
         expected = loading.abstract_params(self.extractor)
         size = 2 ** len(self.config.model.hint_widths)
         embedding = ConditioningEmbedding(self.unet.block_out_channels[0], tuple(self.config.model.hint_widths))
         params = {}
         for name, spec in expected.items():
             if name == "controlnet_cond_embedding":
-                params[name] = jax.jit(embedding.init)(rng, jnp.zeros((1, size, size, 4)))["params"]
+                params[name] = jax.jit(init_conditioning_embedding, static_argnums=(0, 2, 3, 4))(
+                    embedding, rng, 4, size, self.config.model.hint_init)
             elif name in unet_params:
                 params[name] = unet_params[name]
             else:
@@ -186,7 +190,8 @@ class AnyDoorMethod:
             raise ValueError(f"config.data.roots: no dataset folder given; set at least one of "
                              f"{', '.join('config.data.roots.' + k for k in d.roots)} (layouts: "
                              "input_pipeline/anydoor_mixture.py), or config.data.synthetic=True for a generated set")
-        return anydoor_mixture.released_mixture(roots, seed=d.seed, weights=dict(d.weights))
+        return anydoor_mixture.released_mixture(roots, seed=d.seed, weights=dict(d.weights),
+                                                frame_order=d.frame_order)
 
     def write_example_inputs(self, batch: dict, folder) -> None:
         """With the generated set (`data.synthetic`, the tiny run), a reference, its mask, a background and
@@ -322,7 +327,7 @@ def synthetic_mixture(root: Path, data) -> Any:
     if not (root / "youtube_vos" / "meta.json").is_file():
         synthetic.write_synthetic(root, num_images=data.num_images, num_videos=data.num_videos,
                                   num_frames=data.num_frames, image_size=(96, 128), seed=data.seed)
-    clips = video.VideoSource(root / "youtube_vos", "youtube_vos")
+    clips = video.VideoSource(root / "youtube_vos", "youtube_vos", frame_order=data.frame_order)
     images = coco.CocoSource(root / "coco" / "images", root / "coco" / "annotations" / "instances.json")
     weights = anydoor_mixture.RELEASED_WEIGHTS
     return pipeline.mix_sources([

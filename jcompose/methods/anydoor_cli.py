@@ -148,14 +148,19 @@ def compose_benchmark(args) -> dict:
         noise = jnp.concatenate([inference.initial_noise(method, s, size) for s in seeds])
         images = np.asarray(run(params, frozen, batch, noise, jnp.float32(guidance)))
         for k, (pair, example, background, image) in enumerate(zip(chunk, examples, backgrounds, images), start):
-            result = inference.paste(inference.to_uint8(image), background, example, args.paste, int(sc.margin))
+            result = inference.paste(inference.to_uint8(image), background, example, args.paste, int(sc.margin),
+                                     drop_first_row=bool(sc.drop_first_row))
             path = out / pair["concept"] / f"{Path(pair['background']).stem.removesuffix('_GT')}.png"
             write_image(path, result)
             entries.append({"image": str(path.relative_to(out)), "object": pair["concept"],
                             "reference": str(pair["reference"]), "background": str(pair["background"]),
                             "box": pair["box"], "seed": args.seed + k})
         print(f"{len(entries)}/{len(pairs)} pairs", flush=True)
-    manifest = {"benchmark": header.get("name"), "bench": str(args.benchmark), "step": step,
+    c = method.config  # which configs/anydoor.py variant (released / paper) and its settings made the images
+    variant = {"variant": c.get("variant", "unrecorded"), "box_mask_prob": c.data.box_mask_prob,
+               **{k: c.sample.get(k) for k in ("crop_expand_tenths", "ref_expand_tenths", "collage_mask",
+                                                  "drop_first_row", "margin")}}
+    manifest = {**variant, "benchmark": header.get("name"), "bench": str(args.benchmark), "step": step,
                 "weights": str(args.weights or args.checkpoint), "steps": steps,
                 "run": str(resolve_checkpoint(args.checkpoint)[0]) if args.checkpoint else "", "guidance": guidance,
                 "shape_control": bool(args.shape_control), "paste": args.paste, "seed": args.seed, "images": entries}

@@ -7,9 +7,11 @@ Per object (reference image + its mask, a target mask on the background):
      of the background 1.5-3x around the 1.1x target box, 512 px; the collage = crop with the HF map
      stretched into the box; mask channel = the box, or the target mask with `shape_control`;
   2. DDIM (eta 0) with CFG (default 5.0, 50 steps), unconditional ID tokens = DINOv2(black image);
-  3. paste back: the generated square resized to the crop and pasted over it leaving a `margin`-px
-     border (paste="crop", run_inference.py), or only the 1.1x target box copied back (paste="box",
-     the demo).
+  3. paste back: the generated square (without its first row, as released: `sample.drop_first_row`)
+     resized to the crop and pasted over it leaving a `margin`-px border (paste="crop",
+     run_inference.py), or only the 1.1x target box copied back (paste="box", the demo).
+The collage's mask channel is run_inference.py's by default (square padding 1, bilinear resize:
+`sample.collage_mask = "run_inference"`), or training's and the demo's ("training": -1, nearest).
 
 Several objects: object i draws its crop ratio from numpy default_rng(seed + i) and its initial noise
 from PRNGKey(seed + i), so an object gets the same result alone (with seed + i) as in a group. Objects
@@ -166,7 +168,7 @@ def inference_transform(method: Any, shape_control: bool = False):
     """The released inference `process_pairs` at the method's sizes (no augmentation, no filters: the
     reference checks are `check_object`'s)."""
     s = method.config.sample
-    return method.make_transform(augment=False, shape_control=shape_control,
+    return method.make_transform(augment=False, shape_control=shape_control, collage_mask=s.collage_mask,
                                  ref_expand_tenths=tuple(s.ref_expand_tenths),
                                  crop_expand_tenths=tuple(s.crop_expand_tenths),
                                  min_concentration=-1.0, mask_area=(0.0, 1.0), min_ref_region=0.0,
@@ -213,12 +215,13 @@ def plan_rounds(examples: list[dict], paste: str = "crop", margin: int = 5) -> l
 
 
 def paste(generated: np.ndarray, background: np.ndarray, example: dict, paste: str = "crop",
-          margin: int = 5) -> np.ndarray:
-    """uint8 generated square (S, S, 3) -> a copy of `background` with it pasted back (see module doc)."""
+          margin: int = 5, *, drop_first_row: bool = True) -> np.ndarray:
+    """uint8 generated square (S, S, 3) -> a copy of `background` with it pasted back (see module doc);
+    `drop_first_row` (released, `config.sample.drop_first_row`): the square's first row is left out."""
     if paste not in PASTE_MODES:
         raise ValueError(f"paste = {paste!r}: expected one of {PASTE_MODES}")
     full = anydoor_data.paste_back(generated, background, example["crop_box"], example["sizes"],
-                                   margin=0 if paste == "box" else margin)
+                                   margin=0 if paste == "box" else margin, drop_first_row=drop_first_row)
     if paste == "crop":
         return full
     y0, y1, x0, x1 = (int(v) for v in example["target_box"])
@@ -294,7 +297,8 @@ def compose(method: Any, params: Any, frozen: Any, background: np.ndarray, objec
         images = np.asarray(run(params, frozen, batch, noise, jnp.float32(guidance_scale)))
         for i, image in zip(members, images):
             generated[i] = to_uint8(image)
-            current = paste(generated[i], current, examples[i], paste_mode, margin)
+            current = paste(generated[i], current, examples[i], paste_mode, margin,
+                            drop_first_row=bool(sc.drop_first_row))
     return Composition(current, examples, generated, rounds)
 
 

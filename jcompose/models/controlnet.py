@@ -15,10 +15,12 @@ NCHW `sample` (ignored without `reads_latent`, may be None) and NCHW `cond`; ret
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from flax import struct
 
@@ -53,6 +55,34 @@ class ConditioningEmbedding(nn.Module):
         for block in self.blocks:
             x = nn.silu(block(x))
         return self.conv_out(x)
+
+
+HINT_INITS = ("torch", "flax")
+
+
+def init_conditioning_embedding(embedding: ConditioningEmbedding, rng: jax.Array, channels: int, size: int,
+                                style: str = "flax") -> dict:
+    """Fresh params of a conditioning embedding reading (B, size, size, channels) images; conv_out zero.
+
+    style: "flax" (Flax's defaults: LeCun-normal kernels, zero biases) or "torch" (torch.nn.Conv2d's
+    default, as the released LDM/ControlNet hint blocks: kaiming-uniform with a = sqrt(5), i.e. kernel and
+    bias uniform in +-1/sqrt(fan_in), fan_in = kernel height x width x input channels).
+    """
+    if style not in HINT_INITS:
+        raise ValueError(f"conditioning embedding init {style!r}: expected one of {HINT_INITS}")
+    params = embedding.init(rng, jnp.zeros((1, size, size, channels)))["params"]
+    if style == "flax":
+        return params
+    out = {}
+    for i, (name, conv) in enumerate(sorted(params.items())):
+        if name == "conv_out":
+            out[name] = conv
+            continue
+        bound = 1.0 / math.sqrt(math.prod(conv["kernel"].shape[:3]))
+        k_kernel, k_bias = jax.random.split(jax.random.fold_in(rng, i))
+        out[name] = {"kernel": jax.random.uniform(k_kernel, conv["kernel"].shape, conv["kernel"].dtype, -bound, bound),
+                     "bias": jax.random.uniform(k_bias, conv["bias"].shape, conv["bias"].dtype, -bound, bound)}
+    return out
 
 
 class ControlNetModel(nn.Module):
