@@ -1,42 +1,87 @@
-"""Evaluation inputs: image folders, prompts, masks, paired images, and the threaded batching of them.
+"""Evaluation inputs: folders of images paired by name, prompts, masks, the resizing of pixel-aligned
+pairs, and the training run behind the images.
 
-Errors name the config field (`config.generated`, `config.prompts`, ...) or the file.
+Folders are scanned from file headers before any feature is computed (`image_files.scan_folder`): every
+accepted format, skipped file and conversion is counted for scores.json. Errors name the config field
+(`config.generated`, `config.prompts`, ...) or the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from jcompose.cli import InputError
+from jcompose.image_files import Folder, ImageInfo, read_grey, read_image, scan_folder, summarize
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+PAIR_RESIZES = ("stretch", "keep_aspect")
+SSIM_MIN_SIDE = 11  # the Gaussian window
 
 
-def list_images(folder: str | Path, what: str) -> list[Path]:
-    """Image files of a folder, sorted by name; errors name the config field."""
-    folder = Path(folder)
-    if not str(folder) or not folder.is_dir():
-        raise FileNotFoundError(f"config.{what}: {folder!s} is not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise FileNotFoundError(f"config.{what}: {folder} holds no images ({', '.join(IMAGE_EXTS)})")
+@dataclasses.dataclass
+class FolderInputs:
+    """Everything a folder evaluation reads, checked: generated images and, by generated file stem, their
+    references (clip_i / dino), pixel-metric targets (lpips / ssim), masks and prompts."""
+
+    generated: Folder
+    refs: dict[str, ImageInfo]
+    targets: dict[str, ImageInfo]
+    masks: dict[str, ImageInfo]
+    prompts: dict[str, str]
+    scanned: dict[str, Folder]
+
+    def summary(self) -> dict:
+        """scores.json's "inputs": per config field its folder, counts by format, conversions and skips."""
+        return {field: folder.summary() for field, folder in self.scanned.items()}
+
+
+def by_stem(folder: Folder | None, what: str, generated: Folder, needed_by: list[str]) -> dict[str, ImageInfo]:
+    """Images of `config.<what>` by stem; every generated image needs one when `needed_by` is non-empty."""
+    if folder is None:
+        if needed_by:
+            raise InputError(f"config.{what}: {needed_by} need a folder of images paired with the generated ones "
+                             "by name")
+        return {}
+    files = {info.path.stem: info for info in folder.images}
+    missing = [info.path.name for info in generated.images if info.path.stem not in files]
+    if needed_by and missing:
+        raise FileNotFoundError(f"config.{what}: no image named like generated {missing[:5]} "
+                                f"({needed_by} pair files by name)")
     return files
 
 
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise InputError(f"{path}: unreadable image ({err})") from None
+def folder_inputs(config) -> FolderInputs:
+    """Scans and pairs every folder the config's metrics need; raises before any image is decoded."""
+    wanted = set(config.metrics)
+    scanned = {"generated": scan_folder(config.generated, "generated")}
+    for field in ("reference", "background", "masks"):
+        if config[field]:
+            scanned[field] = scan_folder(config[field], field)
+    generated = scanned["generated"]
+    refs = by_stem(scanned.get("reference"), "reference", generated, sorted(wanted & {"clip_i", "dino"}))
+    pixel = sorted(wanted & {"lpips", "ssim"})
+    target_field = "background" if config.background else "reference"
+    targets = by_stem(scanned.get(target_field), target_field, generated, pixel) if pixel else {}
+    masks = by_stem(scanned.get("masks"), "masks", generated, ["masks"]) if config.masks else {}
+    prompts = read_prompts(config.prompts) if "clip_score" in wanted else {}
+    missing = [info.path.name for info in generated.images if "clip_score" in wanted and info.path.stem not in prompts]
+    if missing:
+        raise InputError(f"config.prompts {config.prompts}: no prompt for {missing[:5]}")
+    if pixel:
+        rule = pair_rule(config)
+        small = [info.path.name for info in generated.images
+                 if min(pair_shape(info.shape, config.pair_size, rule)) < SSIM_MIN_SIDE]
+        if small and "ssim" in wanted:
+            raise InputError(f"config.pair_size = {config.pair_size}: {small[:5]} would be scored below "
+                             f"{SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} pixels (the SSIM window)")
+    if masks and wanted & {"clip_i", "dino"}:
+        for info in generated.images:  # an empty mask would fail one host mid-run: every host checks them all
+            if not (read_grey(masks[info.path.stem]) > 127).any():
+                raise InputError(f"{masks[info.path.stem].path}: mask has no foreground pixels (> 127)")
+    return FolderInputs(generated, refs, targets, masks, prompts, scanned)
 
 
 def read_prompts(path: str | Path) -> dict[str, str]:
@@ -62,44 +107,17 @@ def read_prompts(path: str | Path) -> dict[str, str]:
     return prompts
 
 
-def batches(items: list, prepare: Callable[[Any], dict], batch_size: int, workers: int) -> Iterator[tuple[dict, int]]:
-    """grain pipeline: prepare items in threads, batch; the last batch is padded (valid count given)."""
-    import grain
-
-    ds = grain.MapDataset.source(items).map(prepare).batch(batch_size, drop_remainder=False)
-    for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=max(workers, 1), prefetch_buffer_size=max(workers, 2))):
-        n = len(next(iter(batch.values())))
-        if n < batch_size:
-            batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in batch.items()}
-        yield batch, n
+# ------------------------------------------------------------------------------ masks and pixel pairs
 
 
-def by_stem(folder: str, what: str, generated: list[Path], needed_by: list[str]) -> dict[str, Path]:
-    """Files of `config.<what>` by stem; every generated image needs one when `needed_by` is non-empty."""
-    if not needed_by:
-        return {p.stem: p for p in list_images(folder, what)} if folder else {}
-    if not folder:
-        raise InputError(f"config.{what}: {needed_by} need a folder of images paired with the generated ones by name")
-    files = {p.stem: p for p in list_images(folder, what)}
-    missing = [p.name for p in generated if p.stem not in files]
-    if missing:
-        raise FileNotFoundError(f"config.{what}: no image named like generated {missing[:5]} "
-                                f"({needed_by} pair files by name)")
-    return files
-
-
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool foreground mask (pixels > 127 of the grey image), resized (nearest) to `shape`."""
+def read_mask(path: Path | ImageInfo, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool foreground mask (luma > 127 of the upright image), resized (PIL nearest) to `shape`."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            grey = image.convert("L")
-            if grey.size != (shape[1], shape[0]):
-                grey = grey.resize((shape[1], shape[0]), resample=Image.NEAREST)
-            return np.asarray(grey) > 127
-    except (OSError, ValueError, SyntaxError) as err:
-        raise InputError(f"{path}: unreadable mask ({err})") from None
+    grey = read_grey(path)
+    if grey.shape != tuple(shape):
+        grey = np.asarray(Image.fromarray(grey).resize((shape[1], shape[0]), resample=Image.NEAREST))
+    return grey > 127
 
 
 def crop_to_mask(image: np.ndarray, mask: np.ndarray, source: Path | None = None) -> np.ndarray:
@@ -114,7 +132,7 @@ def pair_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """1 on background, 0 on the foreground, at the metric's resolution."""
     from PIL import Image
 
-    if mask.shape != shape:
+    if mask.shape != tuple(shape):
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]),
                                                                              resample=Image.NEAREST)) > 127
     return (~mask).astype(np.float32)
@@ -122,11 +140,55 @@ def pair_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def pair_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """An image resized (PIL bicubic) to `shape` for pixel-aligned metrics."""
-    if image.shape[:2] == shape:
+    if image.shape[:2] == tuple(shape):
         return image
     from PIL import Image
 
     return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), resample=Image.BICUBIC))
+
+
+def pair_rule(config) -> str:
+    rule = config.get("pair_resize", "stretch")
+    if rule not in PAIR_RESIZES:
+        raise InputError(f"config.pair_resize = {rule!r}: expected one of {PAIR_RESIZES}")
+    return rule
+
+
+def pair_shape(shape: tuple[int, int], size: int, rule: str = "stretch") -> tuple[int, int]:
+    """The (H, W) at which a generated image of `shape` and its target are compared by LPIPS / SSIM.
+
+    size 0: the generated image's own size; "stretch": size x size (aspect ratio not kept);
+    "keep_aspect": the shorter side becomes `size`, the longer keeps the ratio (rounded).
+    """
+    h, w = shape
+    if not size:
+        return h, w
+    if rule == "stretch":
+        return size, size
+    return (size, max(1, round(size * w / h))) if h <= w else (max(1, round(size * h / w)), size)
+
+
+def pixel_resizes(config, inputs: FolderInputs) -> dict:
+    """scores.json's record of how LPIPS / SSIM pairs were resized, with counts."""
+    rule = pair_rule(config)
+    gens = inputs.generated.images
+    shapes = [pair_shape(g.shape, config.pair_size, rule) for g in gens]
+    resized = sum(g.shape != s for g, s in zip(gens, shapes, strict=True))
+    aspect = sum(abs(g.height * s[1] - g.width * s[0]) > max(g.height, g.width) for g, s in zip(gens, shapes,
+                                                                                                 strict=True))
+    targets_resized = sum(inputs.targets[g.path.stem].shape != s for g, s in zip(gens, shapes, strict=True))
+    if not config.pair_size:
+        how = "native size: each pair at its generated image's size (the target resized to it if it differs)"
+    elif rule == "stretch":
+        how = f"both images stretched to {config.pair_size}x{config.pair_size}, aspect ratio not kept"
+    else:
+        how = f"both images resized so the generated one's shorter side is {config.pair_size}, aspect ratio kept"
+    return {"rule": how + " (PIL bicubic; masks nearest)", "pair_size": config.pair_size, "pair_resize": rule,
+            "generated_resized": int(resized), "generated_aspect_changed": int(aspect),
+            "targets_resized": int(targets_resized), "distinct_sizes": len(set(shapes))}
+
+
+# ------------------------------------------------------------------------------ the run behind the images
 
 
 def run_of(config) -> dict | None:
@@ -166,3 +228,8 @@ def write_scores(folder: str | Path, scores: dict, config) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")
+
+
+__all__ = ["FolderInputs", "by_stem", "crop_to_mask", "folder_inputs", "pair_image", "pair_mask", "pair_rule",
+           "pair_shape", "pixel_resizes", "read_grey", "read_image", "read_mask", "read_prompts", "run_of",
+           "scan_folder", "summarize", "write_scores"]

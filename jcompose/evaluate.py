@@ -1,23 +1,26 @@
 """Evaluation: `python -m jcompose.evaluate --config=configs/eval/<benchmark>.py --config.generated=DIR ...`.
 
-Streams a folder of generated images (and a folder of reference images paired by file name;
-optionally prompts) through jit-compiled feature extractors, batch-sharded over all devices, and
-writes `scores.json` (every metric with its convention and counts, plus per-image values) and
-`report.html` + `examples.png` (a grid of reference / generated pairs) into `config.out`.
+Streams a folder of generated images (and folders paired by file name: references, backgrounds, masks;
+optionally prompts) through jit-compiled feature extractors, batch-sharded over every device and, with
+`--multihost`, every host (`jcompose.sharded_map`: each host reads its share of the files, per-image
+scores are gathered, FID statistics reduced across hosts), and writes into `config.out`:
+`scores.json` (every metric with its convention and counts, per-image values, the inputs' formats,
+conversions and skipped files, every resize, and the provenance: eval config, protocol, checkpoint),
+`report.html` and `examples.png` (reference | generated, labelled with file names and scores).
 
 Metrics (`config.metrics`): fid, kid (generated vs reference folder or `fid.reference_stats`),
 clip_score (generated vs prompt), clip_i, dino (generated vs its paired `reference`), lpips, ssim
 (generated vs its paired `background`, else `reference`), aesthetic (generated). With
 `config.masks` (a mask per generated image, white = inserted object), clip_i / dino see the
-mask's bounding box of the generated image, and lpips / ssim blank the mask in both images (the
-DreamCom protocol: object fidelity on the foreground, preservation of the background).
-See `jcompose/metrics/` for each definition.
+mask's bounding box of the generated image, and lpips / ssim blank the mask in both images.
+LPIPS / SSIM pairs are resized by `config.pair_size` / `config.pair_resize` (`eval_inputs.pair_shape`);
+at native size (pair_size 0) images of different sizes go in different batches. SSIM is computed on the
+8-bit pixel values (data_range 255), as scikit-image does. Every input is checked (headers, pairs,
+prompts, masks) before any feature is computed. See `jcompose/metrics/` for each definition.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,20 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcompose import cli, parallel
+from jcompose import cli, eval_report, parallel, sharded_map
 from jcompose.cli import InputError
-from jcompose.eval_inputs import (batches, by_stem, crop_to_mask, list_images, pair_image, pair_mask, read_image,
-                                  read_mask, read_prompts, run_of, write_scores)
+from jcompose.eval_inputs import (crop_to_mask, folder_inputs, pair_image, pair_mask, pair_rule, pair_shape,
+                                  pixel_resizes, read_image, read_mask, run_of, scan_folder, write_scores)
 from jcompose.metrics import aesthetic, clip_score, fid, inception, ssim
 from jcompose.metrics.extractors import METRICS, build_extractors, check_config  # noqa: F401 (public here)
 
-PAIRED = ("clip_i", "dino", "lpips", "ssim")
+PER_IMAGE = ("clip_score_cos", "clip_i", "dino", "lpips", "ssim", "aesthetic")
 
 
 def evaluate(config, progress: bool = True) -> dict[str, Any]:
     """Runs the configured metrics and writes scores.json and the report; returns the scores."""
-    from tqdm import tqdm
-
     run_of(config)  # the run named or recorded must be this protocol's method: checked before the long work
     if config.get("protocol") == "anydoor":  # region CLIP-I / DINO x 100 (configs/eval/anydoor.py)
         from jcompose.metrics import anydoor_protocol
@@ -50,36 +51,31 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
 
         return dreamcom_protocol.evaluate(config, progress)
     check_config(config)
+    pair_rule(config)
     wanted = list(config.metrics)
-    generated = list_images(config.generated, "generated")
-    refs = by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("clip_i", "dino")])
-    backgrounds = (by_stem(config.background, "background", generated, [m for m in wanted if m in ("lpips", "ssim")])
-                   if config.background else
-                   by_stem(config.reference, "reference", generated, [m for m in wanted if m in ("lpips", "ssim")]))
-    masks = by_stem(config.masks, "masks", generated, ["masks"]) if config.masks else {}
-    prompts = read_prompts(config.prompts) if "clip_score" in wanted else {}
-    if "clip_score" in wanted:
-        missing = [p.name for p in generated if p.stem not in prompts]
-        if missing:
-            raise InputError(f"config.prompts {config.prompts}: no prompt for {missing[:5]}")
+    inputs = folder_inputs(config)
     reference_stats = None  # read before the long work, so a bad file fails first
     if set(wanted) & {"fid", "kid"} and config.fid.reference_stats:
         with cli.input_errors("config.fid.reference_stats: "):
             reference_stats = fid.load_stats(config.fid.reference_stats)
+    reference_folder = (scan_folder(config.reference, "reference")
+                        if set(wanted) & {"fid", "kid"} and reference_stats is None else None)
 
     with cli.input_errors():  # weight files the config names
         extractors = build_extractors(config)
     mesh = parallel.make_mesh()
-    devices = jax.device_count()
-    batch_size = -(-config.batch_size // devices) * devices
     params = {k: parallel.put_replicated(e.params, mesh) for k, e in extractors.items()}
-    pair_size = config.pair_size
+    pixel = bool(set(wanted) & {"lpips", "ssim"})
+    rule = pair_rule(config)
+    shapes = [pair_shape(info.shape, config.pair_size, rule) for info in inputs.generated.images]
 
-    def prepare(path: Path) -> dict[str, np.ndarray]:
-        image = read_image(path)
-        mask = read_mask(masks[path.stem], image.shape[:2]) if masks else None
+    def prepare(k: int) -> dict[str, np.ndarray]:
+        info = inputs.generated.images[k]
+        stem = info.path.stem
+        image = read_image(info)
+        mask = read_mask(inputs.masks[stem], image.shape[:2]) if inputs.masks else None
         # DINO / CLIP-I look at the inserted object: the mask's bounding box of the generated image.
-        fg = crop_to_mask(image, mask, masks.get(path.stem)) if mask is not None else image
+        fg = crop_to_mask(image, mask, inputs.masks[stem].path) if mask is not None else image
         out: dict[str, np.ndarray] = {}
         if "inception" in extractors:
             out["inception"] = extractors["inception"].prepare(image)
@@ -87,22 +83,20 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
             out["clip"] = extractors["clip"].prepare(image)
         if "clip_i" in wanted:
             out["clip_fg"] = extractors["clip"].prepare(fg)
-            out["clip_ref"] = extractors["clip"].prepare(read_image(refs[path.stem]))
+            out["clip_ref"] = extractors["clip"].prepare(read_image(inputs.refs[stem]))
         if "dino" in wanted:
             out["dino"] = extractors["dino"].prepare(fg)
-            out["dino_ref"] = extractors["dino"].prepare(read_image(refs[path.stem]))
-        if "lpips" in wanted or "ssim" in wanted:
-            shape = (pair_size, pair_size) if pair_size else image.shape[:2]
-            gen = pair_image(image, shape).astype(np.float32) / 127.5 - 1.0
-            target = pair_image(read_image(backgrounds[path.stem]), shape).astype(np.float32) / 127.5 - 1.0
+            out["dino_ref"] = extractors["dino"].prepare(read_image(inputs.refs[stem]))
+        if pixel:
+            gen = pair_image(image, shapes[k]).astype(np.float32)
+            target = pair_image(read_image(inputs.targets[stem]), shapes[k]).astype(np.float32)
             if mask is not None:
-                # Background metrics: the inserted region is blanked (0 = mid grey) in both images.
-                keep = pair_mask(mask, shape)[..., None]
-                gen, target = gen * keep, target * keep
-            out["pix"], out["pix_ref"] = gen, target
+                # Background metrics: the inserted region is blanked (mid grey) in both images.
+                keep = pair_mask(mask, shapes[k])[..., None]
+                gen, target = gen * keep + 127.5 * (1 - keep), target * keep + 127.5 * (1 - keep)
+            out["pix"], out["pix_ref"] = gen, target  # pixel values in [0, 255]
         return out
 
-    @jax.jit
     def step(params, batch):
         res = {}
         if "inception" in params:
@@ -110,85 +104,97 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         if "clip" in params:
             res["clip"] = extractors["clip"].apply(params["clip"], batch["clip"])
             if "clip_ref" in batch:
-                res["clip_fg"] = extractors["clip"].apply(params["clip"], batch["clip_fg"])
-                res["clip_ref"] = extractors["clip"].apply(params["clip"], batch["clip_ref"])
+                res["clip_i"] = _cosine(extractors["clip"].apply(params["clip"], batch["clip_fg"]),
+                                        extractors["clip"].apply(params["clip"], batch["clip_ref"]))
         if "dino" in params:
-            res["dino"] = extractors["dino"].apply(params["dino"], batch["dino"])
-            res["dino_ref"] = extractors["dino"].apply(params["dino"], batch["dino_ref"])
+            res["dino"] = _cosine(extractors["dino"].apply(params["dino"], batch["dino"]),
+                                  extractors["dino"].apply(params["dino"], batch["dino_ref"]))
         if "lpips" in params:
-            res["lpips"] = extractors["lpips"].apply(params["lpips"], batch["pix"], batch["pix_ref"])
+            res["lpips"] = extractors["lpips"].apply(params["lpips"], batch["pix"] / 127.5 - 1.0,
+                                                     batch["pix_ref"] / 127.5 - 1.0)
         if "ssim" in wanted:
-            res["ssim"] = ssim.ssim(batch["pix"], batch["pix_ref"], data_range=2.0)
+            res["ssim"] = ssim.ssim(batch["pix"], batch["pix_ref"], data_range=ssim.PIXEL_RANGE)
         return res
 
-    keep = "kid" in wanted
-    gen_stats = fid.FeatureStats(inception.FEATURES, keep_features=keep)
-    per_image: dict[str, list] = {k: [] for k in ("clip", "clip_fg", "clip_ref", "dino", "dino_ref", "lpips", "ssim")}
-    bar = tqdm(total=len(generated), desc="generated", disable=not progress)
-    for batch, n in batches(generated, prepare, batch_size, config.workers):
-        res = jax.device_get(step(params, parallel.global_batch(batch, mesh)))
-        if "inception" in res:
-            gen_stats.update(res["inception"][:n])
-        for key, values in per_image.items():
-            if key in res:
-                values.append(np.asarray(res[key][:n]))
-        bar.update(n)
-    bar.close()
-    cat = {k: np.concatenate(v) for k, v in per_image.items() if v}
+    gen_stats = fid.FeatureStats(inception.FEATURES)
+    gather = [k for k in ("clip_i", "dino", "lpips", "ssim") if k in wanted]
+    gather += (["clip"] if "clip" in extractors else []) + (["inception"] if "kid" in wanted else [])
+    res = sharded_map.map_items(
+        range(len(inputs.generated.images)), prepare, step, params, mesh, batch_size=config.batch_size,
+        workers=config.workers, groups=shapes if pixel else None, gather=gather, desc="generated", progress=progress,
+        on_local=(lambda rows, _: gen_stats.update(rows["inception"])) if "inception" in extractors else None)
 
-    scores: dict[str, Any] = {"n_generated": len(generated)}
-    per: dict[str, list] = {"file": [p.name for p in generated]}
+    names = [info.path.name for info in inputs.generated.images]
+    scores: dict[str, Any] = {"n_generated": len(names)}
+    per: dict[str, list] = {"file": names}
     if "fid" in wanted or "kid" in wanted:
-        scores.update(_fid_scores(config, wanted, gen_stats, extractors["inception"], params["inception"], mesh,
-                                  batch_size, progress, reference_stats))
+        scores.update(_fid_scores(config, wanted, _reduced(gen_stats), res.get("inception"), extractors["inception"],
+                                  params["inception"], mesh, progress, reference_stats, reference_folder))
     if "clip_score" in wanted:
-        scores["clip_score"] = _clip_text_scores(config, extractors["clip"], generated, prompts, cat["clip"], per)
+        scores["clip_score"] = _clip_text_scores(config, extractors["clip"], inputs, res["clip"], per, mesh, progress)
     if "clip_i" in wanted:
-        cos = clip_score.paired_cosine(cat["clip_fg"], cat["clip_ref"])
-        scores["clip_i"] = {"mean": float(cos.mean()), "definition": "mean cosine of CLIP image embeddings"}
-        per["clip_i"] = cos.tolist()
+        scores["clip_i"] = {"mean": float(res["clip_i"].mean()), "definition": "mean cosine of CLIP image embeddings"}
+        per["clip_i"] = res["clip_i"].tolist()
     if "dino" in wanted:
-        cos = clip_score.paired_cosine(cat["dino"], cat["dino_ref"])
-        scores["dino"] = {"mean": float(cos.mean()), "definition": "mean cosine of DINO CLS embeddings"}
-        per["dino"] = cos.tolist()
+        scores["dino"] = {"mean": float(res["dino"].mean()), "definition": "mean cosine of DINO CLS embeddings"}
+        per["dino"] = res["dino"].tolist()
     if "lpips" in wanted:
-        scores["lpips"] = {"mean": float(cat["lpips"].mean()), "net": config.lpips.net, "version": "0.1"}
-        per["lpips"] = cat["lpips"].tolist()
+        scores["lpips"] = {"mean": float(res["lpips"].mean()), "net": config.lpips.net, "version": "0.1"}
+        per["lpips"] = res["lpips"].tolist()
     if "ssim" in wanted:
-        scores["ssim"] = {"mean": float(cat["ssim"].mean()), "window": "gaussian 11, sigma 1.5"}
-        per["ssim"] = cat["ssim"].tolist()
+        scores["ssim"] = {"mean": float(res["ssim"].mean()), "window": "gaussian 11, sigma 1.5",
+                          "values": "8-bit pixel values, data_range 255 (scikit-image's convention)"}
+        per["ssim"] = res["ssim"].tolist()
     if "aesthetic" in wanted:
         head = aesthetic.load_head(config.aesthetic.head)
         version = aesthetic.check_version(head, config.aesthetic.get("version", ""), config.aesthetic.head)
-        values = np.asarray(aesthetic.score(head, jnp.asarray(cat["clip"])))
+        values = np.asarray(aesthetic.score(head, jnp.asarray(res["clip"])))
         scores["aesthetic"] = {"mean": float(values.mean()), "head": str(config.aesthetic.head),
                                "predictor": aesthetic.PREDICTORS[version]}
         per["aesthetic"] = values.tolist()
+    scores["provenance"] = eval_report.provenance(config, config.get("protocol") or "folders")
+    scores["inputs"] = inputs.summary()
+    scores["preprocessing"] = _preprocessing(config, wanted, inputs, extractors)
     scores["per_image"] = per
-    write_outputs(config, scores, generated, refs or backgrounds)
+    if eval_report.is_writer():
+        write_outputs(config, scores, inputs)
     return scores
 
 
-def _fid_scores(config, wanted, gen_stats, extractor, params, mesh, batch_size, progress, reference_stats) -> dict:
-    from tqdm import tqdm
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Row-wise cosine of (B, D) embeddings, in float32 on the device."""
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
 
+
+def _reduced(stats: fid.FeatureStats) -> fid.FeatureStats:
+    """Every process's feature statistics merged (each holds the rows of its own files)."""
+    if jax.process_count() == 1:
+        return stats
+    n, mean, scatter = stats.moments()
+    counts = sharded_map.allgather(np.array([n], np.int64))
+    means, scatters = sharded_map.allgather(mean[None]), sharded_map.allgather(scatter[None])
+    return fid.FeatureStats.merge([(int(c[0]), m[0], s[0]) for c, m, s in zip(counts, means, scatters, strict=True)])
+
+
+def _fid_scores(config, wanted, gen_stats, gen_features, extractor, params, mesh, progress, reference_stats,
+                reference_folder) -> dict:
     out: dict[str, Any] = {}
+    ref_features = None
     if reference_stats is not None:
         ref_mu, ref_sigma = reference_stats
         n_ref = None
     else:
-        ref_files = list_images(config.reference, "reference")
-        ref_stats = fid.FeatureStats(inception.FEATURES, keep_features="kid" in wanted)
-        apply = jax.jit(extractor.apply)
-        bar = tqdm(total=len(ref_files), desc="reference", disable=not progress)
-        for batch, n in batches(ref_files, lambda p: {"x": extractor.prepare(read_image(p))}, batch_size,
-                                 config.workers):
-            ref_stats.update(np.asarray(apply(params, parallel.global_batch(batch, mesh)["x"]))[:n])
-            bar.update(n)
-        bar.close()
+        files = reference_folder.images
+        ref_stats = fid.FeatureStats(inception.FEATURES)
+        res = sharded_map.map_items(
+            files, lambda info: {"x": extractor.prepare(read_image(info))}, lambda p, b: {"x": extractor.apply(p, b["x"])},
+            params, mesh, batch_size=config.batch_size, workers=config.workers, gather=["x"] if "kid" in wanted else [],
+            on_local=lambda rows, _: ref_stats.update(rows["x"]), desc="reference", progress=progress)
+        ref_stats = _reduced(ref_stats)
         ref_mu, ref_sigma = ref_stats.mean_cov()
-        n_ref = ref_stats.n
-        if config.fid.save_reference_stats:
+        n_ref, ref_features = ref_stats.n, res.get("x")
+        if config.fid.save_reference_stats and eval_report.is_writer():
             fid.save_stats(config.fid.save_reference_stats, ref_mu, ref_sigma)
     if "fid" in wanted:
         mu, sigma = gen_stats.mean_cov()
@@ -196,25 +202,28 @@ def _fid_scores(config, wanted, gen_stats, extractor, params, mesh, batch_size, 
                       "n_generated": gen_stats.n, "n_reference": n_ref,
                       "weights": "random (not a real FID)" if config.fid.weights == "random" else "FID Inception 2015-12-05"}
     if "kid" in wanted:
-        mean, std = fid.kernel_inception_distance(gen_stats.features, ref_stats.features,
-                                                  subset_size=config.fid.kid_subset_size)
-        out["kid"] = {"mean": mean, "std": std, "subset_size": min(config.fid.kid_subset_size, gen_stats.n, n_ref)}
+        mean, std = fid.kernel_inception_distance(gen_features, ref_features, subset_size=config.fid.kid_subset_size)
+        out["kid"] = {"mean": mean, "std": std,
+                      "subset_size": min(config.fid.kid_subset_size, len(gen_features), len(ref_features))}
     return out
 
 
-def _clip_text_scores(config, extractor, generated, prompts, image_emb, per) -> dict:
+def _clip_text_scores(config, extractor, inputs, image_emb, per, mesh, progress) -> dict:
     from jcompose.models import loading
 
     clip = extractor.loaded
     tokenizer = loading.load_tokenizer(config.clip.tokenizer or config.clip.model)
-    texts = [prompts[p.stem] for p in generated]
+    texts = [inputs.prompts[info.path.stem] for info in inputs.generated.images]
     max_len = clip.config.get("text_config", {}).get("max_position_embeddings", clip_score.MAX_TEXT_TOKENS)
-    embs = []
-    fn = jax.jit(lambda p, ids, mask: clip_score.text_embeddings(clip.module, p, ids, mask))
-    for start in range(0, len(texts), config.batch_size):
-        tok = clip_score.tokenize(tokenizer, texts[start:start + config.batch_size], max_len)
-        embs.append(np.asarray(fn(clip.params, tok["input_ids"], tok["attention_mask"])))
-    cos = clip_score.paired_cosine(image_emb, np.concatenate(embs))
+
+    def tokens(text: str) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in clip_score.tokenize(tokenizer, [text], max_len).items()}
+
+    res = sharded_map.map_items(
+        texts, tokens, lambda p, b: {"e": clip_score.text_embeddings(clip.module, p, b["input_ids"], b["attention_mask"])},
+        parallel.put_replicated(clip.params, mesh), mesh, batch_size=config.batch_size, workers=config.workers,
+        desc="prompts", progress=progress)
+    cos = clip_score.paired_cosine(image_emb, res["e"])
     per["clip_score_cos"] = cos.tolist()
     return {"value": clip_score.clip_score(cos, config.clip.convention), "convention": config.clip.convention,
             "mean_cosine": float(cos.mean()),
@@ -222,33 +231,49 @@ def _clip_text_scores(config, extractor, generated, prompts, image_emb, per) -> 
             "note": clip_score.ANYSCENE_NOTE}
 
 
+def _preprocessing(config, wanted, inputs, extractors) -> dict:
+    """How each metric's network saw the images (every resize), for scores.json and the report."""
+    out: dict[str, Any] = {}
+    if "inception" in extractors:
+        out["fid"] = ("pytorch-fid: bilinear to 299x299 (half-pixel centres, no antialias), aspect ratio not kept"
+                      if config.fid.mode == "pytorch-fid" else
+                      "clean-fid: PIL bicubic per channel in float to 299x299, aspect ratio not kept")
+    if "clip" in extractors:
+        out["clip"] = "shorter side to the CLIP size (PIL bicubic), centre crop (transformers' CLIPImageProcessor)"
+    if "dino" in extractors:
+        out["dino"] = "shorter side to 256/224 of the DINO size (PIL bicubic), centre crop (DreamBooth's DINO)"
+    if inputs.masks:
+        out["masks"] = ("nearest to each image's size; clip_i / dino see the mask's bounding box, lpips / ssim "
+                        "blank the mask (mid grey) in both images")
+    if set(wanted) & {"lpips", "ssim"}:
+        out["lpips_ssim"] = pixel_resizes(config, inputs)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- report
 
+CAPTION_KEYS = ("ssim", "lpips", "clip_i", "dino", "clip_score_cos", "aesthetic")
 
-def write_outputs(config, scores: dict, generated: list[Path], refs: dict[str, Path]) -> None:
-    """scores.json, examples.png (reference | generated rows) and report.html in config.out."""
-    from PIL import Image
 
+def write_outputs(config, scores: dict, inputs) -> None:
+    """scores.json, examples.png (reference | generated rows, labelled) and report.html in config.out."""
     out = Path(config.out)
     write_scores(out, scores, config)
-    thumb = config.report.thumb
-    rows = generated[: config.report.examples]
-    cols = 2 if refs else 1
-    grid = Image.new("RGB", (cols * thumb, max(len(rows), 1) * thumb), "white")
-    for r, path in enumerate(rows):
-        pair = ([refs[path.stem]] if path.stem in refs else [None] * (cols - 1)) + [path]
-        for c, p in enumerate(pair[-cols:]):
-            if p is not None:
-                grid.paste(Image.fromarray(read_image(p)).resize((thumb, thumb)), (c * thumb, r * thumb))
-    grid.save(out / "examples.png")
-    summary = {k: v for k, v in scores.items() if k != "per_image"}
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(json.dumps(v))}</code></td></tr>"
-                    for k, v in summary.items())
-    (out / "report.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>jcompose evaluation</title>"
-        f"<h1>jcompose evaluation</h1><p>generated: {html.escape(str(config.generated))}<br>"
-        f"reference: {html.escape(str(config.reference))}</p><table border=1>{table}</table>"
-        f"<h2>Examples ({'reference | generated' if refs else 'generated'})</h2><img src='examples.png'>\n")
+    pairs = inputs.refs or inputs.targets
+    per = scores["per_image"]
+    rows, listed = [], []
+    for i, info in enumerate(inputs.generated.images[: config.report.examples]):
+        caption = eval_report.score_caption(per, i, list(CAPTION_KEYS))
+        ref = pairs.get(info.path.stem)
+        row = [(read_image(ref), [ref.path.name])] if ref is not None else ([(None, [])] if pairs else [])
+        rows.append(row + [(read_image(info), [info.path.name, caption])])
+        listed.append({"generated": info.path.name, **({"paired with": ref.path.name} if ref else {}),
+                       "scores": caption})
+    eval_report.examples_grid(rows, config.report.thumb, out / "examples.png")
+    summary = {k: v for k, v in scores.items() if k not in ("per_image", "inputs", "preprocessing", "provenance")}
+    eval_report.write_html(out, "jcompose evaluation", summary,
+                           {"provenance": scores["provenance"], "inputs": scores["inputs"],
+                            "preprocessing": scores["preprocessing"]}, listed)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -260,17 +285,30 @@ def _define_flags(values, argv: list[str]) -> None:
 
     config_flags.DEFINE_config_file("config", None, "configs/eval/<benchmark>.py[:variant]", flag_values=values,
                                     lock_config=True, sys_argv=argv)
+    flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize(): every host reads its share of the "
+                      "files (TPU pods, multi-node GPU)", flag_values=values)
+    flags.DEFINE_string("coordinator_address", None, "with --multihost: host:port of process 0 (default: detected)",
+                        flag_values=values)
+    flags.DEFINE_integer("num_processes", None, "with --multihost: number of processes (default: detected)",
+                         flag_values=values)
+    flags.DEFINE_integer("process_id", None, "with --multihost: this process's index (default: detected)",
+                         flag_values=values)
     flags.DEFINE_bool("debug", False, f"show the traceback of input errors too (or set {cli.DEBUG_ENV}=1)",
                       flag_values=values)
 
 
 def main(argv: list[str]) -> int:
     """`python -m jcompose.evaluate` (argv without the program name); prints the scores."""
-    config = cli.parse_absl_flags(argv, _define_flags, prog="python -m jcompose.evaluate").config
-    if config is None:
+    import json
+
+    values = cli.parse_absl_flags(argv, _define_flags, prog="python -m jcompose.evaluate")
+    if values.config is None:
         raise InputError("--config=configs/eval/<benchmark>.py is required")
-    scores = evaluate(config)
-    print(json.dumps({k: v for k, v in scores.items() if k != "per_image"}, indent=2))
+    if values.multihost:
+        jax.distributed.initialize(values.coordinator_address, values.num_processes, values.process_id)
+    scores = evaluate(values.config)
+    if eval_report.is_writer():
+        print(json.dumps({k: v for k, v in scores.items() if k not in ("per_image", "inputs")}, indent=2))
     return 0
 
 

@@ -1,5 +1,6 @@
 """DreamCom's evaluation protocol on constructed images with known answers."""
 
+import functools
 import json
 
 import cv2
@@ -96,3 +97,104 @@ def test_bad_manifest_is_named(tmp_path):
     config.manifest, config.out = str(tmp_path / "manifest.json"), str(tmp_path / "out")
     with pytest.raises(evaluate.InputError, match=r"manifest.json: entry 0 needs image, object, background"):
         evaluate.evaluate(config, progress=False)
+
+
+@pytest.fixture
+def photo_scene(tmp_path):
+    """A real photo as the background (scikit-image's chelsea, 120 x 160) and two generated images: 'bright'
+    (+12 outside a small box: the released code inpaints a crop) and 'same' (the background unchanged outside
+    a large box: the released code inpaints the whole image at 512 x 512)."""
+    data = pytest.importorskip("skimage.data")
+    rng = np.random.default_rng(3)
+    background = np.ascontiguousarray(data.chelsea()[40:160, 100:260])
+    bg_path = _write(tmp_path / "bg.png", background)
+    photo = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    mask = np.zeros((48, 48), np.uint8)
+    mask[8:40, 8:40] = 255
+    ref = {"photo": _write(tmp_path / "ref.png", photo), "mask": _write(tmp_path / "ref_m.png", mask)}
+    boxes = {"bright": [60, 30, 100, 80], "same": [20, 10, 140, 110]}  # x0, y0, x1, y1: 8% and 62% of the image
+    images = {"bright": np.clip(background.astype(np.int16) + 12, 0, 255).astype(np.uint8), "same": background.copy()}
+    gen = tmp_path / "gen"
+    for name, image in images.items():
+        x0, y0, x1, y1 = boxes[name]
+        image[y0:y1, x0:x1] = rng.integers(0, 255, (y1 - y0, x1 - x0, 3))
+        _write(gen / f"{name}.png", image)
+    entries = [{"image": f"{n}.png", "object": n, "background": bg_path, "box": boxes[n], "references": [ref]}
+               for n in images]
+    (gen / "manifest.json").write_text(json.dumps({"benchmark": "photo", "step": 7, "images": entries}))
+    return gen, background, images, boxes
+
+
+@functools.cache
+def _lpips_map():
+    """The protocol's LPIPS (alex, spatial) with its smoke-run random weights, jitted once."""
+    import jax
+
+    from jcompose.metrics import lpips
+    from jcompose.metrics.extractors import random_params
+
+    zeros = np.zeros((1, 64, 64, 3), np.float32)
+    params = random_params(lpips.LPIPS("alex"), zeros, zeros)
+    return jax.jit(lambda a, b: lpips.LPIPS("alex", spatial=True).apply({"params": params}, a, b))
+
+
+def _hand_background(gen, background, box, size=None, jpeg=False):
+    """The background SSIM by scikit-image (8-bit values, data_range 255) and LPIPS by the module, both
+    averaged outside the blanked box: the protocol computed step by step without jcompose's pipeline."""
+    import io
+
+    from PIL import Image
+    from skimage.metrics import structural_similarity
+
+    x0, y0, x1, y1 = box
+    inside = np.zeros(gen.shape[:2], np.uint8)
+    inside[y0:y1, x0:x1] = 255
+    if size:
+        gen, background = (np.asarray(Image.fromarray(a).resize((size, size), Image.LANCZOS)) for a in (gen, background))
+        inside = np.asarray(Image.fromarray(inside).resize((size, size), Image.NEAREST))
+    if jpeg:
+        buffer = io.BytesIO()
+        Image.fromarray(gen).save(buffer, format="JPEG")  # PIL's default quality, as the released test.py
+        gen = np.asarray(Image.open(buffer).convert("RGB"))
+    box = (inside > 127)[..., None]
+    g, b = (np.where(box, 127.5, a.astype(np.float64)) for a in (gen, background))
+    _, ssim_map = structural_similarity(g, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                        data_range=255, channel_axis=-1, full=True)
+    keep = ~box[..., 0]
+    ssim_value = ssim_map[5:-5, 5:-5].mean(-1)[keep[5:-5, 5:-5]].mean()
+    lp_map = np.asarray(_lpips_map()((g[None] / 127.5 - 1).astype(np.float32), (b[None] / 127.5 - 1).astype(np.float32)))
+    return ssim_value, float(lp_map[0].reshape(keep.shape)[keep].mean())
+
+
+def _photo_config(tiny_eval_models, gen, out, variant=""):
+    config = get_config(variant)
+    config.manifest, config.out = str(gen / "manifest.json"), str(out)
+    config.clip.model, config.dino.model = str(tiny_eval_models / "clip"), str(tiny_eval_models / "dino")
+    config.lpips.weights, config.pair_size, config.batch_size, config.workers = "random", 0, 2, 1
+    return config
+
+
+def test_background_ssim_is_skimage_on_pixel_values_under_both_protocols(photo_scene, tiny_eval_models, tmp_path):
+    gen, background, images, boxes = photo_scene
+    paper = evaluate.evaluate(_photo_config(tiny_eval_models, gen, tmp_path / "paper"), progress=False)
+    released = evaluate.evaluate(_photo_config(tiny_eval_models, gen, tmp_path / "rel", "released"), progress=False)
+    by_name = {run: dict(zip(s["per_image"]["image"], zip(s["per_image"]["SSIM"], s["per_image"]["LPIPS"],
+                                                           strict=True), strict=True))
+               for run, s in (("paper", paper), ("released", released))}
+    for name, image in images.items():
+        want = _hand_background(image, background, boxes[name])
+        assert by_name["paper"][f"{name}.png"] == pytest.approx(want, abs=2e-5), name
+    # released: 'bright' (small box) at the background's size, 'same' (large box) at 512 x 512; both JPEG'd
+    want_bright = _hand_background(images["bright"], background, boxes["bright"], jpeg=True)
+    want_same = _hand_background(images["same"], background, boxes["same"], size=512, jpeg=True)
+    assert by_name["released"]["bright.png"] == pytest.approx(want_bright, abs=2e-5)
+    assert by_name["released"]["same.png"] == pytest.approx(want_same, abs=2e-5)
+    # an unchanged background: perfect under "paper", the JPEG round trip alone costs SSIM under "released"
+    assert by_name["paper"]["same.png"][0] == pytest.approx(1.0, abs=1e-6)
+    assert by_name["released"]["same.png"][0] < 0.99
+    assert paper["background_protocol"] == "paper" and released["background_protocol"] == "released"
+    assert released["provenance"]["eval_config"] == "configs/eval/dreamcom.py:released"
+    assert "1 whole-image inpaintings scored at 512x512, 1 cropped" in released["conventions"]["background_images"]
+    for out in (tmp_path / "paper", tmp_path / "rel"):
+        assert "dreamcom (background: " in (out / "report.md").read_text()
+        assert "dreamcom (background: " in (out / "report.html").read_text()

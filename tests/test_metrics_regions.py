@@ -1,4 +1,4 @@
-"""Region-restricted scores on constructed images with known answers."""
+"""Region-restricted scores on constructed images with known answers (images are pixel values in [0, 255])."""
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ def _lpips():
 
 
 def _scene(rng, box, size=64):
-    image = rng.uniform(-1, 1, (size, size, 3)).astype(np.float32)
+    image = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
     mask = np.zeros((size, size, 1), np.float32)
     y0, y1, x0, x1 = box
     mask[y0:y1, x0:x1] = 1
@@ -27,8 +27,8 @@ def _scene(rng, box, size=64):
 def test_background_scores_ignore_the_box_and_see_the_background(rng):
     module, params = _lpips()
     background, mask = _scene(rng, (16, 40, 20, 52))
-    other_box = np.where(mask > 0, rng.uniform(-1, 1, background.shape), background).astype(np.float32)
-    changed_bg = np.where(mask > 0, background, np.clip(background + 0.3, -1, 1)).astype(np.float32)
+    other_box = np.where(mask > 0, rng.uniform(0, 255, background.shape), background).astype(np.float32)
+    changed_bg = np.where(mask > 0, background, np.clip(background + 38, 0, 255)).astype(np.float32)
     gen = np.stack([background, other_box, changed_bg])
     bg, m = np.stack([background] * 3), np.stack([mask] * 3)
     lp = np.asarray(regions.background_lpips(module, params, gen, bg, m))
@@ -38,24 +38,28 @@ def test_background_scores_ignore_the_box_and_see_the_background(rng):
 
 
 def test_background_scores_average_outside_the_box_only(rng):
-    """Hand computation: the maps' mean over pixels outside the box; a bigger box does not improve it."""
+    """Hand computation: the maps' mean over pixels outside the box (LPIPS on [-1, 1], SSIM on the pixel
+    values by scikit-image's map with data_range 255); a bigger box does not improve it."""
+    skimage_metrics = pytest.importorskip("skimage.metrics")
     module, params = _lpips()
     background, small = _scene(rng, (24, 32, 24, 32))
     _, large = _scene(rng, (8, 56, 8, 56))
-    gen = np.clip(background + rng.normal(0, 0.2, background.shape), -1, 1).astype(np.float32)
+    gen = np.clip(background + rng.normal(0, 90, background.shape), 0, 255).astype(np.float32)
     for mask in (small, large):
-        blank_g, blank_b = np.where(mask > 0, 0, gen), np.where(mask > 0, 0, background)
-        full = np.asarray(module.apply({"params": params}, blank_g[None], blank_b[None]))[0]
+        blank_g, blank_b = np.where(mask > 0, 127.5, gen), np.where(mask > 0, 127.5, background)
+        full = np.asarray(module.apply({"params": params}, blank_g[None] / 127.5 - 1, blank_b[None] / 127.5 - 1))[0]
         keep = mask[..., 0] == 0
         got = float(regions.background_lpips(module, params, gen[None], background[None], mask[None])[0])
         assert got == pytest.approx(full[keep].mean(), rel=1e-5)
-        ssim_map = np.asarray(ssim.ssim_map(blank_g[None], blank_b[None]))[0].mean(-1)
+        _, ssim_map = skimage_metrics.structural_similarity(
+            blank_g.astype(np.float64), blank_b.astype(np.float64), gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False, data_range=255, channel_axis=-1, full=True)
         got = float(regions.background_ssim(gen[None], background[None], mask[None])[0])
-        assert got == pytest.approx(ssim_map[keep[5:-5, 5:-5]].mean(), rel=1e-5)
+        assert got == pytest.approx(ssim_map[5:-5, 5:-5].mean(-1)[keep[5:-5, 5:-5]].mean(), rel=1e-5)
     # The whole-image mean of blanked images drifts towards a perfect score as the box grows; ours does not.
     scores = [float(regions.background_ssim(gen[None], background[None], m[None])[0]) for m in (small, large)]
-    whole = [float(ssim.ssim(np.where(m > 0, 0, gen)[None], np.where(m > 0, 0, background)[None])[0])
-             for m in (small, large)]
+    whole = [float(ssim.ssim(np.where(m > 0, 127.5, gen)[None], np.where(m > 0, 127.5, background)[None],
+                             data_range=255.0)[0]) for m in (small, large)]
     assert whole[1] - whole[0] > 0.15 and abs(scores[1] - scores[0]) < 0.05, (whole, scores)
 
 

@@ -14,7 +14,7 @@ from configs.eval.base import base_config
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = base_config("anydoor", arg)
     c.method = "anydoor"
     c.protocol = "anydoor"            # jcompose.evaluate dispatches to jcompose/metrics/anydoor_protocol.py
     c.metrics = ("clip_i", "dino")

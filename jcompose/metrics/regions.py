@@ -1,10 +1,12 @@
 """Scores restricted to a region: background preservation outside an inserted box, object fidelity inside it.
 
-Background (DreamCom's LPIPS / SSIM columns): the box is blanked (set to 0 in [-1, 1]) in both images,
-the metric's *map* (LPIPS spatial distances, SSIM's local map) is computed, and only pixels outside
-the box are averaged. Blanking makes the box's content irrelevant (a score changes only when the
-background does), and averaging outside the box keeps a large box from pulling the score towards the
-perfect value, which a whole-image mean over two identically blanked boxes would do.
+Background (DreamCom's LPIPS / SSIM columns): images are pixel values in [0, 255]; the box is blanked
+(set to mid grey, 127.5, which is 0 in LPIPS's [-1, 1]) in both images, the metric's *map* (LPIPS
+spatial distances; SSIM's local map on the pixel values, data_range 255, as scikit-image computes it on
+8-bit images) is computed, and only pixels outside the box are averaged. Blanking makes the box's
+content irrelevant (a score changes only when the background does), and averaging outside the box
+keeps a large box from pulling the score towards the perfect value, which a whole-image mean over two
+identically blanked boxes would do.
 
 Object (DreamCom's CLIP-I / DINO columns): the mean cosine between a generated object's embedding and
 the embeddings of every reference photo of that object (each cropped by its own mask).
@@ -19,9 +21,12 @@ import numpy as np
 from jcompose.metrics import ssim as ssim_lib
 
 
+BLANK = 127.5  # mid grey: 0 in [-1, 1]
+
+
 def blank(images: jax.Array, box_mask: jax.Array) -> jax.Array:
-    """(N, H, W, 3) in [-1, 1] with the box ((N, H, W, 1), 1 inside) set to 0."""
-    return jnp.where(box_mask > 0.5, 0.0, images)
+    """(N, H, W, 3) pixel values in [0, 255] with the box ((N, H, W, 1), 1 inside) set to `BLANK`."""
+    return jnp.where(box_mask > 0.5, BLANK, images)
 
 
 def mean_outside(maps: jax.Array, box_mask: jax.Array) -> jax.Array:
@@ -34,14 +39,18 @@ def mean_outside(maps: jax.Array, box_mask: jax.Array) -> jax.Array:
 
 
 def background_lpips(module, params, generated: jax.Array, background: jax.Array, box_mask: jax.Array) -> jax.Array:
-    """(N,) LPIPS outside the box. module: `lpips.LPIPS(spatial=True)`; images (N, H, W, 3) in [-1, 1]."""
-    maps = module.apply({"params": params}, blank(generated, box_mask), blank(background, box_mask))
+    """(N,) LPIPS outside the box. module: `lpips.LPIPS(spatial=True)`; images (N, H, W, 3) in [0, 255]."""
+    def signed(images):
+        return blank(images, box_mask) / 127.5 - 1.0
+
+    maps = module.apply({"params": params}, signed(generated), signed(background))
     return mean_outside(maps, box_mask)
 
 
 def background_ssim(generated: jax.Array, background: jax.Array, box_mask: jax.Array) -> jax.Array:
-    """(N,) SSIM outside the box (Wang window; the map covers the valid region, the mask is cropped alike)."""
-    maps = ssim_lib.ssim_map(blank(generated, box_mask), blank(background, box_mask))
+    """(N,) SSIM outside the box of images in [0, 255] (Wang window, data_range 255; the map covers the
+    valid region, the mask is cropped alike)."""
+    maps = ssim_lib.ssim_map(blank(generated, box_mask), blank(background, box_mask), data_range=ssim_lib.PIXEL_RANGE)
     border = (ssim_lib.WINDOW - 1) // 2
     return mean_outside(maps, box_mask[:, border:-border, border:-border])
 

@@ -1,5 +1,12 @@
 """SSIM with Wang et al. (2004) parameters, batched in JAX.
 
+SSIM is computed on *pixel values*, as the reference tools do (scikit-image and pytorch-msssim on 8-bit
+values with data_range 255, tf.image.ssim / dm-pix on [0, 1] with max_val 1; both give the same number):
+its luminance term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) is scale-invariant but not
+offset-invariant, so images moved to [-1, 1] score differently (a photo against itself +12 brighter:
+0.708 on [-1, 1] with data_range 2, 0.990 on its pixel values; tests/test_metrics_ssim.py). Callers pass
+pixel values with `data_range=PIXEL_RANGE`; there is no default range.
+
 Gaussian window 11x11 with sigma 1.5, K1 = 0.01, K2 = 0.03, population (not sample) covariance,
 filtered over the 'valid' region only (no padding) and averaged over pixels and channels. This is
 `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
@@ -15,6 +22,7 @@ import numpy as np
 
 WINDOW = 11
 SIGMA = 1.5
+PIXEL_RANGE = 255.0  # data_range of 8-bit pixel values
 K1, K2 = 0.01, 0.03
 
 
@@ -39,10 +47,10 @@ def _filter(x: jax.Array, taps: jax.Array) -> jax.Array:
     return planes.reshape(n, c, h - k + 1, w - k + 1).transpose(0, 2, 3, 1)
 
 
-def ssim_map(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:
+def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float) -> jax.Array:
     """(N, H, W, C) pairs -> (N, H - 10, W - 10, C) local SSIM (the valid region).
 
-    data_range: max - min of the pixel range (2 for [-1, 1] images, 255 for [0, 255]).
+    data_range: max - min of the pixel range: `PIXEL_RANGE` (255) for 8-bit pixel values, 1 for [0, 1].
     """
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"SSIM needs two (N, H, W, C) batches of one shape, got {x.shape} and {y.shape}")
@@ -58,6 +66,6 @@ def ssim_map(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
 
 
-def ssim(x: jax.Array, y: jax.Array, data_range: float = 2.0) -> jax.Array:
-    """(N, H, W, C) pairs -> (N,) mean SSIM in [-1, 1] (1 for identical images)."""
-    return jnp.mean(ssim_map(x, y, data_range), axis=(1, 2, 3))
+def ssim(x: jax.Array, y: jax.Array, *, data_range: float) -> jax.Array:
+    """(N, H, W, C) pairs -> (N,) mean SSIM in [-1, 1] (1 for identical images); see `ssim_map`."""
+    return jnp.mean(ssim_map(x, y, data_range=data_range), axis=(1, 2, 3))
