@@ -26,6 +26,7 @@ INFERENCE = {
     "anyscene": "jcompose.methods.anyscene_inference",
     "dreamcom": "jcompose.methods.dreamcom_inference",
     "anydoor": "jcompose.methods.anydoor_cli",
+    "sd": "jcompose.methods.sd_baselines",  # untrained Stable Diffusion baselines (AnyScene's Table 1)
 }
 
 

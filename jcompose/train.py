@@ -174,12 +174,15 @@ def train(config, workdir, method=None) -> dict[str, Any]:
         streams = [(method.make_source(k), method.make_transform(k)) if models > 1 else
                    (method.make_source(), method.make_transform()) for k in range(models)]
 
-    def iterator(batch_size: int, seed: int, **sharding):
-        its = [make_iterator(src, fn, per_process_batch=batch_size, seed=seed, **sharding, **data_options)
-               for src, fn in streams]
+    # Each model's data seed (a packed sweep's models may each have their own), else config.data.seed.
+    data_seeds = getattr(method, "data_seeds", None) or [config.data.seed] * models
+
+    def iterator(batch_size: int, seed_offset: int, **sharding):
+        its = [make_iterator(src, fn, per_process_batch=batch_size, seed=seed + seed_offset, **sharding,
+                             **data_options) for (src, fn), seed in zip(streams, data_seeds, strict=True)]
         return its[0] if models == 1 else StackedIterator(its)
 
-    data = iterator(config.train.batch_size // jax.process_count(), config.data.seed,
+    data = iterator(config.train.batch_size // jax.process_count(), 0,
                     process_index=jax.process_index(), process_count=jax.process_count(),
                     worker_count=config.data.worker_count)
     checkpoints = Checkpointer(workdir, keep=config.train.keep, keep_best=config.train.keep_best,
@@ -217,7 +220,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
 
     # A fixed batch of conditions for sample grids, separate from the training stream (the same on
     # every process, so it is placed replicated over the whole mesh).
-    sample_host = next(iterator(config.train.sample_count, config.data.seed + 1))
+    sample_host = next(iterator(config.train.sample_count, 1))
     sample_batch = parallel.put_replicated({k: np.asarray(v) for k, v in sample_host.items()}, mesh)
     write_examples = getattr(method, "write_example_inputs", None)  # optional part of the Method protocol
     if chief and write_examples is not None and not (workdir / "example").exists():

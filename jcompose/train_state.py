@@ -17,22 +17,53 @@ from jax.sharding import PartitionSpec as P
 from jcompose import parallel
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW (after global-norm clipping) and its learning-rate schedule: linear warm-up from 0 over
-    `optim.warmup_steps`, then constant or cosine decay to 0 at `train.steps`."""
+def _schedule(config, peak: float) -> optax.Schedule:
     o = config.optim
     if o.schedule == "cosine" and o.warmup_steps:
-        lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, config.train.steps)
-    elif o.schedule == "cosine":  # no warm-up: the first step already uses the peak rate
-        lr = optax.cosine_decay_schedule(o.lr, config.train.steps)
+        return optax.warmup_cosine_decay_schedule(0.0, peak, o.warmup_steps, config.train.steps)
+    if o.schedule == "cosine":  # no warm-up: the first step already uses the peak rate
+        return optax.cosine_decay_schedule(peak, config.train.steps)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, o.warmup_steps), optax.constant_schedule(peak)],
+                                [o.warmup_steps]) if o.warmup_steps else optax.constant_schedule(peak)
+
+
+def make_optimizer(config, traced_lr: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (after global-norm clipping) and its learning-rate schedule: linear warm-up from 0 over
+    `optim.warmup_steps`, then constant or cosine decay to 0 at `train.steps`.
+
+    traced_lr: the peak rate is a value in the optimizer state (`peak_lr`, optax.inject_hyperparams) times
+    the schedule's shape, so K models vmapped in one program can each have their own (packed sweeps,
+    `set_learning_rates`); the state tree then differs from the default's, which single runs keep.
+    """
+    o = config.optim
+    lr = _schedule(config, o.lr)
+    if traced_lr:
+        shape = _schedule(config, 1.0)
+        adamw = optax.inject_hyperparams(lambda peak_lr: optax.adamw(
+            lambda count: peak_lr * shape(count), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))(
+                peak_lr=o.lr)
     else:
-        lr = optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), optax.constant_schedule(o.lr)],
-                                  [o.warmup_steps]) if o.warmup_steps else optax.constant_schedule(o.lr)
-    tx = optax.chain(
-        optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
-        optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
-    )
+        adamw = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    tx = optax.chain(optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(), adamw)
     return tx, lr
+
+
+def set_learning_rates(opt_state, rates):
+    """The optimizer state of K models (`make_optimizer(traced_lr=True)`, vmapped) with model k's peak
+    learning rate set to rates[k]."""
+    injected = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+    found = []
+
+    def one(state):
+        if isinstance(state, injected) and "peak_lr" in state.hyperparams:
+            found.append(state)
+            return state._replace(hyperparams=dict(state.hyperparams, peak_lr=jnp.asarray(rates, jnp.float32)))
+        return state
+
+    new = jax.tree_util.tree_map(one, opt_state, is_leaf=lambda s: isinstance(s, injected))
+    if len(found) != 1:
+        raise ValueError(f"set_learning_rates: expected one injected peak_lr in the optimizer state, found {len(found)}")
+    return new
 
 
 def make_train_step(method, tx, config):
@@ -104,7 +135,9 @@ def init_state(config, method, mesh, workdir: str):
     # The step donates the state's buffers: params and EMA get their own copies, so none aliases
     # another state leaf or a frozen module (a method may hand out views of loaded weights).
     params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
-    tx, lr_schedule = make_optimizer(config)
+    # A packed sweep's models may each have their own learning rate (the method lists them).
+    rates = getattr(method, "model_learning_rates", None)
+    tx, lr_schedule = make_optimizer(config, traced_lr=rates is not None)
     k = num_models(method)
     if k == 1:
         state = _fresh(params, tx, config)
@@ -112,6 +145,8 @@ def init_state(config, method, mesh, workdir: str):
     else:
         stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x] * k), params)
         state = jax.vmap(lambda p: _fresh(p, tx, config))(stacked)
+        if rates is not None:
+            state["opt_state"] = set_learning_rates(state["opt_state"], rates)
         shardings = parallel.model_shardings(state, mesh)
     state = jax.device_put(state, shardings)
     frozen = jax.device_put(frozen, parallel.fsdp_shardings(frozen, mesh, config.mesh.fsdp_min_size))

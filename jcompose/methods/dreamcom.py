@@ -196,12 +196,15 @@ class DreamComMethod:
         ctx = ctx.at[:, 1:n + 1].set(e_in[:, 1:n + 1])
         return ctx.at[:, n + 1:2 * n + 1].set(e_out[:, 1:n + 1])
 
-    def controls(self, mask_latent, *, sampling: bool, self_attention: str | None = None) -> tuple:
-        """The attention controls of a UNet call on box masks (B, h, w): masked cross-attention always
-        (instance tokens 1..n inside the box, nothing outside), masked self-attention when sampling."""
-        cross = attention.MaskedCrossAttention(mask_latent, foreground_tokens=tuple(range(1, self.num_inside + 1)))
+    def controls(self, mask_latent, *, sampling: bool, self_attention: str | None = None,
+                 cross_attention: bool = True) -> tuple:
+        """The attention controls of a UNet call on box masks (B, h, w): masked cross-attention (instance
+        tokens 1..n inside the box, nothing outside; `cross_attention=False`: vanilla, the paper's Table 4
+        ablation), masked self-attention when sampling."""
+        cross = (attention.MaskedCrossAttention(mask_latent, foreground_tokens=tuple(range(1, self.num_inside + 1))),
+                 ) if cross_attention else ()
         layers = self.self_attention_layers(self_attention) if sampling else frozenset()
-        return (cross, attention.MaskedSelfAttention(mask_latent, layers=layers)) if layers else (cross,)
+        return cross + ((attention.MaskedSelfAttention(mask_latent, layers=layers),) if layers else ())
 
     def _latents(self, frozen, images, key) -> jax.Array:
         """(B, H, W, 3) in [-1, 1] -> sampled scaled latents (B, 4, H/8, W/8) float32, no gradient."""
@@ -246,7 +249,8 @@ class DreamComMethod:
         """The masked self-attention layers of a rule (`self_attention_rule_layers`) on this UNet."""
         return self_attention_rule_layers(self.self_attention_names, rule or self.config.sample.self_attention)
 
-    def sample(self, params, frozen, batch, rng, num_steps=None, guidance_scale=None, self_attention=None):
+    def sample(self, params, frozen, batch, rng, num_steps=None, guidance_scale=None, self_attention=None,
+               cross_attention=True):
         """Inpaints each batch box: (B, H, W, 3) in [-1, 1].
 
         batch: image (B, H, W, 3) [-1, 1] (only its shape is used), mask (B, H, W, 1) {0, 1},
@@ -260,7 +264,7 @@ class DreamComMethod:
         text = self.text_params(params, frozen)
         context = self._encode_text(text, batch["input_ids"])  # the plain prompt, as the released test.py
         uncond = jnp.broadcast_to(self._encode_text(text, self.tokenize([""])), context.shape)
-        controls = self.controls(mask, sampling=True, self_attention=self_attention)
+        controls = self.controls(mask, sampling=True, self_attention=self_attention, cross_attention=cross_attention)
         unet, vae = self.pipe.unet.module, self.pipe.vae.module
         latents = jax.random.normal(k_noise, (mask.shape[0], unet.out_channels, *mask.shape[1:]))
         denoise = diffusion.guided_denoiser(unet, params["unet"], context, uncond, guidance_scale,

@@ -97,7 +97,8 @@ def _generator(method, args):
         def one(example, key):
             b = jax.tree_util.tree_map(lambda x: x[None], example)
             return method.sample(params, frozen, b, key, num_steps=args.steps, guidance_scale=args.guidance,
-                                 self_attention=args.self_attention)[0]
+                                 self_attention=args.self_attention,
+                                 cross_attention=args.cross_attention == "masked")[0]
 
         return jax.vmap(one)(batch, keys)
 
@@ -220,6 +221,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num", type=int, default=5, help="images per input (the paper's 5)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--cross-attention", dest="cross_attention", choices=("masked", "vanilla"), default="masked",
+                   help="masked (default, as trained) or vanilla cross-attention at sampling (paper Table 4)")
     p.add_argument("--self-attention", dest="self_attention", default=None,
                    help="masked self-attention rule: released, paper or none (default: the run's)")
     p.add_argument("--seed", type=int, default=666, help="the released test.py's seed")
