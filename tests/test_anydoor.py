@@ -305,6 +305,53 @@ def test_fresh_extractor_is_the_unet_encoder_with_zero_residuals(setup):
     assert all(float(jnp.abs(r).max()) == 0.0 for r in [*down, mid])
 
 
+def test_unconditional_tokens_are_those_of_a_black_image(setup):
+    """CFG's unconditional ID tokens: the projector on DINOv2 of an all-zero (black) [0, 1] image after the
+    ImageNet normalisation (the released get_learned_conditioning on torch.zeros), computed here from the
+    constants; a grey image's tokens are far from them."""
+    method, params, frozen, _, _ = setup
+    got = np.asarray(method.uncond_tokens(params, frozen, jnp.zeros((2, 257, 64))))
+    proj = params["projector"]
+
+    def tokens(value):  # a flat [0, 1] image, ImageNet-normalised, through DINOv2 and the projector
+        pixels = (np.full((1, 224, 224, 3), value) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+        features = method.dinov2.apply({"params": frozen["dinov2"]}, pixels.astype(np.float32)).last_hidden_state
+        return np.asarray(features) @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
+
+    black, grey = tokens(0.0), tokens(0.5)
+    assert got.shape == (2, 257, 64)
+    error, gap = float(np.abs(got - black).max()), float(np.abs(grey - black).max())
+    print(f"uncond tokens vs black-image tokens {error:.1e}; grey vs black {gap:.2f}")
+    assert error < 1e-5 * max(1.0, float(np.abs(black).max())) and gap > 1e3 * error
+
+
+def test_adaptive_timestep_share_drawn_uniformly(setup):
+    """`draw` (the config's loss.uniform_probability, released 0.3) on 200k labels of each type: with p the
+    uniform share, static images land in [500, 1000) with probability p/2 and videos in [0, 500) with p/2,
+    so p is estimated to +-0.0011 (1 sd) and a change of 0.01 is seen; each type's histogram (20 bins)
+    fits its mixture density by chi-square."""
+    from scipy import stats
+
+    method, _, _, _, _ = setup
+    n = 200_000
+    assert method.config.loss.uniform_probability == 0.3
+    dynamic = np.repeat(np.array([0, 1, 2], np.int32), n)
+    fake = types.SimpleNamespace(config=method.config, schedule=method.schedule,  # draw without the VAE
+                                 latents=lambda frozen, images, key: jnp.zeros((images.shape[0], 4, 1, 1)))
+    _, _, t, _ = anydoor.AnyDoorMethod.draw(fake, None, {"target": jnp.zeros((3 * n, 1, 1, 3)), "dynamic": dynamic},
+                                            jax.random.PRNGKey(0))
+    t = np.asarray(t).reshape(3, n)
+    assert t.min() >= 0 and t.max() < 1000
+    p_hat = (np.mean(t[0] >= 500) + np.mean(t[1] < 500))  # each is p / 2
+    assert abs(p_hat - 0.3) < 0.0045, p_hat  # 4 sd
+    for label, t_label in enumerate(t):
+        counts = np.bincount(t_label // 50, minlength=20)
+        low = {0: 0.7 / 500 + 0.3 / 1000, 1: 0.3 / 1000, 2: 1 / 1000}[label]  # density per step in [0, 500)
+        high = {0: 0.3 / 1000, 1: 0.7 / 500 + 0.3 / 1000, 2: 1 / 1000}[label]
+        expected = n * 50 * np.array([low] * 10 + [high] * 10)
+        assert stats.chisquare(counts, expected).pvalue > 1e-4, (label, counts)
+
+
 def test_hint_encoder_starts_as_torch_conv2d_default(setup):
     """The released hint encoder is LDM's nn.Conv2d stack: torch's default init (kaiming-uniform a = sqrt(5):
     kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = c_in x 3 x 3, torch.nn.Conv2d's docs), its

@@ -195,6 +195,43 @@ def test_dinov2_hub_names_match_transformers_conversion(release, tmp_path, rng):
     assert got.shape == (2, 257, fx.DINOV2["dim"]) and err < ATOL
 
 
+# The published configs of the released models (Hugging Face config.json files, restated): the converter
+# must write them from the original checkpoints' tensor shapes and its default head settings.
+SD21_BASE_UNET = dict(block_out_channels=[320, 640, 1280, 1280], attention_head_dim=[5, 10, 20, 20],
+                      cross_attention_dim=1024, use_linear_projection=True, layers_per_block=2,
+                      down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                      up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, in_channels=4, out_channels=4,
+                      transformer_layers_per_block=1, sample_size=64)
+SD15_UNET = dict(SD21_BASE_UNET, attention_head_dim=8, cross_attention_dim=768, use_linear_projection=False)
+DINOV2_GIANT = dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, mlp_ratio=4, hidden_act="gelu",
+                    layer_norm_eps=1e-6, image_size=518, patch_size=14, num_channels=3, qkv_bias=True,
+                    layerscale_value=1.0, use_swiglu_ffn=True)
+
+
+def test_full_size_architectures_are_the_published_configs():
+    """SD 2.1-base's UNet (AnyDoor: `num_head_channels: 64`, so 5/10/20/20 heads, which diffusers spells
+    `attention_head_dim`), SD 1.5's (8 heads of any width) and Meta's ViT-g/14 (24 heads of 64, LayerNorm
+    eps 1e-6 as its hub code builds it) read off full-size tensor shapes (no weights) with the converter's
+    defaults: head count and head width are not interchangeable."""
+    from jcompose.models import ldm_configs
+
+    sd21 = dict(fx.UNET, model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_levels=(0, 1, 2),
+                context_dim=1024, head_channels=64, linear=True)
+    def diffusers_shapes(cfg):  # LDM names -> diffusers names, as the converter reads a checkpoint's shapes
+        shapes = fx.ldm_unet_shapes(cfg)
+        return ldm_convert._apply(shapes, ldm_names.unet_rules(list(shapes)))
+
+    for cfg, want in ((sd21, SD21_BASE_UNET), (dict(sd21, context_dim=768, linear=False), SD15_UNET)):
+        got = ldm_configs.unet_config(diffusers_shapes(cfg))
+        assert {k: got[k] for k in want} == want
+    sd21_shapes = diffusers_shapes(sd21)
+    assert ldm_configs.unet_config(sd21_shapes, head_channels=40)["attention_head_dim"] == [8, 16, 32, 32]
+    assert ldm_configs.unet_config(sd21_shapes, heads=4)["attention_head_dim"] == 4
+    giant = fx.hub_dinov2_shapes(dict(dim=1536, depth=40, patch=14, grid=37, swiglu_width=4096), chunks=4)
+    got = ldm_configs.dinov2_config(giant)
+    assert {k: got[k] for k in DINOV2_GIANT} == DINOV2_GIANT
+
+
 def test_chunked_hub_blocks_map_like_flat_ones():
     """The hub's BlockChunk layout (blocks.<chunk>.<i>) names the same layers as the flat one."""
     flat = ldm_names.dinov2_rules(fx.hub_dinov2_shapes(), 32)

@@ -1,5 +1,6 @@
 """`python -m jcompose.convert`: both directions, exact round trips, clear errors."""
 
+import ldm_fixtures as fx
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
@@ -56,3 +57,20 @@ def test_cli_help_and_errors(tmp_path, capsys):
             convert.main(["to-flax", str(tmp_path / folder), str(tmp_path / "x")])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and err.startswith("error: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_sd_checkpoint_prediction_type_reaches_the_written_scheduler(prediction, tmp_path, capsys):
+    """`convert sd-ckpt --prediction-type` (v_prediction for the 768-px SD 2.1) is what diffusers' own
+    DDIMScheduler and jcompose's loader read back from the written scheduler/ folder."""
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "v2-1_768-ema-pruned.safetensors"
+    save_file(fx.sd_state_dict(1), str(src))
+    flags = ["--prediction-type", prediction] if prediction != "epsilon" else []  # epsilon: the default
+    assert convert.main(["sd-ckpt", str(src), str(tmp_path / "base"), "--sample-size", "8", "--head-channels",
+                         "16", *flags]) == 0
+    assert prediction in capsys.readouterr().out  # the report says which
+    diffusers = pytest.importorskip("diffusers")
+    assert diffusers.DDIMScheduler.from_pretrained(tmp_path / "base" / "scheduler").config.prediction_type == prediction
+    assert loading.load_pipeline(tmp_path / "base", ("scheduler",)).scheduler.prediction_type == prediction

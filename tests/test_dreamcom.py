@@ -169,6 +169,58 @@ def test_self_attention_rules_on_the_full_size_inpainting_unet():
     assert self_attention_rule_layers(names, "none") == frozenset()
 
 
+TINY_DECODER_SELF_ATTENTION = frozenset(f"up_blocks_{b}/attentions_{a}/transformer_blocks_0/attn1"
+                                        for b in (1, 2) for a in (0, 1))  # the tiny UNet's 4 decoder layers
+
+
+def test_sampling_runs_under_both_masked_attentions(setup):
+    """`sample` (2 DDIM steps, CFG 7.5) against a loop written here: the same draws, the UNet called with
+    masked cross-attention (tokens 1..n inside the box) and masked self-attention on the released layers
+    (here all 4 decoder layers, named by hand) in both CFG halves, DDIM eta 0 in numpy (leading spacing:
+    t = 501, 1; final alpha = alphas_cumprod[0]). The loop without masked self-attention, or without any
+    attention control, ends far from `sample`: a sampler that drops them fails this test."""
+    method, params, frozen, batch = setup
+    rng = jax.random.PRNGKey(7)
+    got = np.asarray(jax.jit(lambda p, f, b, r: method.sample(p, f, b, r, num_steps=2))(params, frozen, batch, rng))
+
+    vae, unet, text = method.pipe.vae.module, method.pipe.unet.module, method.pipe.text_encoder.module
+    k_masked, k_noise = jax.random.split(rng)
+    mask = np.asarray(batch["mask"])[:, ::8, ::8, 0]
+    dist = vae.apply({"params": frozen["vae"]}, np.asarray(batch["masked_image"]).transpose(0, 3, 1, 2),
+                     method=vae.encode).latent_dist
+    extra = np.concatenate([mask[:, None], np.asarray(dist.sample(k_masked)) * vae.scaling_factor], axis=1)
+    z0 = np.asarray(jax.random.normal(k_noise, (2, 4, 8, 8)), np.float64)
+
+    def encode(ids):
+        return np.asarray(text.apply({"params": frozen["text_encoder"]}, np.asarray(ids)).last_hidden_state)
+
+    context = np.concatenate([np.repeat(encode(method.tokenize([""])), 2, axis=0), encode(batch["input_ids"])])
+    n = (16 - 1) // 2
+    cross = attention.MaskedCrossAttention(np.concatenate([mask, mask]), foreground_tokens=tuple(range(1, n + 1)))
+    masked_self = attention.MaskedSelfAttention(np.concatenate([mask, mask]), layers=TINY_DECODER_SELF_ATTENTION)
+    alphas = _alphas_cumprod()
+
+    def run(controls):
+        z = z0
+        for t, prev in ((501, 1), (1, -499)):
+            x_in = np.concatenate([np.concatenate([z, z]), np.concatenate([extra, extra])], axis=1)
+            out = np.asarray(unet.apply({"params": params["unet"]}, x_in.astype(np.float32), jnp.full((4,), t),
+                                        context, attention=attention.AttentionContext(controls, latent_hw=(8, 8))
+                                        ).sample, np.float64)
+            eps = out[:2] + 7.5 * (out[2:] - out[:2])
+            a, a_prev = alphas[t], alphas[prev] if prev >= 0 else alphas[0]
+            x0 = (z - np.sqrt(1 - a) * eps) / np.sqrt(a)
+            z = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
+        image = vae.apply({"params": frozen["vae"]}, (z / vae.scaling_factor).astype(np.float32), method=vae.decode)
+        return np.clip(np.asarray(image.sample).transpose(0, 2, 3, 1), -1, 1)
+
+    errors = {name: float(np.abs(got - run(controls)).max()) for name, controls in (
+        ("both", (cross, masked_self)), ("cross only", (cross,)), ("none", ()))}
+    print("max |sample - loop| by the loop's controls:", {k: f"{v:.1e}" for k, v in errors.items()})
+    assert errors["both"] < 2e-4
+    assert errors["cross only"] > 50 * max(errors["both"], 1e-5) and errors["none"] > 50 * max(errors["both"], 1e-5)
+
+
 def test_loss_and_gradients_match_the_pytorch_reference(setup, tmp_path):
     """The `bench train` PyTorch step (jcompose/bench/torch_train_dreamcom.py: diffusers' 9-channel UNet,
     a masked cross-attention processor, the released context layout and loss normalisation) on the same

@@ -90,7 +90,13 @@ def _as_transformers(config, cls_name):
 
 
 def _dinov2_config(swiglu=True, **kw):
-    return _as_transformers(dataclasses.replace(tiny.dinov2_config(), use_swiglu_ffn=swiglu, **kw), "Dinov2Config")
+    """The tiny DINOv2 as a transformers config; the LayerNorm epsilon is transformers' own default (1e-6,
+    DINOv2's), not jcompose's, unless given."""
+    config = _as_transformers(dataclasses.replace(tiny.dinov2_config(), use_swiglu_ffn=swiglu), "Dinov2Config")
+    import transformers
+
+    fields = {**config.to_dict(), "layer_norm_eps": transformers.Dinov2Config().layer_norm_eps, **kw}
+    return transformers.Dinov2Config(**{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
 
 
 def _text_config(base, **kw):
@@ -189,6 +195,42 @@ def test_dinov2_matches_transformers_pytorch(swiglu, tmp_path, rng):
     assert got.last_hidden_state.shape == (2, 257, 32)
     assert _err(got.last_hidden_state, want.last_hidden_state) < ATOL
     assert _err(got.pooler_output, want.pooler_output) < ATOL
+
+
+def test_vision_config_defaults_are_transformers():
+    """A config.json without a key means transformers' default: jcompose's ViT / DINOv2 config defaults are
+    the same values (DINOv2's LayerNorm eps 1e-6, ViT's 1e-12, ...)."""
+    import transformers
+
+    for ours, theirs in ((vit.Dinov2Config(), transformers.Dinov2Config()), (vit.ViTConfig(), transformers.ViTConfig())):
+        # transformers resolves pooler_output_size None to hidden_size at construction; None means that here
+        fields = [f.name for f in dataclasses.fields(ours) if hasattr(theirs, f.name) and f.name != "pooler_output_size"]
+        assert len(fields) >= 10 and "layer_norm_eps" in fields
+        assert {k: getattr(ours, k) for k in fields} == {k: getattr(theirs, k) for k in fields}, type(ours).__name__
+
+
+@pytest.mark.parity
+def test_dinov2_layer_norm_epsilon_on_quiet_activations(tmp_path, rng):
+    """Embeddings scaled down 1000x: the first LayerNorms see a variance near DINOv2's eps (1e-6), so the
+    output depends on eps strongly. jcompose equals transformers at 1e-6 and is far from it at 1e-5."""
+    from transformers import Dinov2Model
+
+    torch = _torch()
+    pt = _randomise(Dinov2Model(_dinov2_config()), 6)
+    with torch.no_grad():
+        for p in pt.embeddings.parameters():
+            p.mul_(1e-3)
+    pt.save_pretrained(tmp_path / "dinov2", safe_serialization=True)
+    model = encoders.load_dinov2(tmp_path / "dinov2")
+    pixels = rng.normal(size=(1, 224, 224, 3)).astype(np.float32)
+    got = model.module.apply({"params": model.params}, pixels).last_hidden_state
+    other = _randomise(Dinov2Model(_dinov2_config(layer_norm_eps=1e-5)), 6)
+    other.load_state_dict(pt.state_dict())
+    with torch.no_grad():
+        want, wrong = (m(pixel_values=_nchw(pixels)).last_hidden_state for m in (pt, other))
+    errors = _err(got, want), _err(got, wrong)
+    print(f"max |jcompose - transformers| at eps 1e-6: {errors[0]:.1e}, against eps 1e-5: {errors[1]:.1e}")
+    assert errors[0] < ATOL and errors[1] > 100 * ATOL
 
 
 @pytest.mark.parity
