@@ -60,6 +60,8 @@ def folder_inputs(config) -> FolderInputs:
     for field in ("reference", "background", "masks"):
         if config[field]:
             scanned[field] = scan_folder(config[field], field)
+    for field, folder in scanned.items():
+        warn_skipped(folder, field)
     generated = scanned["generated"]
     refs = by_stem(scanned.get("reference"), "reference", generated, sorted(wanted & {"clip_i", "dino"}))
     pixel = sorted(wanted & {"lpips", "ssim"})
@@ -82,6 +84,17 @@ def folder_inputs(config) -> FolderInputs:
             if not (read_grey(masks[info.path.stem]) > 127).any():
                 raise InputError(f"{masks[info.path.stem].path}: mask has no foreground pixels (> 127)")
     return FolderInputs(generated, refs, targets, masks, prompts, scanned)
+
+
+def warn_skipped(folder: Folder, what: str) -> None:
+    """One stderr line (process 0) when a folder had files that are not scored, with counts by reason."""
+    import sys
+
+    import jax
+
+    if folder.skipped and jax.process_index() == 0:
+        reasons = "; ".join(f"{len(names)} {reason} (e.g. {names[0]})" for reason, names in sorted(folder.skipped.items()))
+        print(f"warning: config.{what} {folder.path}: not scored: {reasons}", file=sys.stderr, flush=True)
 
 
 def read_prompts(path: str | Path) -> dict[str, str]:

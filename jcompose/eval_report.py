@@ -33,7 +33,8 @@ def provenance(config, protocol: str, header: dict | None = None) -> dict[str, A
 
     header: a compose --benchmark manifest (its "run", "step", "weights", "config_variant" when present).
     The checkpoint is `config.run` / the manifest's run with its step, or the released weights the manifest
-    names; the training variant is the run's stored `variant` field, else the manifest's, else "not recorded".
+    names; the training variant is the run's stored `variant` field, else the `--config=FILE[:variant]` its
+    run record's command names, else the manifest's, else "not recorded".
     """
     from jcompose.eval_inputs import run_of
 
@@ -45,10 +46,28 @@ def provenance(config, protocol: str, header: dict | None = None) -> dict[str, A
     weights = header.get("weights")
     if weights and weights != checkpoint.get("run"):
         checkpoint["weights"] = str(weights)
-    variant = (run or {}).get("config", {}).get("variant") or header.get("config_variant") or NOT_RECORDED
+    variant = ((run or {}).get("config", {}).get("variant") or (run and training_config_spec(run["workdir"]))
+               or header.get("config_variant") or NOT_RECORDED)
     return {"eval_config": config.get("eval_config", NOT_RECORDED), "protocol": protocol,
             "checkpoint": checkpoint or f"{NOT_RECORDED} (set --config.run=WORKDIR, or evaluate a compose manifest)",
             "training_config_variant": variant}
+
+
+def training_config_spec(workdir: str | Path) -> str | None:
+    """The `--config=configs/<method>.py[:variant]` a run was started with, from its run record's command
+    (None when the record has no such flag, e.g. a run started from Python)."""
+    from jcompose import run_record
+
+    try:
+        command = json.loads((Path(workdir) / run_record.RECORD).read_text()).get("command", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    for i, arg in enumerate(command):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(command):
+            return command[i + 1]
+    return None
 
 
 def _caption_font(size: int = 11):

@@ -69,11 +69,14 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     rule = pair_rule(config)
     shapes = [pair_shape(info.shape, config.pair_size, rule) for info in inputs.generated.images]
 
-    def prepare(k: int) -> dict[str, np.ndarray]:
+    def read_with_mask(k: int) -> tuple[np.ndarray, np.ndarray | None]:
         info = inputs.generated.images[k]
-        stem = info.path.stem
         image = read_image(info)
-        mask = read_mask(inputs.masks[stem], image.shape[:2]) if inputs.masks else None
+        return image, read_mask(inputs.masks[info.path.stem], image.shape[:2]) if inputs.masks else None
+
+    def prepare_features(k: int) -> dict[str, np.ndarray]:
+        stem = inputs.generated.images[k].path.stem
+        image, mask = read_with_mask(k)
         # DINO / CLIP-I look at the inserted object: the mask's bounding box of the generated image.
         fg = crop_to_mask(image, mask, inputs.masks[stem].path) if mask is not None else image
         out: dict[str, np.ndarray] = {}
@@ -87,17 +90,9 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         if "dino" in wanted:
             out["dino"] = extractors["dino"].prepare(fg)
             out["dino_ref"] = extractors["dino"].prepare(read_image(inputs.refs[stem]))
-        if pixel:
-            gen = pair_image(image, shapes[k]).astype(np.float32)
-            target = pair_image(read_image(inputs.targets[stem]), shapes[k]).astype(np.float32)
-            if mask is not None:
-                # Background metrics: the inserted region is blanked (mid grey) in both images.
-                keep = pair_mask(mask, shapes[k])[..., None]
-                gen, target = gen * keep + 127.5 * (1 - keep), target * keep + 127.5 * (1 - keep)
-            out["pix"], out["pix_ref"] = gen, target  # pixel values in [0, 255]
         return out
 
-    def step(params, batch):
+    def features(params, batch):
         res = {}
         if "inception" in params:
             res["inception"] = extractors["inception"].apply(params["inception"], batch["inception"])
@@ -109,6 +104,21 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         if "dino" in params:
             res["dino"] = _cosine(extractors["dino"].apply(params["dino"], batch["dino"]),
                                   extractors["dino"].apply(params["dino"], batch["dino_ref"]))
+        return res
+
+    def prepare_pixels(k: int) -> dict[str, np.ndarray]:
+        image, mask = read_with_mask(k)
+        gen = pair_image(image, shapes[k]).astype(np.float32)
+        target = pair_image(read_image(inputs.targets[inputs.generated.images[k].path.stem]), shapes[k])
+        target = target.astype(np.float32)
+        if mask is not None:
+            # Background metrics: the inserted region is blanked (mid grey) in both images.
+            keep = pair_mask(mask, shapes[k])[..., None]
+            gen, target = gen * keep + 127.5 * (1 - keep), target * keep + 127.5 * (1 - keep)
+        return {"pix": gen, "pix_ref": target}  # pixel values in [0, 255]
+
+    def pixels(params, batch):
+        res = {}
         if "lpips" in params:
             res["lpips"] = extractors["lpips"].apply(params["lpips"], batch["pix"] / 127.5 - 1.0,
                                                      batch["pix_ref"] / 127.5 - 1.0)
@@ -116,19 +126,28 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
             res["ssim"] = ssim.ssim(batch["pix"], batch["pix_ref"], data_range=ssim.PIXEL_RANGE)
         return res
 
+    # Two passes: the networks' inputs have one shape, the pixel pairs one per size group (pair_size 0 or
+    # keep_aspect), and a program per group should not recompile the networks.
+    items = range(len(inputs.generated.images))
     gen_stats = fid.FeatureStats(inception.FEATURES)
-    gather = [k for k in ("clip_i", "dino", "lpips", "ssim") if k in wanted]
-    gather += (["clip"] if "clip" in extractors else []) + (["inception"] if "kid" in wanted else [])
-    res = sharded_map.map_items(
-        range(len(inputs.generated.images)), prepare, step, params, mesh, batch_size=config.batch_size,
-        workers=config.workers, groups=shapes if pixel else None, gather=gather, desc="generated", progress=progress,
-        on_local=(lambda rows, _: gen_stats.update(rows["inception"])) if "inception" in extractors else None)
+    res: dict[str, np.ndarray] = {}
+    if set(extractors) - {"lpips"}:
+        gather = [k for k in ("clip_i", "dino") if k in wanted]
+        gather += (["clip"] if "clip" in extractors else []) + (["inception"] if "kid" in wanted else [])
+        res.update(sharded_map.map_items(
+            items, prepare_features, features, {k: v for k, v in params.items() if k != "lpips"}, mesh,
+            batch_size=config.batch_size, workers=config.workers, gather=gather, desc="generated", progress=progress,
+            on_local=(lambda rows, _: gen_stats.update(rows["inception"])) if "inception" in extractors else None))
+    if pixel:
+        res.update(sharded_map.map_items(
+            items, prepare_pixels, pixels, {k: v for k, v in params.items() if k == "lpips"}, mesh,
+            batch_size=config.batch_size, workers=config.workers, groups=shapes, desc="pairs", progress=progress))
 
     names = [info.path.name for info in inputs.generated.images]
     scores: dict[str, Any] = {"n_generated": len(names)}
     per: dict[str, list] = {"file": names}
     if "fid" in wanted or "kid" in wanted:
-        scores.update(_fid_scores(config, wanted, _reduced(gen_stats), res.get("inception"), extractors["inception"],
+        scores.update(_fid_scores(config, wanted, reduced_stats(gen_stats), res.get("inception"), extractors["inception"],
                                   params["inception"], mesh, progress, reference_stats, reference_folder))
     if "clip_score" in wanted:
         scores["clip_score"] = _clip_text_scores(config, extractors["clip"], inputs, res["clip"], per, mesh, progress)
@@ -167,8 +186,9 @@ def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
 
 
-def _reduced(stats: fid.FeatureStats) -> fid.FeatureStats:
-    """Every process's feature statistics merged (each holds the rows of its own files)."""
+def reduced_stats(stats: fid.FeatureStats) -> fid.FeatureStats:
+    """Every process's feature statistics merged (each holds the rows of its own files); float64 moved
+    exactly (`sharded_map.allgather`), P x D x D x 8 bytes per host (32 MiB per process for Inception)."""
     if jax.process_count() == 1:
         return stats
     n, mean, scatter = stats.moments()
@@ -191,7 +211,7 @@ def _fid_scores(config, wanted, gen_stats, gen_features, extractor, params, mesh
             files, lambda info: {"x": extractor.prepare(read_image(info))}, lambda p, b: {"x": extractor.apply(p, b["x"])},
             params, mesh, batch_size=config.batch_size, workers=config.workers, gather=["x"] if "kid" in wanted else [],
             on_local=lambda rows, _: ref_stats.update(rows["x"]), desc="reference", progress=progress)
-        ref_stats = _reduced(ref_stats)
+        ref_stats = reduced_stats(ref_stats)
         ref_mu, ref_sigma = ref_stats.mean_cov()
         n_ref, ref_features = ref_stats.n, res.get("x")
         if config.fid.save_reference_stats and eval_report.is_writer():

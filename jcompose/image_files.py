@@ -151,6 +151,8 @@ def inspect(path: Path) -> ImageInfo:
             transparent = mode == "P" and "transparency" in image.info
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise InputError(f"{path}: unreadable image ({err})") from None
+    if mode == "I" and bits == 16:  # some Pillow versions open 16-bit grey PNGs as 32-bit "I"
+        mode = "I;16"
     if mode not in _MODES:
         raise InputError(f"{path}: pixel mode {mode!r} ({fmt}) has no defined 8-bit range; expected 8- or 16-bit "
                          "grey / RGB(A) / palette / CMYK")

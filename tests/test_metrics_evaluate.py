@@ -155,3 +155,37 @@ def test_dreamcom_protocol_with_masks(tmp_path, models):
     c.out = str(tmp_path / "out2")
     unmasked = evaluate.evaluate(c, progress=False)
     assert unmasked["ssim"]["mean"] < 0.9 and unmasked["dino"]["mean"] < 0.999
+
+
+def test_headline_clip_score_under_each_convention(tmp_path, models):
+    """scores.json's headline `clip_score.value` equals the convention's formula applied by hand to cosines
+    of embeddings computed outside evaluate (each image with the prompt of its own file name)."""
+    from jcompose.metrics import clip_score, preprocess
+    from jcompose.models import loading
+
+    generated = _write_images(tmp_path / "gen", 3, n=6)
+    prompts = {f"img_{i}.png": p for i, p in enumerate(["a red circle", "two dogs", "a blue square on grass",
+                                                          "night sky", "a cup of tea", "the letter q"])}
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    clip = clip_score.load_clip(str(models / "clip"))
+    tokenizer = loading.load_tokenizer(str(models / "clip"))
+    cos = []
+    for name, prompt in prompts.items():
+        pixels = preprocess.clip_input(np.asarray(Image.open(generated / name).convert("RGB")), 32)[None]
+        image = np.asarray(clip_score.image_embeddings(clip.module, clip.params, pixels), np.float64)[0]
+        tok = clip_score.tokenize(tokenizer, [prompt], 77)
+        text = np.asarray(clip_score.text_embeddings(clip.module, clip.params, tok["input_ids"],
+                                                     tok["attention_mask"]), np.float64)[0]
+        cos.append(image @ text / np.linalg.norm(image) / np.linalg.norm(text))
+    cos = np.array(cos)
+    hand = {"torchmetrics": max(100 * cos.mean(), 0.0), "hessel": float(np.mean(2.5 * np.maximum(cos, 0.0)))}
+    assert (cos < 0).any() and (cos > 0).any()  # the clamp per image and on the mean differ on these
+    for convention in ("torchmetrics", "hessel"):
+        config = _config(models, generated, generated, tmp_path / convention, tmp_path / "prompts.json")
+        config.metrics, config.clip.convention = ("clip_score",), convention
+        scores = evaluate.evaluate(config, progress=False)
+        stored = json.loads((tmp_path / convention / "scores.json").read_text())["clip_score"]
+        assert stored["convention"] == convention
+        assert stored["value"] == pytest.approx(hand[convention], rel=1e-5, abs=1e-6), convention
+        np.testing.assert_allclose(scores["per_image"]["clip_score_cos"], cos, atol=1e-5)
+        assert stored["both_conventions"] == pytest.approx(hand, rel=1e-5, abs=1e-6)

@@ -48,6 +48,21 @@ def test_stats_equal_numpy_cov(rng):
         stats.update(np.zeros((2, 8)))
 
 
+
+def test_stats_merged_from_disjoint_parts_equal_numpy(rng):
+    """What evaluate does across hosts: each part's moments, merged, equal the statistics of all rows."""
+    x = _features(rng, 41, 16) + 1000.0
+    parts = []
+    for rows in (x[:3], x[3:30], x[30:]):  # unequal parts, different means (each its own shift)
+        stats = fid.FeatureStats(16)
+        stats.update(rows)
+        parts.append(stats.moments())
+    merged = fid.FeatureStats.merge(parts + [fid.FeatureStats(16).moments()])  # an empty host adds nothing
+    mu, sigma = merged.mean_cov()
+    assert merged.n == 41
+    np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-9)
+
 def test_stats_npz_roundtrip_and_bad_files(tmp_path, rng):
     mu, sigma = rng.normal(size=8), np.eye(8)
     fid.save_stats(tmp_path / "ref.npz", mu, sigma)

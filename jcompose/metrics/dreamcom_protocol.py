@@ -43,7 +43,7 @@ import numpy as np
 from jcompose import eval_report, parallel, sharded_map
 from jcompose.cli import InputError
 from jcompose.eval_inputs import crop_to_mask, pair_mask, pair_rule, pair_shape, read_image, read_mask, write_scores
-from jcompose.image_files import inspect
+from jcompose.image_files import ImageInfo, inspect
 from jcompose.metrics import clip_score, dino, lpips, preprocess, regions
 
 BACKGROUND_PROTOCOLS = ("paper", "released")
@@ -79,9 +79,11 @@ def read_manifest(path: str | Path) -> tuple[Path, dict, list[dict]]:
     return path.parent, data, entries
 
 
-def check_files(path: Path, root: Path, entries: list[dict]) -> None:
+def check_files(path: Path, root: Path, entries: list[dict]) -> list[ImageInfo]:
     """Every image, background and reference of the manifest is readable, each image has its background's
-    size and its box inside it: checked from file headers before any feature is computed."""
+    size and its box inside it: checked from file headers before any feature is computed. Returns the
+    generated images' headers."""
+    infos = []
     for i, entry in enumerate(entries):
         image, background = inspect(root / entry["image"]), inspect(Path(entry["background"]))
         if image.shape != background.shape:
@@ -95,6 +97,8 @@ def check_files(path: Path, root: Path, entries: list[dict]) -> None:
             inspect(Path(reference["photo"]))
             if reference.get("mask"):
                 inspect(Path(reference["mask"]))
+        infos.append(image)
+    return infos
 
 
 def reference_crop(reference: dict) -> np.ndarray:
@@ -183,12 +187,11 @@ def _extractors(config):
         return {"clip": clip_score.image_embeddings(clip.module, params["clip"], batch["clip"]),
                 "dino": dino.dino_embeddings(vit.module, params["dino"], batch["dino"])}
 
-    def score(params, batch):
-        return {**embed(params, batch),
-                "lpips": regions.background_lpips(lp, params["lpips"], batch["gen"], batch["bg"], batch["box"]),
+    def background(params, batch):
+        return {"lpips": regions.background_lpips(lp, params["lpips"], batch["gen"], batch["bg"], batch["box"]),
                 "ssim": regions.background_ssim(batch["gen"], batch["bg"], batch["box"])}
 
-    return prep, params, embed, score
+    return prep, params, embed, background
 
 
 def evaluate(config, progress: bool = True) -> dict[str, Any]:
@@ -200,15 +203,14 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         raise InputError(f"config.background_protocol = {protocol!r}: expected one of {BACKGROUND_PROTOCOLS}")
     rule = pair_rule(config)
     root, header, entries = read_manifest(config.manifest)
-    check_files(Path(config.manifest), root, entries)
+    infos = check_files(Path(config.manifest), root, entries)
     do_crop = bool(header.get("do_crop", config.get("do_crop", True)))
     shapes, wholes = [], []
-    for entry in entries:
-        info = inspect(root / entry["image"])
+    for entry, info in zip(entries, infos, strict=True):
         wholes.append(released_whole_image(info.shape, entry["box"], do_crop))
         shapes.append(pair_shape(info.shape, config.pair_size, rule) if protocol == "paper" else
                       (RELEASED_SIZE, RELEASED_SIZE) if wholes[-1] else info.shape)
-    prep, params, embed, score = _extractors(config)
+    prep, params, embed, background = _extractors(config)
     mesh = parallel.make_mesh()
     params = parallel.put_replicated(params, mesh)
 
@@ -218,16 +220,24 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
         params, mesh, batch_size=config.batch_size, workers=config.workers, desc="references", progress=progress)
     ref_index = {r: i for i, r in enumerate(refs)}
 
-    def prepare(i: int) -> dict:
+    def prepare_crop(i: int) -> dict:
+        x0, y0, x1, y1 = (int(v) for v in entries[i]["box"])
+        crop = read_image(root / entries[i]["image"])[y0:y1, x0:x1]
+        return {k: p(crop) for k, p in prep.items()}
+
+    def prepare_background(i: int) -> dict:
         entry = entries[i]
         image, bg = read_image(root / entry["image"]), read_image(Path(entry["background"]))
-        x0, y0, x1, y1 = (int(v) for v in entry["box"])
-        crop = image[y0:y1, x0:x1]
-        return {**{k: p(crop) for k, p in prep.items()},
-                **background_pair(image, bg, entry["box"], protocol, shapes[i], wholes[i])}
+        return background_pair(image, bg, entry["box"], protocol, shapes[i], wholes[i])
 
-    per_image = sharded_map.map_items(range(len(entries)), prepare, score, params, mesh, batch_size=config.batch_size,
-                                      workers=config.workers, groups=shapes, desc="generated", progress=progress)
+    # Two passes: the crops' network inputs have one shape, the background pairs one per size group, and a
+    # program per group should not recompile CLIP and DINO.
+    items = range(len(entries))
+    per_image = sharded_map.map_items(items, prepare_crop, embed, params, mesh, batch_size=config.batch_size,
+                                      workers=config.workers, desc="generated", progress=progress)
+    per_image.update(sharded_map.map_items(items, prepare_background, background, params, mesh,
+                                           batch_size=config.batch_size, workers=config.workers, groups=shapes,
+                                           desc="backgrounds", progress=progress))
 
     scores: dict[str, list] = defaultdict(list)
     for i, entry in enumerate(entries):
