@@ -2,8 +2,10 @@
 `jax.distributed` coordinator, running the toy least-squares method (tests/multihost_worker.py).
 
 Checked against a single process on the same data: one global step equals the single-process step
-on the same global batch; each process reads its own shard of the stream; checkpoints hold both
-processes' iterator states; a pair killed mid-run resumes to exactly the uninterrupted result.
+on the same global batch, also with the params split over the 'fsdp' axis and the step taken in
+micro-batches; each process reads its own shard of the stream; checkpoints hold both processes'
+iterator states; a pair killed mid-run (FSDP and gradient accumulation on) resumes to exactly the
+uninterrupted result.
 """
 
 import json
@@ -18,6 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from toy_method import ToyMethod, toy_config
 
 from input_pipeline.pipeline import make_iterator
@@ -57,20 +60,24 @@ def _finish(pair, timeout=240):
     return outputs
 
 
-def test_one_global_step_equals_the_single_process_step(tmp_path):
-    _finish(_start_pair("step", tmp_path))
+@pytest.mark.parametrize("per_process_batch, fsdp, accum", [(4, 2, 2)], ids=["fsdp_accum"])
+def test_one_global_step_equals_the_single_process_step(tmp_path, per_process_batch, fsdp, accum):
+    _finish(_start_pair("step", tmp_path, per_process_batch, fsdp, accum))
     runs = [dict(np.load(tmp_path / f"step_{i}.npz")) for i in range(2)]
-    # Each process read its own shard: elements 0, 2 and 1, 3 of the one seeded stream.
-    config = toy_config()
+    # Each process read its own shard: elements 0, 2, ... and 1, 3, ... of the one seeded stream.
+    config = toy_config(grad_accum=accum)
     method = ToyMethod(config)
-    stream = next(make_iterator(method.make_source(), method.make_transform(), per_process_batch=4,
+    stream = next(make_iterator(method.make_source(), method.make_transform(), per_process_batch=2 * per_process_batch,
                                 seed=config.data.seed))
     np.testing.assert_array_equal(runs[0]["local_index"], stream["index"][0::2])
     np.testing.assert_array_equal(runs[1]["local_index"], stream["index"][1::2])
     np.testing.assert_array_equal(runs[0]["global_index"], np.concatenate([r["local_index"] for r in runs]))
-    for key in ("w", "ema", "global_x"):
+    for key in ("w", "ema", "mu", "global_x"):
         np.testing.assert_array_equal(runs[0][key], runs[1][key])  # both processes hold the same result
-    # The same global batch through the same step on this single-device process.
+    if fsdp > 1:  # w (6, 4) and its Adam moments split over 'fsdp': each device holds 3 of the 6 rows
+        assert str(runs[0]["w_spec"]) == str(runs[0]["mu_spec"]) == str(jax.P("fsdp", None))
+        assert runs[0]["w_local_shards"].tolist() == [[3, 4], [3, 4]]
+    # The same global batch through the same step (all of it at once when accum = 1) on this 1-device process.
     mesh = parallel.make_mesh()
     state, frozen, tx, _ = train.init_state(config, method, mesh, str(tmp_path))
     batch = {"x": jnp.asarray(runs[0]["global_x"]), "y": jnp.asarray(runs[0]["global_y"]),
@@ -78,6 +85,7 @@ def test_one_global_step_equals_the_single_process_step(tmp_path):
     new, metrics = jax.jit(train.make_train_step(method, tx, config))(state, frozen, batch)
     np.testing.assert_allclose(runs[0]["w"], np.asarray(new["params"]["w"]), rtol=0, atol=1e-6)
     np.testing.assert_allclose(runs[0]["ema"], np.asarray(new["ema"]["w"]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(runs[0]["mu"], np.asarray(new["opt_state"][1][0].mu["w"]), rtol=0, atol=1e-7)
     np.testing.assert_allclose(runs[0]["loss"], float(metrics["loss"]), rtol=1e-6)
     assert not np.allclose(runs[0]["w"], np.asarray(state["params"]["w"]))  # the step did something
 
@@ -90,10 +98,12 @@ def _final_params(workdir, step):
 
 
 def test_checkpoints_hold_both_iterators_and_a_killed_pair_resumes_exactly(tmp_path):
+    """With the params split over 'fsdp' (each process writes its shards) and 2 micro-batches per step."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _finish(_start_pair("train", straight, 8))
+    fsdp_accum = (2, 2)
+    _finish(_start_pair("train", straight, 8, *fsdp_accum))
     # The same run, killed (SIGKILL, no chance to save) once its step-4 checkpoint is complete.
-    pair = _start_pair("train", killed, 100000)
+    pair = _start_pair("train", killed, 100000, *fsdp_accum)
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "4" / "commit_success.txt").exists():
         assert time.time() < deadline and all(p.poll() is None for p in pair), "the pair stopped or hung"
@@ -104,7 +114,7 @@ def test_checkpoints_hold_both_iterators_and_a_killed_pair_resumes_exactly(tmp_p
     states = sorted((killed / "checkpoints" / "4" / "data").glob("process_*-of-2.json"))
     assert [p.name for p in states] == ["process_0-of-2.json", "process_1-of-2.json"]
     assert all("next_index" in json.loads(p.read_text()) for p in states)
-    outputs = _finish(_start_pair("train", killed, 8))
+    outputs = _finish(_start_pair("train", killed, 8, *fsdp_accum))
     assert "process 0 done at step 8" in outputs[0] and "resuming from" in outputs[0]
     resumed_from = int(outputs[0].split("resuming from")[1].split("at step")[1].split()[0])
     assert resumed_from >= 4

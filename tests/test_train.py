@@ -332,6 +332,24 @@ def test_grad_accumulation_draws_independent_keys_per_micro_batch():
     assert norms[0] != norms[1]  # the step key advanced
 
 
+def test_ema_is_the_exponential_average_of_the_params():
+    """EMA starts at the initial params and after each step becomes decay * ema + (1 - decay) * params
+    (the new params), checked in float64 over three steps of the real train step."""
+    config = get_config("tiny")
+    config.train.ema_decay = 0.75
+    config.optim.lr = 0.1
+    tx, _ = train.make_optimizer(config)
+    batch, w0 = _least_squares_problem(seed=2)
+    step = jax.jit(train.make_train_step(_LeastSquares(), tx, config))
+    state = dict(_state(tx, w0), ema={"w": jnp.asarray(w0)})
+    ema = w0.astype(np.float64)
+    for t in range(3):
+        state, _ = step(state, {}, batch)
+        ema = 0.75 * ema + 0.25 * np.asarray(state["params"]["w"], np.float64)
+        np.testing.assert_allclose(np.asarray(state["ema"]["w"]), ema, rtol=1e-6, atol=1e-7, err_msg=f"step {t}")
+    assert np.abs(ema - np.asarray(state["params"]["w"])).max() > 1e-3  # the EMA lags the params
+
+
 def _hand_lr(t, peak, warmup, total, schedule):
     """The schedule as the README states it: linear warm-up from 0, then constant or cosine to 0."""
     if t < warmup:
