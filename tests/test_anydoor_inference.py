@@ -72,6 +72,29 @@ def test_overlapping_objects_go_one_after_another(setup, rng):
     np.testing.assert_array_equal(again["crop_box"], examples[1]["crop_box"])
 
 
+def test_overlapping_objects_build_on_the_earlier_rounds(setup, rng):
+    """Two objects whose crops overlap: the second is generated in a later round from the background with
+    the first already pasted (its collage is cut from that image), so the result equals composing them one
+    after another (random non-zero weights: the collage reaches the output)."""
+    method, params, frozen, _, _ = setup
+    p = randomised(params, 3)
+    background = rng.integers(0, 255, (192, 192, 3)).astype(np.uint8)
+    a, b = _object(rng, (30, 30), seed_name="a"), _object(rng, (40, 44), seed_name="b")
+    together = inference.compose(method, p, frozen, background, [a, b], seed=7, num_steps=2)
+    assert together.rounds == [[0], [1]]
+    first = inference.compose(method, p, frozen, background, [a], seed=7, num_steps=2)
+    second = inference.compose(method, p, frozen, first.image, [b], seed=8, num_steps=2)
+    for batched, single in ((together.generated[1], second.generated[0]), (together.image, second.image)):
+        diff = np.abs(batched.astype(int) - single.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    transform = inference.inference_transform(method)
+    on_first = inference.prepare_example(transform, b, first.image, 8)["collage"]
+    on_background = inference.prepare_example(transform, b, background, 8)["collage"]
+    assert np.abs(together.examples[1]["collage"] - on_first).max() <= 1 / 127.5
+    assert np.abs(together.examples[1]["collage"] - on_background).max() > 0.5  # the first object is in it
+    assert np.abs(together.image.astype(int) - second.image.astype(int)).max() <= 1
+
+
 def test_shape_control_uses_the_target_mask_as_the_mask_channel(setup, rng):
     config = setup[0].config.copy_and_resolve_references()
     config.sample.collage_mask = "training"  # the demo's, where shape control comes from
