@@ -148,7 +148,16 @@ def coco_backgrounds(instances: Path) -> list[dict]:
              **{k: v for k, v in best[i].items() if k != "area"}} for i in sorted(best)]
 
 
-def build(dreambooth: str | Path, coco: str | Path, out: str | Path, *, masks: str | Path | None = None,
+def build(dreambooth: str | Path, coco: str | Path, out: str | Path, **settings) -> dict:
+    """`write` into `out`, which appears complete or not at all (`jcompose.atomic`: a killed build leaves no
+    half folder; a rerun replaces an earlier benchmark folder)."""
+    from jcompose import atomic
+
+    with atomic.folder(out, owns=atomic.only(("concepts", "backgrounds", "benchmark.json"))) as partial:
+        return write(dreambooth, coco, partial, **settings)
+
+
+def write(dreambooth: str | Path, coco: str | Path, out: str | Path, *, masks: str | Path | None = None,
           whole_photo: bool = False, num_backgrounds: int = PAPER_BACKGROUNDS, seed: int = 0,
           image_dir: str | Path | None = None, instances: str | Path | None = None) -> dict:
     """Writes the benchmark (module doc) into `out`; returns benchmark.json's content.

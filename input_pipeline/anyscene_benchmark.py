@@ -49,7 +49,17 @@ def _uint8(signed: np.ndarray) -> np.ndarray:
     return np.clip(np.round((signed + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def build_benchmark(source, out: str | Path, *, num: int = PAPER_PAIRS, seed: int = 0, size: int = 512,
+def build_benchmark(source, out: str | Path, **settings) -> dict:
+    """`write_benchmark` into `out`, which appears complete or not at all (`jcompose.atomic`: a killed build
+    leaves no half folder; a rerun replaces an earlier benchmark folder)."""
+    from jcompose import atomic
+
+    entries = ("foregrounds", "masks", "reference", "prompts.json", "pairs.csv", "benchmark.json")
+    with atomic.folder(out, owns=atomic.only(entries)) as partial:
+        return write_benchmark(source, partial, **settings)
+
+
+def write_benchmark(source, out: str | Path, *, num: int = PAPER_PAIRS, seed: int = 0, size: int = 512,
                     max_objects: int = 3, min_object_area: float = 0.01, max_object_area: float = 0.8) -> dict:
     """Writes `num` benchmark pairs drawn from `source` (a `CocoSource` or any sequence of instances
     records) into `out` (layout in the module doc); returns the summary written to benchmark.json.

@@ -19,6 +19,7 @@ every differing path and shape, and nothing is moved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -30,6 +31,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
+from jcompose import cli, storage
+
 
 DAMAGED = "damaged"  # sub-folder of the checkpoints directory holding the damaged steps
 
@@ -40,6 +43,10 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatch(CheckpointError):
     """A readable checkpoint whose tree (paths, shapes, dtypes) differs from the restore target."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """The run could not write (full disk, read-only or denied storage); the checkpoints before are intact."""
 
 
 def _key(entry) -> str:
@@ -113,13 +120,23 @@ class Checkpointer:
       best_metric, best_mode: the metrics key ranking checkpoints and whether lower ("min") or
         higher ("max") is better.
       async_save: write the state in a background thread (the step loop continues).
+      writer: the training run that holds the workdir: half-written steps an earlier run left are
+        removed at the start (readers such as `compose` leave the folder as it is).
+
+    A save that fails for lack of space or a read-only or denied folder (now, or in the background,
+    reported by the next `save`, `wait` or `close`) raises CheckpointWriteError naming the folder,
+    the step, the last good step and the space needed; its half-written step folder is removed.
     """
 
     def __init__(self, workdir, keep: int = 3, *, keep_best: int = 0, best_metric: str = "loss",
-                 best_mode: str = "min", async_save: bool = True):
+                 best_mode: str = "min", async_save: bool = True, writer: bool = False):
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode = {best_mode!r}: expected 'min' or 'max'")
         self.directory = _directory(workdir)
+        self._pending: int | None = None  # the step whose background save has not been confirmed
+        self._state_bytes = 0  # bytes of the arrays of the last state saved (the space a step needs, at least)
+        if writer:
+            storage.hide_reported_faults()
         policies = [preservation.LatestN(keep)]
         if keep_best:
             def metric(metrics: dict) -> float:
@@ -129,20 +146,97 @@ class Checkpointer:
                                                keep_checkpoints_without_metrics=False))
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True,
-                                                 preservation_policy=preservation.AnyPreservationPolicy(policies)),
+            options=ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=writer,
+                preservation_policy=preservation.AnyPreservationPolicy(policies),
+                # Step folders are made before save() returns, so a read-only folder raises here instead
+                # of timing out minutes later in the background thread.
+                async_options=ocp.AsyncOptions(create_directories_asynchronously=False)),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
         )
 
     def save(self, step: int, state: Any, data_iterator: Any, *, metrics: dict | None = None,
              force: bool = False) -> None:
-        """Saves `state` (async) and this host's iterator position; `metrics` rank best-N."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                         data=grain.checkpoint.CheckpointSave(data_iterator)),
-                          metrics=metrics, force=force)
+        """Saves `state` (async) and this host's iterator position; `metrics` rank best-N.
+
+        Raises CheckpointWriteError when this step, or the previous one still being written, fails for
+        lack of space or write access."""
+        self.wait()
+        try:
+            storage.check_writable(self.directory)  # a read-only or lost folder fails here, not in orbax's threads
+            self._state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                             data=grain.checkpoint.CheckpointSave(data_iterator)),
+                              metrics=metrics, force=force)
+        except Exception as err:
+            self._raise_write_error(step, err)
+            raise
+        self._pending = step
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the background save; CheckpointWriteError when it failed for lack of space or access."""
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:
+            self._raise_write_error(step, err)
+            raise
+
+    def check_writable(self) -> None:
+        """CheckpointWriteError unless a file can be created in the checkpoints folder (as `save` needs)."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            storage.check_writable(self.directory)
+        except OSError as err:
+            fault = storage.write_failure(err) or err.strerror or cli.message(err)
+            raise CheckpointWriteError(f"{self.directory}: not writable ({fault}); the run saves its checkpoints "
+                                       "there") from None
+
+    def _raise_write_error(self, step: int | None, err: BaseException) -> None:
+        """Raises CheckpointWriteError for `step` when `err` is a storage fault (after removing its partial
+        folder); returns otherwise."""
+        fault = storage.write_failure(err)
+        if fault is None or isinstance(err, CheckpointWriteError):
+            return
+        if step is not None:
+            self._discard_partial(step)
+        raise self.write_error(f"could not save checkpoint step {step}", fault) from err
+
+    def write_error(self, what: str, fault: str, *, excluding: int | None = None) -> CheckpointWriteError:
+        """'<checkpoints>: <what>: <fault> (needs, free). The last good checkpoint, step N, is intact ...': the
+        error for any write the run could not make (a checkpoint, a log, a sample grid)."""
+        if self._pending is not None:  # its outcome decides the last good step (and a failure is the error)
+            self.wait()
+        good = self.steps()
+        text = f"{self.directory}: {what}: {fault}"
+        if fault in storage.SPACE_FAULTS:
+            needed = (storage.folder_bytes(self.directory / str(good[-1])) if good else 0) or self._state_bytes
+            free = storage.free_bytes(self.directory)
+            text += (f" (a checkpoint needs about {storage.format_bytes(needed)}"
+                     + (f", {storage.format_bytes(free)} free)" if free is not None else ")"))
+        fix = ("free some space (or lower train.keep)" if fault in storage.SPACE_FAULTS
+               else "make the folder writable")
+        if good:
+            text += (f". The last good checkpoint, step {good[-1]}, is intact and the run resumes from it exactly: "
+                     f"{fix} and run the same command again")
+        else:
+            text += f". No checkpoint was saved yet: {fix} and run the same command again (it starts over)"
+        return CheckpointWriteError(text)
+
+    def _discard_partial(self, step: int) -> None:
+        """Removes what a failed save of `step` left (orbax's temporary folder; an uncommitted step folder
+        on object stores), so neither a rerun nor the space count trips on it."""
+        if jax.process_index() == 0:
+            with contextlib.suppress(OSError):
+                self.manager.reload()
+            partial = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+            if step not in self.steps() and (self.directory / str(step)).exists():
+                partial.append(self.directory / str(step))
+            for folder in partial:
+                with contextlib.suppress(OSError):
+                    folder.rmtree()
+        with contextlib.suppress(Exception):
+            self.manager.reload()
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -239,8 +333,11 @@ class Checkpointer:
             f": steps {errors} are damaged" if errors else " (no checkpoints/<step> folders)"))
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the last save (CheckpointWriteError when it failed) and releases orbax's threads."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def _move_tree(source: epath.Path, target: epath.Path) -> None:

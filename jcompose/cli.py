@@ -38,6 +38,7 @@ _INPUT_ERROR_CLASSES = (
     ("jcompose.models.diffusers_config", "ConfigError"),
     ("jcompose.models.pt_layout", "LayoutError"),
     ("jcompose.metrics.torch_files", "TorchFileError"),
+    ("jcompose.metrics.torch_files", "UnsafePickleError"),  # a weight file that would run code: refused, named
     ("jcompose.train", "NonFiniteLoss"),
 )
 # Raised by the standard library for paths the user gave (a missing file, a workdir that is a file).
@@ -112,6 +113,14 @@ def input_errors(prefix: str = "") -> Iterator[None]:
         raise InputError(f"{prefix}{message(err)}") from err
 
 
+def require_positive(*flags: tuple[str, int]) -> None:
+    """InputError naming the first (flag, value) pair whose value is not a positive integer: for counts a
+    command checks before it loads anything (`--num 0` would otherwise fail deep inside)."""
+    for flag, value in flags:
+        if value < 1:
+            raise InputError(f"{flag} {value}: expected a positive integer")
+
+
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
     """Runs `main(argv)` (argv without the program name) as an entry point; returns the exit code."""
     argv = pop_debug(sys.argv[1:] if argv is None else argv)
@@ -131,7 +140,7 @@ def parse_absl_flags(argv: Sequence[str], define: Callable[[Any, list[str]], Non
     argv to find the overrides). A `--<config_flag>=file.py[:arg]` and each `--<config_flag>.a.b=v`
     override are checked first, so a missing file, a syntax error, an unknown variant or field (with
     a "did you mean") or a value of the wrong type raise InputError naming it, not absl's traceback.
-    `--help` prints the flags and exits 0.
+    `--help` prints the flags and exits 0; a positional argument (a stray word) raises InputError.
     """
     from absl import flags
 
@@ -146,9 +155,11 @@ def parse_absl_flags(argv: Sequence[str], define: Callable[[Any, list[str]], Non
         raise SystemExit(0)
     config = _check_config_flags(argv, config_flag) if config_flag else None
     try:
-        values(full)
+        rest = values(full)[1:]
     except flags.Error as err:
         raise InputError(_flag_message(err, config, config_flag)) from None
+    if rest:  # absl leaves positional arguments to the program; these programs take none
+        raise InputError(f"unexpected argument {rest[0]!r}: {prog} takes only flags (--name=value)")
     if not flags.FLAGS.is_parsed():  # absl logging and grain's workers look at the global flags
         flags.FLAGS.mark_as_parsed()
     return values

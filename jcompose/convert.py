@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jcompose import cli
-from jcompose.metrics.torch_files import UnsafePickleError
+from jcompose import atomic, cli
 from jcompose.models import encoders, loading
 from jcompose.models.diffusers_config import KINDS, read_config
 
@@ -77,15 +76,27 @@ def convert_model(src: Path, dst: Path, target: str, dtype: str = "float32") -> 
 
 
 def convert(src: Path, dst: Path, target: str, dtype: str = "float32") -> list[str]:
-    """Converts a model folder or every model subfolder of a base-model folder (copying the rest)."""
+    """Converts a model folder or every model subfolder of a base-model folder (copying the rest).
+
+    `dst` appears complete or not at all (written under a temporary name, then renamed; `jcompose.atomic`);
+    an existing `dst` must be empty."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: folder not found")
     if src.resolve() == dst.resolve():
         raise ValueError(f"{dst}: destination must differ from the source")
+    with atomic.folder(dst, owns=_empty) as partial:
+        reports = _convert(src, partial, target, dtype)
+    return [line.replace(str(partial), str(dst)) for line in reports]
+
+
+def _empty(folder: Path) -> bool:
+    return not any(folder.iterdir())
+
+
+def _convert(src: Path, dst: Path, target: str, dtype: str) -> list[str]:
     if (src / "config.json").is_file():
         return [convert_model(src, dst, target, dtype)]
-    dst.mkdir(parents=True, exist_ok=True)
     reports = []
     for entry in sorted(src.iterdir()):
         if entry.is_dir() and (entry / "config.json").is_file():
@@ -160,16 +171,14 @@ def _convert_checkpoint(args) -> list[str]:
 
     if not args.src.is_file():
         raise FileNotFoundError(f"{args.src}: checkpoint file not found")
-    if args.dst.exists() and any(args.dst.iterdir()):
-        raise FileExistsError(f"{args.dst}: exists and is not empty; choose a new folder")
     common = dict(dtype=args.dtype, sample_size=args.sample_size, head_channels=args.head_channels)
-    try:
+    with atomic.folder(args.dst, owns=_empty) as partial:  # a kill leaves no half-converted release
         if args.target == "sd-ckpt":
-            return ldm_convert.convert_sd(args.src, args.dst, prediction_type=args.prediction_type, **common)
-        return ldm_convert.convert_anydoor(args.src, args.dst, dinov2_head_channels=args.dinov2_head_channels,
-                                           **common)
-    except UnsafePickleError as err:  # a pickle error, not a ValueError: name it as the input's fault
-        raise cli.InputError(str(err)) from None
+            lines = ldm_convert.convert_sd(args.src, partial, prediction_type=args.prediction_type, **common)
+        else:
+            lines = ldm_convert.convert_anydoor(args.src, partial, dinov2_head_channels=args.dinov2_head_channels,
+                                                **common)
+    return [line.replace(str(partial), str(args.dst)) for line in lines]
 
 
 if __name__ == "__main__":

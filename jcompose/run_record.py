@@ -8,12 +8,18 @@ every such field with both values; other fields (steps, logging and checkpoint c
 rate...) may change and each change is recorded in the file's `history`. `compose` reads the stored
 config back (`read_config`), so a run composes with the settings it was trained with.
 
+A record older than the method's config (a field added to jcompose since, or removed by hand) is
+completed from the method's current config (`configs/<method>.py`, the variant the recorded command
+named): each filled field and its default are named in a warning. `method` and `model.base` have no
+default that could stand in for the run's: a record without them is a ConfigError naming the file.
+
     {"config": {...}, "jcompose_version": "0.1.0", "command": [...], "history": [{"command", "changed"}]}
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -21,12 +27,15 @@ import ml_collections
 from etils import epath
 
 from configs.common import ConfigError
+from jcompose import atomic
 
 RECORD = "config.json"
 # Fields (dotted prefixes) a resume must not change: they define the trained model or its data stream.
 PROTECTED = ("method", "seed", "compute_dtype", "model", "data", "train.batch_size")
 # Under a protected prefix, still free to change (the attention implementation changes no weight).
 FREE = ("data.strict", "data.max_consecutive_skips", "model.attention")
+# Fields no default can replace in a stored record (they say which model the run trained).
+REQUIRED = ("method", "model.base")
 
 
 def _plain(config: Any) -> dict:
@@ -82,8 +91,10 @@ def record(config: Any, workdir: str | epath.PathLike, *, resuming: bool, write:
     if resuming and path.exists():
         try:
             previous = json.loads(path.read_text())
-            stored = previous["config"]
-        except (ValueError, KeyError, TypeError) as err:
+            stored = complete(previous["config"], previous.get("command", []), path)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            if isinstance(err, ConfigError):
+                raise
             raise ConfigError(f"{path}: not a jcompose run record ({err}); move it away to resume") from None
         changed = differences(stored, new)
         blocked = {k: v for k, v in changed.items() if _protected(k)}
@@ -98,7 +109,7 @@ def record(config: Any, workdir: str | epath.PathLike, *, resuming: bool, write:
         history = (previous or {}).get("history", [])
         body = {"config": new, "jcompose_version": __version__, "command": entry["command"],
                 "history": history + ([entry] if previous is not None else [])}
-        path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        atomic.write_text(path, json.dumps(body, indent=2, sort_keys=True) + "\n")  # a kill never leaves half a record
     return changed
 
 
@@ -113,9 +124,61 @@ def read_config(workdir: str | epath.PathLike) -> ml_collections.ConfigDict | No
         return tuple(tuples(v) for v in value) if isinstance(value, list) else value
 
     try:
-        return ml_collections.ConfigDict(tuples(json.loads(path.read_text())["config"]))
-    except (ValueError, KeyError, TypeError) as err:
+        body = json.loads(path.read_text())
+        stored = complete(body["config"], body.get("command", []), path)
+        return ml_collections.ConfigDict(tuples(stored))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        if isinstance(err, ConfigError):
+            raise
         raise ConfigError(f"{path}: not a jcompose run record ({err})") from None
+
+
+def complete(stored: dict, command: list, path: epath.Path) -> dict:
+    """`stored` (a record's "config") with every field the method's current config has and it lacks
+    filled with today's default (a warning names them); ConfigError naming `path` for a REQUIRED one.
+
+    The defaults come from `configs/<method>.py` with the variant the recorded `command` named (a
+    method without such a file, a test's toy one say, is returned as stored)."""
+    flat = _flatten(stored)
+    absent = [field for field in REQUIRED if flat.get(field) in (None, "")]
+    if absent:
+        raise ConfigError(f"{path}: the stored config has no {' / '.join(absent)}: the record cannot say which "
+                          "model the run trained; restore the file from the run's TensorBoard text tab or retrain")
+    defaults = _current_defaults(str(stored["method"]), command)
+    if defaults is None:
+        return stored
+    missing = {k: v for k, v in _flatten(defaults).items() if k not in flat}
+    if not missing:
+        return stored
+    logging.warning("%s lacks %s (fields added to jcompose since the run was made, or removed by hand); using "
+                    "today's defaults", path, ", ".join(f"{k} = {v!r}" for k, v in missing.items()))
+    filled = json.loads(json.dumps(stored))
+    for dotted, value in missing.items():
+        node = filled
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return filled
+
+
+def _current_defaults(method: str, command: list) -> dict | None:
+    """The method's config today as JSON values, in the variant the recorded command line named."""
+    import configs
+    from configs import common
+
+    file = epath.Path(configs.__file__).parent / f"{method}.py"
+    if not file.exists():
+        return None
+    spec = next((str(a).split("=", 1)[1] for a in command if str(a).startswith("--config=")), "")
+    recorded_file, _, variant = spec.partition(":")
+    variants = [variant, ""] if variant and epath.Path(recorded_file).name == file.name else [""]
+    for arg in variants:
+        try:
+            return _plain(common.load(f"{file}:{arg}" if arg else str(file)))
+        except ConfigError:  # a variant renamed since: the plain config's defaults
+            continue
+    return None
 
 
 def summary(config: Any) -> str:

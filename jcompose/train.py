@@ -15,7 +15,6 @@ import json
 import signal
 import sys
 import time
-import uuid
 from typing import Any
 
 import jax
@@ -25,8 +24,8 @@ from etils import epath
 from configs.common import ConfigError, validate
 from input_pipeline.pipeline import make_iterator
 from input_pipeline.stacked import StackedIterator
-from jcompose import cli, methods, parallel, run_record
-from jcompose.checkpoint import CheckpointMismatch, Checkpointer, abstract_like
+from jcompose import atomic, cli, distributed, methods, parallel, run_record, storage, workdir_lock
+from jcompose.checkpoint import CheckpointMismatch, Checkpointer, CheckpointWriteError, abstract_like
 from jcompose.train_state import (init_state, make_optimizer, make_sampler, make_step,  # noqa: F401 (public)
                                   make_train_step, num_models)
 
@@ -97,7 +96,8 @@ def export_models(method, params, folder: epath.Path, models: int) -> None:
     names = getattr(method, "model_names", None) or [f"model_{k}" for k in range(models)]
     for k, name in enumerate(names if models > 1 else names[:1]):
         one = params if models == 1 else jax.tree_util.tree_map(lambda x, k=k: to_host(x)[k], params)
-        method.export(jax.tree_util.tree_map(to_host, one), folder / name)
+        with atomic.folder(folder / name) as partial:  # a killed export leaves no half model folder
+            method.export(jax.tree_util.tree_map(to_host, one), partial)
         print(f"exported {name} to {folder / name}", flush=True)
 
 
@@ -122,9 +122,7 @@ def prepare_workdir(workdir: str | epath.PathLike) -> epath.Path:
         raise cli.InputError(f"--workdir {workdir}: is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_test_{uuid.uuid4().hex}"  # per process: hosts may share the folder
-        probe.write_text("")
-        probe.unlink()
+        storage.check_writable(path)
     except OSError as err:
         raise cli.InputError(f"--workdir {workdir}: not writable ({cli.message(err)})") from None
     return path
@@ -142,17 +140,30 @@ def _mismatch_hint(err: CheckpointMismatch, config) -> str:
     return f"{text} ({'; '.join(hints)})" if hints else text
 
 
-def train(config, workdir, method=None) -> dict[str, Any]:
+def train(config, workdir, method=None, *, lock_lease: float = workdir_lock.DEFAULT_LEASE_S) -> dict[str, Any]:
     """Runs (or resumes) training in `workdir` (local or gs://); returns the last logged metrics and step.
 
     `method`: a built method (default: `methods.build(config)`). Every process of a multi-host run
-    calls this with the same config; each reads its own shard of the data.
+    calls this with the same config; each reads its own shard of the data. The run holds the workdir's
+    lock throughout (`lock_lease`: seconds after which another host may take over a silent holder's lock).
     """
+    validate(config)
+    if not lock_lease > 0:
+        raise cli.InputError(f"--lock_lease {lock_lease}: expected a positive number of seconds")
+    workdir = prepare_workdir(workdir)
+    lock = workdir_lock.acquire_on_process_zero(workdir, lock_lease)
+    try:
+        return _train(config, workdir, method)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
+    """`train` inside the held workdir."""
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
-    validate(config)
-    workdir = prepare_workdir(workdir)
     chief = jax.process_index() == 0  # writes logs and sample grids
     with cli.input_errors("config.mesh: "):
         mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -186,10 +197,12 @@ def train(config, workdir, method=None) -> dict[str, Any]:
                     process_index=jax.process_index(), process_count=jax.process_count(),
                     worker_count=config.data.worker_count)
     checkpoints = Checkpointer(workdir, keep=config.train.keep, keep_best=config.train.keep_best,
-                               best_metric=config.train.best_metric, best_mode=config.train.best_mode)
+                               best_metric=config.train.best_metric, best_mode=config.train.best_mode, writer=True)
     try:
-        run_record.record(config, workdir, resuming=bool(checkpoints.steps()), write=chief)
-    except ConfigError:
+        checkpoints.check_writable()  # before any step: a read-only folder is found now, not at the first save
+        with storage.write_errors(checkpoints, "before the first step"):
+            run_record.record(config, workdir, resuming=bool(checkpoints.steps()), write=chief)
+    except (ConfigError, CheckpointWriteError):
         checkpoints.close()
         raise
     try:
@@ -224,7 +237,8 @@ def train(config, workdir, method=None) -> dict[str, Any]:
     sample_batch = parallel.put_replicated({k: np.asarray(v) for k, v in sample_host.items()}, mesh)
     write_examples = getattr(method, "write_example_inputs", None)  # optional part of the Method protocol
     if chief and write_examples is not None and not (workdir / "example").exists():
-        write_examples(sample_host, workdir / "example")  # inputs for a first `compose` (README quick starts)
+        with atomic.folder(workdir / "example") as partial:  # inputs for a first `compose` (README quick starts)
+            write_examples(sample_host, partial)
 
     def save(step: int) -> None:
         nonlocal last_saved
@@ -252,6 +266,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
                unit="step", dynamic_ncols=True, disable=not chief)
     tick, tick_step = time.perf_counter(), start
+    done, finished = start, False
     try:
         for step in bar:
             batch = parallel.global_batch(next(data), mesh) if models == 1 else parallel.model_batch(next(data), mesh)
@@ -279,7 +294,7 @@ def train(config, workdir, method=None) -> dict[str, Any]:
                 for key, value in metrics.items():
                     writer.add_scalar(f"train/{key}", value, done)
                 if chief:  # the latest logged metrics, for sweeps and scripts (history is in TensorBoard)
-                    (workdir / "metrics.json").write_text(json.dumps({"step": done, **metrics}))
+                    atomic.write_text(workdir / "metrics.json", json.dumps({"step": done, **metrics}))
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.1f}")
                 tick, tick_step = time.perf_counter(), done
             if done % config.train.ckpt_every == 0 or done == config.train.steps:
@@ -303,11 +318,16 @@ def train(config, workdir, method=None) -> dict[str, Any]:
                 write_samples(config.train.steps)
             if chief and config.train.get("export", False) and hasattr(method, "export"):
                 export_models(method, state["params"], workdir / "export", models)
+        finished = True
+    except OSError as err:  # a full or read-only disk met by a log, metrics.json or a sample grid
+        fault = storage.write_failure(err)
+        if fault is None:
+            raise
+        raise checkpoints.write_error(f"could not write {err.filename or workdir} after step {done}", fault) from err
     finally:
         bar.close()
-        checkpoints.close()
-        writer.close()
         signal.signal(signal.SIGTERM, previous)
+        storage.close_outputs(checkpoints, writer, workdir, quiet=not finished)
     return {"step": current_step(state), **metrics}
 
 
@@ -326,6 +346,9 @@ def _define_flags(values, argv: list[str]) -> None:
                          flag_values=values)
     flags.DEFINE_integer("process_id", None, "with --multihost: this process's index (default: detected)",
                          flag_values=values)
+    flags.DEFINE_float("lock_lease", workdir_lock.DEFAULT_LEASE_S, "seconds without a heartbeat after which "
+                       "another host may take over this run's workdir lock (shared storage such as gs://)",
+                       flag_values=values)
     flags.DEFINE_bool("debug", False, f"show the traceback of input errors too (or set {cli.DEBUG_ENV}=1)",
                       flag_values=values)
 
@@ -340,8 +363,10 @@ def main(argv: list[str]) -> int:
     if "verbosity" not in values or not values["verbosity"].present:  # orbax logs every save at INFO; keep the console to tqdm
         logging.set_verbosity(logging.WARNING)
     if values.multihost:
-        jax.distributed.initialize(values.coordinator_address, values.num_processes, values.process_id)
-    result = train(values.config, values.workdir)
+        distributed.start(values.coordinator_address, values.num_processes, values.process_id)
+    elif any(values[name].present for name in ("coordinator_address", "num_processes", "process_id")):
+        raise cli.InputError("--coordinator_address / --num_processes / --process_id need --multihost")
+    result = train(values.config, values.workdir, lock_lease=values.lock_lease)
     print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return 0
 

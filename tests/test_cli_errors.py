@@ -7,6 +7,7 @@ a few cases run as real subprocesses to check what a user sees.
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,27 @@ def files(tmp_path_factory):
     (root / "sweep_raises.py").write_text("def get_sweep(arg):\n    return 1 / 0\n")
     (root / "sweep_ok.py").write_text("def get_sweep(arg):\n    return {'config': 'configs/denoise.py:tiny', "
                                       "'runs': [{'seed': 1}]}\n")
+    # Hostile files: FID statistics holding a pickled object array, and FID weights whose pickle would run code.
+    np.savez(root / "object_stats.npz", mu=np.array([1.0, "x", None], dtype=object), sigma=np.eye(3))
+    (root / "evil_fid.pth").write_bytes(pickle.dumps({"Mixed_5b.branch1x1.conv.weight": _Evil()}))
+    # A run whose stored config lost model.base (edited by hand): nothing can stand in for it.
+    (root / "run_no_base" / "checkpoints" / "2").mkdir(parents=True)
+    from configs.anyscene import get_config
+
+    stored = json.loads(json.dumps(get_config("tiny").to_dict(), default=str))
+    del stored["model"]["base"]
+    (root / "run_no_base" / "config.json").write_text(json.dumps({"config": stored, "command": []}))
     return root
+
+
+class _Evil:
+    """Unpickled, it would create a marker file (it must never be)."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / f"jcompose_pwned_{os.getpid()}"
 
 
 def _anyscene_data(folder):
@@ -86,6 +107,16 @@ TRAIN = [
      "000000.jpg: image file is empty (0 bytes)"),
     ([*_anyscene_data("{f}/missing_images"), "--workdir={w}"],
      "no usable record in the last 100 records: 'image file not found' x100"),
+    (["--config=configs/denoise.py:tiny", "--workdir={w}", "--config.train.steps=-5", "stray_argument"],
+     "unexpected argument 'stray_argument': python -m jcompose.train takes only flags (--name=value)"),
+    (["--config=configs/denoise.py:tiny", "--workdir={w}", "--lock_lease=0"],
+     "--lock_lease 0.0: expected a positive number of seconds"),
+    (["--config=configs/denoise.py:tiny", "--workdir={w}", "--multihost", "--num_processes=2", "--process_id=2"],
+     "--process_id 2: expected 0 to 1 (--num_processes 2)"),
+    (["--config=configs/denoise.py:tiny", "--workdir={w}", "--multihost", "--coordinator_address=10.0.0.1"],
+     "--coordinator_address '10.0.0.1': expected HOST:PORT of process 0"),
+    (["--config=configs/denoise.py:tiny", "--workdir={w}", "--process_id=1"],
+     "--coordinator_address / --num_processes / --process_id need --multihost"),
 ]
 
 EVALUATE = [
@@ -105,6 +136,13 @@ EVALUATE = [
     (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('clip_score',)",
       "--config.clip.model={f}", "--config.generated={f}/gen", "--config.prompts={f}/prompts.json"],
      "config.prompts {f}/prompts.json: invalid JSON"),
+    (["--config=configs/eval/anyscene.py", "stray"], "unexpected argument 'stray'"),
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('fid',)", "--config.fid.weights=random",
+      "--config.generated={f}/gen", "--config.fid.reference_stats={f}/object_stats.npz"],
+     "object_stats.npz: field 'mu' is an object array (pickled Python objects), refused"),
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('fid',)",
+      "--config.fid.weights={f}/evil_fid.pth", "--config.generated={f}/gen", "--config.reference={f}/gen"],
+     "evil_fid.pth: refuses to unpickle global"),
 ]
 
 SWEEP = [
@@ -144,6 +182,18 @@ COMPOSE = [
      "--box '1,2': expected four integers x1,y1,x2,y2"),
     (["anydoor", "--checkpoint={f}", "--reference={f}/gen/a.png", "--background={f}/gen/a.png",
       "--mask={f}/mask.png", "--out={w}/o.png"], "--reference {f}/gen/a.png: no --reference-mask given"),
+    # Flags are checked before anything loads (a checkpoint that is not a run would fail later).
+    (["dreamcom", "--checkpoint={f}", "--background={f}/gen/a.png", "--box=1,2,8,8", "--num", "0", "--out={w}"],
+     "--num 0: expected a positive integer"),
+    (["dreamcom", "--checkpoint={f}", "--background={f}/gen/a.png", "--box=1,2,8,8", "--self-attention", "sideways",
+      "--out={w}"], "--self-attention 'sideways': expected one of released, paper, none"),
+    (["anyscene", "--checkpoint={f}", "--foreground={f}/gen/a.png", "--mask={f}/mask.png", "--prompt=x", "--steps=0",
+      "--out={w}/o.png"], "--steps 0: expected a positive integer"),
+    (["anydoor", "--checkpoint={f}", "--reference={f}/gen/a.png", "--background={f}/gen/a.png",
+      "--mask={f}/mask.png", "--steps=0", "--out={w}/o.png"], "--steps 0: expected a positive integer"),
+    (["anyscene", "--checkpoint={f}/run_no_base/checkpoints/2", "--foreground={f}/gen/a.png", "--mask={f}/mask.png",
+      "--prompt=x", "--out={w}/o.png"],
+     "run_no_base/config.json: the stored config has no model.base: the record cannot say which model"),
 ]
 
 CONVERT = [
@@ -186,6 +236,7 @@ def test_input_errors_are_one_line_and_exit_2(entry, argv, expected, files, tmp_
     assert exit_info.value.code == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     assert expected.format(**fill) in lines[0], lines[0]
+    assert not MARKER.exists()  # no hostile file ran anything
 
 
 def test_an_unusable_checkpoint_is_an_input_error(tmp_path, monkeypatch, capsys):
@@ -243,3 +294,80 @@ def test_what_a_user_sees(module, argv, expected):
             debug = subprocess.run([sys.executable, "-m", module, *argv, *extra], cwd=REPO, capture_output=True,
                                    text=True, timeout=300, env={**env, **more_env}, check=False)
             assert "Traceback" in debug.stderr and expected in debug.stderr and debug.returncode == 1
+
+
+def test_multihost_without_a_coordinator_is_one_line():
+    """No --coordinator_address and no cluster JAX can detect: one line, before jax.distributed's traceback
+    (a fresh process: initialize must come before any JAX computation)."""
+    env = {k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV and not k.startswith(("SLURM_", "OMPI_"))
+           and k not in ("KUBERNETES_SERVICE_HOST", "JAX_COORDINATOR_ADDRESS")}
+    result = subprocess.run([sys.executable, "-m", "jcompose.train", "--config=configs/denoise.py:tiny",
+                             "--workdir=/nonexistent/run", "--multihost"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**env, "TPU_SKIP_MDS_QUERY": "1"}, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: --multihost: jax.distributed.initialize failed: coordinator_address should be defined.")
+
+
+def test_a_run_record_without_later_fields_gets_todays_defaults(tmp_path, caplog):
+    """A run made before config.model.cond_format existed (or whose config.json lost it): the field comes
+    from configs/anyscene.py in the variant the recorded command used, and a warning names it."""
+    import logging
+
+    from configs.anyscene import get_config
+    from jcompose import inference
+
+    stored = json.loads(json.dumps(get_config("tiny").to_dict(), default=str))
+    stored["model"]["cond_format"] = "signed"  # the run's own value stays
+    del stored["data"]["image_size"], stored["model"]["cond_format"]
+    run = tmp_path / "run"
+    (run / "checkpoints" / "2").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": stored, "command": [
+        "python -m jcompose.train", "--config=configs/anyscene.py:tiny", f"--workdir={run}"]}))
+    with caplog.at_level(logging.WARNING):
+        _, config = inference.run_config(str(run / "checkpoints" / "2"), "anyscene")
+    assert config.model.cond_format == get_config("tiny").model.cond_format
+    assert config.data.image_size == get_config("tiny").data.image_size != get_config().data.image_size  # the variant
+    assert f"{run / 'config.json'} lacks" in caplog.text and "model.cond_format = 'inpaint'" in caplog.text
+
+
+def test_fid_statistics_holding_pickled_objects_are_refused_by_name(files):
+    from jcompose.metrics import fid
+
+    with pytest.raises(cli.InputError, match=r"object_stats.npz: field 'mu' is an object array"):
+        fid.load_stats(files / "object_stats.npz")
+
+
+def test_anydoor_weights_whose_parts_do_not_fit_are_named(tmp_path, capsys):
+    """A converted release whose dinov2/ was swapped for a DINOv2 of another width than the projector's input."""
+    import dataclasses
+
+    from safetensors.numpy import save_file
+
+    import ldm_fixtures as fx
+    from jcompose.models import encoders, tiny, vit
+
+    save_file(fx.anydoor_state_dict(7), str(tmp_path / "anydoor_pruned.safetensors"))
+    assert convert.main(["anydoor-ckpt", str(tmp_path / "anydoor_pruned.safetensors"), str(tmp_path / "rel"),
+                         "--sample-size", "8", "--head-channels", "16", "--dinov2-head-channels", "8"]) == 0
+    wider = vit.Dinov2Model(dataclasses.replace(tiny.dinov2_config(), hidden_size=48, image_size=518))
+    folder = tmp_path / "rel" / "dinov2"
+    for path in folder.iterdir():
+        path.unlink()
+    encoders.export_encoder(wider, tiny.random_params(encoders.abstract_params(wider), 0), folder, ("safetensors",))
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32, 4), 255, np.uint8)).save(tmp_path / "ref.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "bg.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(compose.main, ["anydoor", "--weights", str(tmp_path / "rel"), "--reference", str(tmp_path / "ref.png"),
+                               "--background", str(tmp_path / "bg.png"), "--mask", str(tmp_path / "mask.png"),
+                               "--out", str(tmp_path / "out.png")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert (f"{tmp_path / 'rel' / 'projector' / 'projector.safetensors'} projects input width 32 (weight 64 x 32), but "
+            f"{folder / 'config.json'} has hidden_size 48") in err

@@ -307,11 +307,30 @@ def write_synthetic(root: str | Path, *, num_images: int = 8, num_videos: int = 
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"{root}: is a file, not a folder to write the datasets into")
+    from jcompose import atomic
+
     truth = SyntheticTruth(coco_dir=root / "coco", youtube_vos_dir=root / "youtube_vos")
     rng = np.random.default_rng(seed)
-    write_coco(truth.coco_dir, truth, num_images, (height, width), rng)
-    write_youtube_vos(truth.youtube_vos_dir, truth, num_videos, num_frames, (height, width), rng)
+    # Each dataset folder appears whole or not at all (a kill leaves none; a rerun replaces one).
+    with atomic.folder(truth.coco_dir, owns=atomic.only(("images", "annotations"))) as partial:
+        write_coco(partial, truth, num_images, (height, width), rng)
+    _moved(truth, partial, truth.coco_dir)
+    with atomic.folder(truth.youtube_vos_dir, owns=atomic.only(("JPEGImages", "Annotations", "meta.json"))) as partial:
+        write_youtube_vos(partial, truth, num_videos, num_frames, (height, width), rng)
+    _moved(truth, partial, truth.youtube_vos_dir)
     return truth
+
+
+def _moved(truth: SyntheticTruth, partial: Path, final: Path) -> None:
+    """The file paths in `truth` written under `partial`, now under `final`."""
+    def rebase(path: str) -> str:
+        return str(final / Path(path).relative_to(partial)) if Path(path).is_relative_to(partial) else path
+
+    for image in truth.images:
+        image["file"] = rebase(image["file"])
+    for video in truth.videos.values():
+        video["frames"] = [rebase(p) for p in video["frames"]]
+        video["annotations"] = [rebase(p) for p in video["annotations"]]
 
 
 def main(argv: list[str] | None = None) -> int:

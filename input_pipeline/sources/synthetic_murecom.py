@@ -67,14 +67,21 @@ def write_synthetic_murecom(root: str | Path, *, categories: tuple[str, ...] = (
     """Writes `root/<Category>/{bg, fg1..fg<objects>}` for each category; returns {"<Category>/fg<k>": object}.
 
     Args:
-      root: the benchmark folder (created).
+      root: the benchmark folder; it appears complete or not at all (a rerun replaces an incomplete one).
       categories: category folder names (also the class nouns DreamCom prompts with, lower-cased).
       objects, photos: objects per category and photos per object.
       backgrounds: backgrounds per category, each with a box of 25-50% of its sides.
       size: (height, width) of every image.
       seed: everything derives from it.
     """
-    root = Path(root)
+    from jcompose import atomic
+
+    with atomic.folder(root, owns=atomic.only(categories)) as partial:  # whole or not at all
+        return _write(partial, categories, objects, photos, backgrounds, size, seed)
+
+
+def _write(root: Path, categories: tuple[str, ...], objects: int, photos: int, backgrounds: int,
+           size: tuple[int, int], seed: int) -> dict[str, SyntheticObject]:
     rng = np.random.default_rng(seed)
     written = {}
     for category in categories:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from input_pipeline import anydoor as anydoor_data
-from jcompose import diffusion
+from jcompose import atomic, diffusion
 from jcompose.methods.base import base_folder as base_model_folder
 from jcompose.models import encoders, loading, tiny, vit
 from jcompose.models.controlnet import HINT_INITS, ConditioningEmbedding, init_conditioning_embedding
@@ -63,7 +63,9 @@ def write_tiny_dinov2(folder: Path, seed: int, formats: tuple[str, ...] = ("msgp
     folder; the same seed gives the same weights in every format."""
     model = vit.Dinov2Model(dataclasses.replace(tiny.dinov2_config(), image_size=TINY_DINOV2_IMAGE_SIZE))
     params = tiny.random_params(encoders.abstract_params(model), seed)
-    return encoders.export_encoder(model, params, folder, formats)
+    with atomic.folder(folder, owns=atomic.only(tiny.MODEL_FILES)) as partial:  # whole or not at all
+        encoders.export_encoder(model, params, partial, formats)
+    return Path(folder)
 
 
 def latent_box(mask_channel: jax.Array, factor: int = 8) -> jax.Array:

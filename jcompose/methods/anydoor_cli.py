@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jcompose import cli
 from jcompose.cli import InputError
 from jcompose.inference import read_checkpoint, resolve_checkpoint, run_config, trained_tree, write_image
 
@@ -50,23 +51,41 @@ def load_release(folder: str | Path, dtype: str = ""):
     dtype: compute dtype ("float32" / "bfloat16"; default the released config's, bfloat16)."""
     import jax.numpy as jnp
 
-    from jcompose import cli
     from jcompose.methods.anydoor import AnyDoorMethod, split_unet
     from jcompose.models import ldm_convert, loading
 
     folder = Path(folder)
     with cli.input_errors("--weights: "):
         info = ldm_convert.read_release(folder)
+        projector = ldm_convert.load_projector(folder / info["components"]["projector"])
+        check_release_widths(folder, info, projector["kernel"].shape)
         method = AnyDoorMethod(release_config(info, folder, dtype))
         method.load_models(folder, method.config.model.dinov2)
         extractor = ldm_convert.load_extractor(folder / info["components"]["extractor"],
                                                loading.abstract_params(method.extractor))
-        projector = ldm_convert.load_projector(folder / info["components"]["projector"])
     encoder, decoder = split_unet(method.pipe.unet.params)
     params = {"extractor": extractor, "unet_decoder": decoder,
               "projector": {k: jnp.asarray(v) for k, v in projector.items()}}
     frozen = {"unet_encoder": encoder, "vae": method.pipe.vae.params, "dinov2": method.dinov2_params}
     return method, params, frozen, info.get("global_step", "unrecorded")
+
+
+def check_release_widths(folder: Path, info: dict, projector_shape: tuple[int, int]) -> None:
+    """The projector (D_dino, D_context) must join the release's DINOv2 (hidden_size) and UNet
+    (cross_attention_dim); a part swapped in from another model raises InputError naming both files."""
+    from jcompose.models import ldm_convert
+    from jcompose.models.files import read_config
+
+    parts = info["components"]
+    weights = folder / parts["projector"] / ldm_convert.PROJECTOR_WEIGHTS
+    for part, field, width, side in (("dinov2", "hidden_size", projector_shape[0], "input"),
+                                     ("unet", "cross_attention_dim", projector_shape[1], "output")):
+        config = folder / parts[part] / "config.json"
+        value = read_config(config.parent).get(field)
+        if value != width:
+            raise InputError(f"--weights {folder}: the parts do not fit together: {weights} projects {side} width "
+                             f"{width} (weight {projector_shape[1]} x {projector_shape[0]}), but {config} has {field} "
+                             f"{value}; convert the released checkpoint again into a new folder")
 
 
 def _load(args):
@@ -97,6 +116,8 @@ def compose_anydoor(args) -> dict:
         if args.reference or args.background or args.mask:
             raise InputError("--benchmark generates its own pairs; leave out --reference / --background / --mask")
         return compose_benchmark(args)
+    if args.steps is not None:
+        cli.require_positive(("--steps", args.steps))
     objects = inference.read_objects(args.reference or [], args.reference_mask or [], args.mask or [])
     if not args.background:
         raise InputError("--background: give the image to put the objects into")

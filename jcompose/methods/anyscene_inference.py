@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jcompose.cli import InputError
+from jcompose.cli import InputError, require_positive
 from jcompose.inference import read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
 
 BLENDS = ("poisson", "paste", "none")
@@ -145,6 +145,7 @@ def compose_anyscene(args) -> dict:
 
     if args.blend not in BLENDS:
         raise InputError(f"--blend {args.blend!r}: expected one of {BLENDS}")
+    require_positive(("--steps", args.steps), ("--batch_size", args.batch_size))
     if args.benchmark:
         return compose_benchmark(args)
     if not args.foreground or args.prompt is None:

@@ -46,6 +46,6 @@ def base_folder(base: str, workdir, seed: int, controlnet: bool = False):
         return Path(base)
     name = base.split(":", 1)[1]
     folder = Path(workdir) / "base" / name
-    if not (folder / "unet").is_dir():
+    if not tiny.is_complete_base(folder):  # written whole; an incomplete one (an older jcompose's) is replaced
         tiny.write_tiny_base(folder, name, formats=("msgpack",), controlnet=controlnet, seed=seed)
     return folder

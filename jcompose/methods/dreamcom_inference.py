@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jcompose.cli import InputError
+from jcompose.cli import InputError, require_positive
 from jcompose.inference import (read_checkpoint, read_image_file, resolve_checkpoint, run_config, to_uint8,
                                 trained_tree, write_image)
 
@@ -124,9 +124,20 @@ def _run_batched(run, params, frozen, examples: list[dict], seed: int, first: in
     return to_uint8(np.asarray(run(params, frozen, batch, rngs)))
 
 
+def check_flags(args) -> None:
+    """The flag values, checked before anything loads (InputError naming the flag)."""
+    from jcompose.methods.dreamcom import SELF_ATTENTION_RULES
+
+    require_positive(("--num", args.num), ("--steps", args.steps))
+    if args.self_attention is not None and args.self_attention not in SELF_ATTENTION_RULES:
+        raise InputError(f"--self-attention {args.self_attention!r}: expected one of {', '.join(SELF_ATTENTION_RULES)} "
+                         "(default: the run's)")
+
+
 def compose_dreamcom(args) -> dict:
     from input_pipeline import dreamcom as dreamcom_data
 
+    check_flags(args)
     if args.benchmark:
         return compose_benchmark(args)
     if not args.background or bool(args.box) == bool(args.mask):

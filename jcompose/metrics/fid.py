@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcompose.cli import InputError
 from jcompose.metrics.inception import IMAGE_SIZE
 
 MODES = ("pytorch-fid", "clean")
@@ -168,12 +169,21 @@ def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FID statistics file not found")
-    with np.load(path) as data:
+    with np.load(path) as data:  # allow_pickle=False: an object array (a pickle) is refused, never loaded
         missing = [k for k in ("mu", "sigma") if k not in data.files]
         if missing:
             raise ValueError(f"{path}: FID statistics need fields 'mu' (D,) and 'sigma' (D, D); "
                              f"missing {missing} (has {data.files})")
-        mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+        fields = {}
+        for name in ("mu", "sigma"):
+            try:
+                fields[name] = np.asarray(data[name], np.float64)
+            except ValueError as err:
+                if "allow_pickle" not in str(err):
+                    raise ValueError(f"{path}: field {name!r}: {err}") from None
+                raise InputError(f"{path}: field {name!r} is an object array (pickled Python objects), refused: FID "
+                                 "statistics must be numeric arrays") from None
+        mu, sigma = fields["mu"], fields["sigma"]
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise ValueError(f"{path}: 'mu' must be (D,) and 'sigma' (D, D); got {mu.shape} and {sigma.shape}")
     return mu, sigma

@@ -24,11 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jcompose.models import clip, encoders, loading, vit
+from jcompose import atomic
+from jcompose.models import clip, encoders, files, loading, vit
 from jcompose.models.unet import UNet2DConditionModel
 from jcompose.models.vae import AutoencoderKL
 
 BASES = ("sd15", "sd15-inpaint", "sd21-base")
+# What a tiny base folder holds (an existing folder of only these is replaced by a rerun).
+BASE_ENTRIES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "controlnet", "model_index.json")
+MODEL_FILES = ("config.json", files.TRANSFORMERS_PT_WEIGHTS, files.TRANSFORMERS_FLAX_WEIGHTS)
 CONTEXT_TOKENS = 16  # tokenizer model_max_length and text-encoder positions
 LATENT_SIZE = 8  # UNet sample_size; images are 8x larger (64 px)
 
@@ -224,7 +228,8 @@ def write_tiny_base(
     """Writes a tiny base-model folder (unet, vae, text_encoder, tokenizer, scheduler[, controlnet]).
 
     Args:
-      out: destination folder (created).
+      out: destination folder; it appears complete or not at all (`jcompose.atomic`: a killed writer
+        leaves no half base, a rerun replaces an incomplete one).
       base: "sd15", "sd15-inpaint" or "sd21-base".
       formats: weight formats to write: "safetensors" (PyTorch names and layouts) and/or
         "msgpack" (Flax). Loaders choose with `weights=`.
@@ -232,7 +237,17 @@ def write_tiny_base(
       seed: all weights derive from it.
     """
     _check_base(base)
-    out = Path(out)
+    with atomic.folder(out, owns=atomic.only(BASE_ENTRIES)) as partial:
+        _write_base(partial, base, formats, controlnet, seed)
+    return Path(out)
+
+
+def is_complete_base(folder: str | Path) -> bool:
+    """Whether `folder` holds a whole tiny base (`write_tiny_base` writes model_index.json last)."""
+    return (Path(folder) / "model_index.json").is_file()
+
+
+def _write_base(out: Path, base: str, formats: tuple[str, ...], controlnet: bool, seed: int) -> None:
     unet = UNet2DConditionModel(**unet_config(base))
     unet_params = random_params(loading.abstract_params(unet), seed)
     loading.export_diffusers(unet, unet_params, out / "unet", formats=formats)
@@ -257,13 +272,13 @@ def write_tiny_base(
         "_class_name": "StableDiffusionInpaintPipeline" if base == "sd15-inpaint" else "StableDiffusionPipeline",
         "jcompose_tiny_base": base,
     }, indent=2))
-    return out
 
 
 def write_tiny_dinov2(out: str | Path, *, formats: tuple[str, ...] = ("safetensors", "msgpack"), seed: int = 0) -> Path:
-    """Writes a tiny DINOv2 folder (transformers layout) to `out`."""
+    """Writes a tiny DINOv2 folder (transformers layout) to `out` (complete or not at all)."""
     model = vit.Dinov2Model(dinov2_config())
-    encoders.export_encoder(model, random_params(encoders.abstract_params(model), seed), Path(out), formats)
+    with atomic.folder(out, owns=atomic.only(MODEL_FILES)) as partial:
+        encoders.export_encoder(model, random_params(encoders.abstract_params(model), seed), partial, formats)
     return Path(out)
 
 
