@@ -122,11 +122,16 @@ def test_damaged_checkpoints_fall_back_or_fail_clearly(tmp_path):
 
 def test_keeps_newest_and_best_checkpoints(tmp_path):
     ckpt = Checkpointer(tmp_path, keep=2, keep_best=2, best_metric="loss", best_mode="min", async_save=False)
-    losses = {1: 5.0, 2: 1.0, 3: 4.0, 4: 0.5, 5: 3.0, 6: 6.0}
+    losses = {1: 0.5, 2: 1.0, 3: 4.0, 4: 5.0, 5: 3.0, 6: 6.0}
     for step, loss in losses.items():
         ckpt.save(step, {"w": jnp.full(3, loss)}, _numbers(), metrics={"loss": loss})
     ckpt.close()
-    assert Checkpointer(tmp_path).steps() == [2, 4, 5, 6]  # best two (0.5, 1.0) + newest two
+    assert Checkpointer(tmp_path).steps() == [1, 2, 5, 6]  # best two (0.5, 1.0) + newest two, nothing else
+    newest = Checkpointer(tmp_path / "newest", keep=2, async_save=False)
+    for step in range(1, 6):
+        newest.save(step, {"w": jnp.full(3, step)}, _numbers())
+    newest.close()
+    assert Checkpointer(tmp_path / "newest").steps() == [4, 5]
 
 
 _DP_SCRIPT = textwrap.dedent(

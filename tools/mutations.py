@@ -65,7 +65,7 @@ MUTATIONS: tuple[Mutation, ...] = (
        '"layer_norm_eps": 1e-6,', '"layer_norm_eps": 1e-5,',
        "tests/test_anydoor_release.py tests/test_models_encoders.py", "DINOv2 layer-norm epsilon 1e-5 instead of 1e-6"),
     _m("dreamcom_sample_unmasked", "methods/dreamcom", "jcompose/methods/dreamcom.py",
-       "controls = self.controls(mask, sampling=True, self_attention=self_attention)", "controls = ()",
+       "controls = self.controls(mask, sampling=True,", "controls = () and self.controls(mask, sampling=True,",
        "tests/test_dreamcom.py", "DreamComMethod.sample without masked cross/self-attention"),
     _m("anydoor_uncond_grey", "methods/anydoor", "jcompose/methods/anydoor.py",
        "black = -jnp.ones((1, size, size, 3), jnp.float32)", "black = jnp.zeros((1, size, size, 3), jnp.float32)",
@@ -127,7 +127,7 @@ MUTATIONS: tuple[Mutation, ...] = (
        "tests/test_pipeline.py", "processes read overlapping shards"),
     _m("skips_uncounted", "input_pipeline/pipeline", "input_pipeline/pipeline.py",
        "self.count += int(np.sum(batch.pop(SKIPPED_KEY)))", "self.count += int(np.max(batch.pop(SKIPPED_KEY)))",
-       "tests/test_pipeline.py", "skipped records counted once per batch"),
+       "tests/test_pipeline.py tests/test_multimodel.py -k 'skip or stacked'", "skipped records counted once per batch"),
     # ------------------------------------------------------------------------------------ parallel
     _m("fsdp_smallest_dim", "parallel", "jcompose/parallel.py",
        "for axis in sorted(range(len(shape)), key=lambda i: -shape[i]):",
@@ -322,9 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [m for m in chosen if m.name in names]
     if args.area:
         chosen = [m for m in chosen if m.area == args.area]
-    if args.list:
+    if args.list:  # with whether each patch still applies to the checkout
         for m in chosen:
-            print(f"{m.name:32} {m.path:42} {' '.join(m.tests)}\n{'':32} {m.why}")
+            count = (REPO / m.path).read_text().count(m.old)
+            state = "" if count == 1 else f"  STALE: `old` found {count} times"
+            print(f"{m.name:32} {m.path:42} {' '.join(m.tests)}{state}\n{'':32} {m.why}")
         return 0
     results = run(chosen, timeout=args.timeout, baseline=args.baseline, extra=args.pytest_args)
     print(report(results))
