@@ -11,7 +11,8 @@ Each entry of `data.objects` names one object (one fine-tuned UNet); several tra
     "folder:<path>:<class noun>"   any folder of photos with masks (`ReferenceFolderSource` rules)
 
 `data.murecom_root = "synthetic"` writes a small MureCom-layout benchmark into the run folder
-(`sources/synthetic_murecom.py`), for the tiny config and tests.
+(`sources/synthetic_murecom.py`), for the tiny config and tests: the categories the run's "murecom:"
+objects name (Toy when none), each with as many objects as the highest fg<k> asked for (at least 2).
 """
 
 from __future__ import annotations
@@ -42,11 +43,30 @@ def murecom_root(data: Any, workdir: str | Path | None) -> Path:
     from input_pipeline.sources.synthetic_murecom import write_synthetic_murecom
 
     root = Path(workdir) / "data" / "murecom"
-    if not (root / "Toy" / "bg" / "bbox.txt").is_file():
-        size = (data.image_size + data.image_size // 2, data.image_size * 2)
-        write_synthetic_murecom(root, categories=("Toy",), objects=2, photos=5, backgrounds=4, size=size,
-                                seed=data.seed)
+    categories, objects = synthetic_murecom_layout(data.objects)
+    if not all((root / c / "bg" / "bbox.txt").is_file() for c in categories):
+        write_synthetic_murecom(root, categories=categories, objects=objects, photos=5, backgrounds=4,
+                                size=synthetic_photo_size(data.image_size), seed=data.seed)
     return root
+
+
+def synthetic_photo_size(image_size: int) -> tuple[int, int]:
+    """(height, width) of the synthetic MureCom photos for a run at `image_size`."""
+    return image_size + image_size // 2, image_size * 2
+
+
+def synthetic_murecom_layout(objects) -> tuple[tuple[str, ...], int]:
+    """(categories, objects per category) of the synthetic MureCom set for `data.objects`: the categories
+    its "murecom:<Category>/fg<k>" entries name, in order of appearance (Toy when none), and the highest k
+    (at least 2)."""
+    categories, most = [], 2
+    for spec in objects:
+        kind, _, rest = str(spec).partition(":")
+        if kind == "murecom" and "/" in rest:
+            category, fg = rest.split("/", 1)
+            categories += [category] if category not in categories else []
+            most = max(most, int(fg[2:])) if fg[2:].isdigit() else most
+    return tuple(categories) or ("Toy",), most
 
 
 def parse_objects(data: Any) -> list[ObjectRef]:

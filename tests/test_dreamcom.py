@@ -221,6 +221,33 @@ def test_sampling_runs_under_both_masked_attentions(setup):
     assert errors["cross only"] > 50 * max(errors["both"], 1e-5) and errors["none"] > 50 * max(errors["both"], 1e-5)
 
 
+def test_objects_of_different_classes_keep_their_own_prompts_and_photos(tmp_path):
+    """A run of a toy and a cup (the synthetic MureCom set then holds both categories): the stacked batches
+    the trainer draws (one stream per object, `make_source(k)` / `make_transform(k)`) carry in row k object
+    k's prompt, "a photo of sks <its class noun>", and object k's stream reads only object k's photos."""
+    from input_pipeline.stacked import StackedIterator
+    from jcompose.models import loading, tiny
+
+    config = load("configs/dreamcom.py:tiny")
+    config.data.objects = ("murecom:Toy/fg1", "murecom:Cup/fg1")
+    method = methods.build(config)
+    method.workdir = tmp_path  # the data and the tiny base's tokenizer only: no model is loaded
+    tiny.write_tokenizer(tmp_path / "base" / "tokenizer")
+    method.pipe = loading.load_pipeline(tmp_path / "base", ("tokenizer",))
+    streams = StackedIterator([make_iterator(method.make_source(k), method.make_transform(k), per_process_batch=2,
+                                             seed=k) for k in range(2)])
+    assert sorted(p.name for p in (tmp_path / "data" / "murecom").iterdir()) == ["Cup", "Toy"]
+    assert method.model_names == ["Toy_fg1", "Cup_fg1"]
+    batch = next(streams)
+    assert batch["input_ids"].shape[:2] == batch["image"].shape[:2] == (2, 2)
+    for k, (noun, folder) in enumerate((("toy", "Toy/fg1"), ("cup", "Cup/fg1"))):
+        want = method.tokenize([f"a photo of sks {noun}"])[0]
+        assert all(np.array_equal(ids, want) for ids in batch["input_ids"][k]), noun
+        source = method.make_source(k)
+        assert len(source) == 5 and all(f"/{folder}/" in str(source[i]["source"]) for i in range(5))
+    assert not np.array_equal(batch["input_ids"][0], batch["input_ids"][1])
+
+
 def test_loss_and_gradients_match_the_pytorch_reference(setup, tmp_path):
     """The `bench train` PyTorch step (jcompose/bench/torch_train_dreamcom.py: diffusers' 9-channel UNet,
     a masked cross-attention processor, the released context layout and loss normalisation) on the same
