@@ -51,7 +51,7 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
 
         return dreamcom_protocol.evaluate(config, progress)
     check_config(config)
-    pair_rule(config)
+    rule = pair_rule(config)
     wanted = list(config.metrics)
     inputs = folder_inputs(config)
     reference_stats = None  # read before the long work, so a bad file fails first
@@ -66,7 +66,6 @@ def evaluate(config, progress: bool = True) -> dict[str, Any]:
     mesh = parallel.make_mesh()
     params = {k: parallel.put_replicated(e.params, mesh) for k, e in extractors.items()}
     pixel = bool(set(wanted) & {"lpips", "ssim"})
-    rule = pair_rule(config)
     shapes = [pair_shape(info.shape, config.pair_size, rule) for info in inputs.generated.images]
 
     def read_with_mask(k: int) -> tuple[np.ndarray, np.ndarray | None]:

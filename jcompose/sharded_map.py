@@ -59,7 +59,7 @@ def plan_batches(n_items: int, batch_size: int, process_count: int,
     for members in by_group.values():
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
-            rows = np.full((process_count, per_process), -1, np.int64)
+            rows = np.full((process_count, per_process), -1, np.int32)
             for k, item in enumerate(chunk):
                 rows[k % process_count, k // process_count] = item
             plan.append(GlobalBatch(rows, chunk[0], len(chunk)))
@@ -113,17 +113,13 @@ def map_items(items: Sequence[Any], prepare: Callable[[Any], dict[str, np.ndarra
         valid = [int(i) for i in rows if i >= 0]
         return _stack([prepare(items[i]) for i in (valid or [stand_in])], per_process)
 
-    sharding = parallel.batch_sharding(mesh)
-    run = jax.jit(step, out_shardings=sharding)
+    run = jax.jit(step, out_shardings=parallel.batch_sharding(mesh))
     results: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(items), desc=desc, disable=not progress or process != 0)
-    stream = grain.MapDataset.source(local).map(read).to_iter_dataset(
-        grain.ReadOptions(num_threads=max(workers, 1), prefetch_buffer_size=max(workers, 2)))
-    for batch, (rows, _), global_plan in zip(stream, local, plan, strict=True):
-        out = run(params, parallel.global_batch(batch, mesh))
+
+    def collect(out: dict[str, jax.Array], index: jax.Array, rows: np.ndarray, count: int) -> None:
         keys = list(out) if gather is None else list(gather)
         if keys:
-            index = parallel.global_batch({"index": rows}, mesh)["index"]
             gathered = allgather_tiled({"index": index, **{k: out[k] for k in keys}})
             order = gathered.pop("index")
             valid = order >= 0
@@ -134,7 +130,21 @@ def map_items(items: Sequence[Any], prepare: Callable[[Any], dict[str, np.ndarra
         if on_local is not None:
             keep = rows >= 0
             on_local({k: local_rows(v)[keep] for k, v in out.items()}, rows[keep])
-        bar.update(global_plan.count)
+        bar.update(count)
+
+    stream = grain.MapDataset.source(local).map(read).to_iter_dataset(
+        grain.ReadOptions(num_threads=max(workers, 1), prefetch_buffer_size=max(workers, 2)))
+    pending = None
+    for batch, (rows, _), global_plan in zip(stream, local, plan, strict=True):
+        # Dispatch this batch before fetching the previous one's results: the devices work while the host
+        # gathers, scatters and reads ahead.
+        out = run(params, parallel.global_batch(batch, mesh))
+        index = parallel.global_batch({"index": rows}, mesh)["index"]
+        if pending is not None:
+            collect(*pending)
+        pending = (out, index, rows, global_plan.count)
+    if pending is not None:
+        collect(*pending)
     bar.close()
     return results
 

@@ -87,6 +87,23 @@ def _configured(job: dict, out: Path):
     return config
 
 
+def test_plan_splits_items_over_processes_one_group_per_batch():
+    """The convention every host follows: each item once, one group per global batch, each process's share at
+    most the local batch and within one item of the others', padding marked -1 with a stand-in of the batch."""
+    from jcompose.sharded_map import plan_batches
+
+    groups = ["a", "b", "a", "a", "c", "b", "a", "a", "a"]
+    plan = plan_batches(len(groups), 4, 2, groups)
+    seen = np.concatenate([b.rows.reshape(-1) for b in plan])
+    assert sorted(seen[seen >= 0].tolist()) == list(range(len(groups)))
+    for batch in plan:
+        members = batch.rows[batch.rows >= 0]
+        assert len({groups[i] for i in members}) == 1 and batch.count == len(members) and batch.stand_in in members
+        shares = (batch.rows >= 0).sum(axis=1)
+        assert batch.rows.shape == (2, 2) and shares.max() - shares.min() <= 1
+    assert [b.rows.tolist() for b in plan[:2]] == [[[0, 3], [2, 6]], [[7, -1], [8, -1]]]  # group "a": 6 items
+
+
 def _close(a, b, path=""):
     """Every number of two score trees equal (1e-5 relative or absolute), every other leaf identical."""
     if isinstance(a, dict):
