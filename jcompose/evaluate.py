@@ -324,7 +324,9 @@ def main(argv: list[str]) -> int:
     if values.config is None:
         raise InputError("--config=configs/eval/<benchmark>.py is required")
     if values.multihost:
-        jax.distributed.initialize(values.coordinator_address, values.num_processes, values.process_id)
+        from jcompose import distributed
+
+        distributed.start(values.coordinator_address, values.num_processes, values.process_id)
     scores = evaluate(values.config)
     if eval_report.is_writer():
         print(json.dumps({k: v for k, v in scores.items() if k not in ("per_image", "inputs")}, indent=2))
