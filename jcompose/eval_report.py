@@ -29,12 +29,13 @@ def is_writer() -> bool:
 
 
 def provenance(config, protocol: str, header: dict | None = None) -> dict[str, Any]:
-    """{"eval_config", "protocol", "checkpoint", "training_config_variant"} of an evaluation.
+    """{"eval_config", "protocol", "checkpoint", "training_config", "training_config_variant"[, "generation"]}.
 
-    header: a compose --benchmark manifest (its "run", "step", "weights", "config_variant" when present).
-    The checkpoint is `config.run` / the manifest's run with its step, or the released weights the manifest
-    names; the training variant is the run's stored `variant` field, else the `--config=FILE[:variant]` its
-    run record's command names, else the manifest's, else "not recorded".
+    header: a compose --benchmark manifest (its "run", "step", "weights", "variant" and settings). The
+    checkpoint is `config.run` / the manifest's run with its step, or the released weights the manifest
+    names. The training config is the `--config=FILE[:variant]` of the run record's command; its variant
+    the manifest's (what generated the images), else the run config's `variant` field, else the command's.
+    "generation" repeats the manifest's settings (everything but its image list).
     """
     from jcompose.eval_inputs import run_of
 
@@ -46,11 +47,16 @@ def provenance(config, protocol: str, header: dict | None = None) -> dict[str, A
     weights = header.get("weights")
     if weights and weights != checkpoint.get("run"):
         checkpoint["weights"] = str(weights)
-    variant = ((run or {}).get("config", {}).get("variant") or (run and training_config_spec(run["workdir"]))
-               or header.get("config_variant") or NOT_RECORDED)
-    return {"eval_config": config.get("eval_config", NOT_RECORDED), "protocol": protocol,
-            "checkpoint": checkpoint or f"{NOT_RECORDED} (set --config.run=WORKDIR, or evaluate a compose manifest)",
-            "training_config_variant": variant}
+    spec = training_config_spec(run["workdir"]) if run else None
+    recorded = [v for v in (header.get("variant"), (run or {}).get("config", {}).get("variant")) if v
+                and v != "unrecorded"]
+    variant = recorded[0] if recorded else (spec.partition(":")[2] or "default") if spec else NOT_RECORDED
+    out = {"eval_config": config.get("eval_config", NOT_RECORDED), "protocol": protocol,
+           "checkpoint": checkpoint or f"{NOT_RECORDED} (set --config.run=WORKDIR, or evaluate a compose manifest)",
+           "training_config": spec or NOT_RECORDED, "training_config_variant": variant}
+    if header:
+        out["generation"] = {k: v for k, v in header.items() if k != "images"}
+    return out
 
 
 def training_config_spec(workdir: str | Path) -> str | None:

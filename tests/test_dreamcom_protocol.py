@@ -121,7 +121,8 @@ def photo_scene(tmp_path):
         _write(gen / f"{name}.png", image)
     entries = [{"image": f"{n}.png", "object": n, "background": bg_path, "box": boxes[n], "references": [ref]}
                for n in images]
-    (gen / "manifest.json").write_text(json.dumps({"benchmark": "photo", "step": 7, "images": entries}))
+    (gen / "manifest.json").write_text(json.dumps({"benchmark": "photo", "step": 7, "variant": "paper",
+                                                    "self_attention": "paper", "images": entries}))
     return gen, background, images, boxes
 
 
@@ -194,7 +195,10 @@ def test_background_ssim_is_skimage_on_pixel_values_under_both_protocols(photo_s
     assert by_name["released"]["same.png"][0] < 0.99
     assert paper["background_protocol"] == "paper" and released["background_protocol"] == "released"
     assert released["provenance"]["eval_config"] == "configs/eval/dreamcom.py:released"
+    assert released["provenance"]["training_config_variant"] == "paper"  # the manifest's: what generated them
+    assert released["provenance"]["generation"]["self_attention"] == "paper"
     assert "1 whole-image inpaintings scored at 512x512, 1 cropped" in released["conventions"]["background_images"]
     for out in (tmp_path / "paper", tmp_path / "rel"):
         assert "dreamcom (background: " in (out / "report.md").read_text()
+        assert "training config variant paper" in (out / "report.md").read_text()
         assert "dreamcom (background: " in (out / "report.html").read_text()

@@ -210,7 +210,8 @@ def test_provenance_names_eval_config_checkpoint_and_training_variant(tmp_path):
     scores = evaluate.evaluate(c, progress=False)
     prov = scores["provenance"]
     assert prov["checkpoint"] == {"run": str(workdir), "step": 40}
-    assert prov["training_config_variant"] == "configs/dreamcom.py:tiny" and prov["protocol"] == "folders"
+    assert prov["training_config"] == "configs/dreamcom.py:tiny" and prov["training_config_variant"] == "tiny"
+    assert prov["protocol"] == "folders"
     assert prov["eval_config"] == "configs/eval/dreamcom.py"
     stored = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert stored["provenance"] == prov
