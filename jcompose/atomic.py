@@ -135,6 +135,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     try:
         partial.write_text(text)
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as err:
         partial.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:  # name the file meant, not the hidden copy
+            raise OSError(err.errno, err.strerror, os.fspath(path)) from err
         raise

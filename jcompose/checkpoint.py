@@ -202,7 +202,7 @@ class Checkpointer:
             self._discard_partial(step)
         raise self.write_error(f"could not save checkpoint step {step}", fault) from err
 
-    def write_error(self, what: str, fault: str, *, excluding: int | None = None) -> CheckpointWriteError:
+    def write_error(self, what: str, fault: str) -> CheckpointWriteError:
         """'<checkpoints>: <what>: <fault> (needs, free). The last good checkpoint, step N, is intact ...': the
         error for any write the run could not make (a checkpoint, a log, a sample grid)."""
         if self._pending is not None:  # its outcome decides the last good step (and a failure is the error)
@@ -226,17 +226,16 @@ class Checkpointer:
     def _discard_partial(self, step: int) -> None:
         """Removes what a failed save of `step` left (orbax's temporary folder; an uncommitted step folder
         on object stores), so neither a rerun nor the space count trips on it."""
-        if jax.process_index() == 0:
-            with contextlib.suppress(OSError):
-                self.manager.reload()
-            partial = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
-            if step not in self.steps() and (self.directory / str(step)).exists():
-                partial.append(self.directory / str(step))
-            for folder in partial:
-                with contextlib.suppress(OSError):
-                    folder.rmtree()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # orbax's step list, read anew: the failed step is not in it
             self.manager.reload()
+        if jax.process_index() != 0:
+            return
+        partial = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+        if step not in self.steps() and (self.directory / str(step)).exists():
+            partial.append(self.directory / str(step))
+        for folder in partial:
+            with contextlib.suppress(OSError):
+                folder.rmtree()
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())

@@ -2,8 +2,9 @@
 
 A full disk or a read-only folder reaches a run as many exception types: Python's OSError (errno),
 tensorstore's `ValueError: RESOURCE_EXHAUSTED ... [os_error_code='28']` raised inside orbax (often
-wrapped in another exception), gcsfs's HTTP errors. `write_failure` reads an exception and what
-it wraps and says which storage fault it is, so callers can turn it into one error line.
+wrapped in another exception), an object store's status (PERMISSION_DENIED, RESOURCE_EXHAUSTED).
+`write_failure` reads an exception and what it wraps and says which storage fault it is, so callers
+can turn it into one error line.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ NO_SPACE = "no space left on device"
 QUOTA = "disk quota exceeded"
 READ_ONLY = "read-only file system"
 DENIED = "permission denied"
-SPACE_FAULTS = (NO_SPACE, QUOTA)
+EXHAUSTED = "storage exhausted (a full disk, a quota or the store's rate limit)"
+SPACE_FAULTS = (NO_SPACE, QUOTA, EXHAUSTED)
 
 _ERRNOS = {errno.ENOSPC: NO_SPACE, errno.EDQUOT: QUOTA, errno.EROFS: READ_ONLY, errno.EACCES: DENIED,
            errno.EPERM: DENIED}
 # Substrings of the messages tensorstore / orbax / object-store clients raise for the same faults.
 _TEXTS = (("No space left on device", NO_SPACE), ("os_error_code='28'", NO_SPACE), ("Disk quota exceeded", QUOTA),
           ("os_error_code='122'", QUOTA), ("Read-only file system", READ_ONLY), ("os_error_code='30'", READ_ONLY),
-          ("Permission denied", DENIED), ("PERMISSION_DENIED", DENIED), ("RESOURCE_EXHAUSTED", NO_SPACE))
+          ("Permission denied", DENIED), ("PERMISSION_DENIED", DENIED), ("RESOURCE_EXHAUSTED", EXHAUSTED))
 
 
 def write_failure(err: BaseException | None) -> str | None:
@@ -140,13 +142,15 @@ def write_errors(checkpoints, when: str):
         fault = write_failure(err)
         if fault is None:
             raise
-        raise checkpoints.write_error(f"could not write {err.filename} {when}", fault) from err
+        raise checkpoints.write_error(f"could not write {err.filename or 'the run folder'} {when}", fault) from err
 
 
 def close_outputs(checkpoints, writer, workdir: epath.Path, *, quiet: bool) -> None:
-    """Waits for the last checkpoint (`checkpoints.close()`) and closes the TensorBoard `writer`. After an error (`quiet`) their own
-    failures (often the same full disk) are logged, so that error stays the one reported; otherwise the
-    first is raised, a storage fault as CheckpointWriteError."""
+    """Waits for the last checkpoint (`checkpoints.close()`) and closes the TensorBoard `writer`. After an
+    error (`quiet`) their own failures (often the same full disk) are logged, so that error stays the one
+    reported; otherwise the first is raised, a storage fault as CheckpointWriteError."""
+    from jcompose.checkpoint import CheckpointWriteError
+
     errors = []
     for close in (checkpoints.close, lambda: close_writer(writer)):
         try:
@@ -158,7 +162,7 @@ def close_outputs(checkpoints, writer, workdir: epath.Path, *, quiet: bool) -> N
             logging.warning("while stopping: %s", " ".join(str(err).split()))
     elif errors:
         fault = write_failure(errors[0])
-        if fault is None or type(errors[0]).__name__ == "CheckpointWriteError":
+        if fault is None or isinstance(errors[0], CheckpointWriteError):
             raise errors[0]
         raise checkpoints.write_error(f"could not write the TensorBoard log in {workdir / 'tb'}", fault) from errors[0]
 
@@ -170,7 +174,7 @@ def close_writer(writer) -> None:
     try:
         writer.close()
     except OSError:
-        with contextlib.suppress(AttributeError):  # tensorboardX internals: a newer version only brings the noise back
+        with contextlib.suppress(AttributeError):  # tensorboardX internals; a newer version brings back the noise
             for file_writer in writer.all_writers.values():
                 records = file_writer.event_writer._ev_writer._py_recordio_writer
                 unwritten, records._writer = records._writer, _Sink()

@@ -321,8 +321,8 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
         finished = True
     except OSError as err:  # a full or read-only disk met by a log, metrics.json or a sample grid
         fault = storage.write_failure(err)
-        if fault is None:
-            raise
+        if fault is None or (fault == storage.DENIED and not str(err.filename or workdir).startswith(str(workdir))):
+            raise  # not a write of this run (a data file it may not read is the input pipeline's error)
         raise checkpoints.write_error(f"could not write {err.filename or workdir} after step {done}", fault) from err
     finally:
         bar.close()

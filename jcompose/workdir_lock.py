@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from etils import epath
@@ -51,7 +52,7 @@ def _is_remote(path: epath.Path) -> bool:
 def _process_start(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None if unknown."""
     try:
-        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one read
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[19]

@@ -137,8 +137,8 @@ EVALUATE = [
       "--config.clip.model={f}", "--config.generated={f}/gen", "--config.prompts={f}/prompts.json"],
      "config.prompts {f}/prompts.json: invalid JSON"),
     (["--config=configs/eval/anyscene.py", "stray"], "unexpected argument 'stray'"),
-    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('fid',)", "--config.fid.weights=random",
-      "--config.generated={f}/gen", "--config.fid.reference_stats={f}/object_stats.npz"],
+    (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('fid',)",
+      "--config.fid.weights=random", "--config.generated={f}/gen", "--config.fid.reference_stats={f}/object_stats.npz"],
      "object_stats.npz: field 'mu' is an object array (pickled Python objects), refused"),
     (["--config=configs/eval/anyscene.py", "--config.out={w}", "--config.metrics=('fid',)",
       "--config.fid.weights={f}/evil_fid.pth", "--config.generated={f}/gen", "--config.reference={f}/gen"],
@@ -371,3 +371,27 @@ def test_anydoor_weights_whose_parts_do_not_fit_are_named(tmp_path, capsys):
     assert exit_info.value.code == 2 and "Traceback" not in err, err
     assert (f"{tmp_path / 'rel' / 'projector' / 'projector.safetensors'} projects input width 32 (weight 64 x 32), but "
             f"{folder / 'config.json'} has hidden_size 48") in err
+
+
+@pytest.mark.parametrize("entry, argv", [
+    ("train", ["--config=configs/denoise.py:tiny", "--workdir={w}", "stray"]),
+    ("evaluate", ["--config=configs/eval/anyscene.py", "--config.out={w}", "stray"]),
+    ("sweep", ["list", "--sweep=configs/sweeps/denoise_lr.py:tiny", "--root={w}", "stray"]),
+    ("synthetic", ["--out={w}", "stray"]),
+    ("anyscene_benchmark", ["--coco_root={f}", "--out={w}", "stray"]),
+    ("anydoor_benchmark", ["--dreambooth={f}", "--coco={f}", "--out={w}", "stray"]),
+    ("compose", ["anyscene", "--checkpoint={f}", "--prompt=x", "--out={w}/o.png", "stray"]),
+    ("convert", ["to-flax", "{f}/gen", "{w}", "stray"]),
+    ("bench", ["data", "--method=anyscene", "stray"]),
+])
+def test_every_entry_point_refuses_a_stray_argument(entry, argv, files, tmp_path, monkeypatch, capsys):
+    """A positional word no entry point takes is refused before any work (argparse's programs with their
+    usage line and `<prog>: error: unrecognized arguments`, the absl ones with one `error:` line)."""
+    monkeypatch.chdir(REPO)
+    fill = {"f": str(files), "w": str(tmp_path / "out")}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(MAINS[entry], [a.format(**fill) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert "unrecognized arguments: stray" in err or "error: unexpected argument 'stray'" in err, err
+    assert not (tmp_path / "out").exists()
