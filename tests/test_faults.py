@@ -1,9 +1,11 @@
-"""Storage faults a long run meets: a full disk and a read-only folder while checkpoints are written.
+"""Faults a long run meets: a full disk and a read-only folder while checkpoints are written, and a kill
+while a generated folder (tiny base, data, conversion, benchmark, export) is written.
 
 The faults are real: the run folder sits on its own small tmpfs (a full disk fails orbax's and
 tensorstore's own writes with ENOSPC), or its checkpoints folder is a read-only bind mount. Mounting
-needs root; elsewhere each test re-runs itself inside `unshare --user --map-root-user --mount`,
-where the user is root of a private mount namespace. Training runs use the toy least-squares method
+needs root or passwordless sudo; elsewhere each test re-runs itself inside `unshare --user
+--map-root-user --mount`, where the user is root of a private mount namespace (skipped, saying so,
+where the kernel allows none of these). Training runs use the toy least-squares method
 (tests/toy_method.py), in process: what is tested is the loop's handling of the fault, and that the
 run then resumes exactly (bitwise equal to a run that met no fault).
 """
@@ -28,16 +30,26 @@ STEPS = 12
 INSIDE = "JCOMPOSE_TEST_IN_USERNS"
 
 
-def _mounts_here(request) -> bool:
-    """True when this process may mount (root). Otherwise the test re-runs as root of a user namespace
-    (False: its result was asserted there), or is skipped when the kernel allows no user namespaces."""
+def _mount_prefix() -> list[str] | None:
+    """How this process mounts: directly as root, through passwordless sudo (CI runners), or not at all."""
     if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        return ["sudo", "-n"]
+    return None
+
+
+def _mounts_here(request) -> bool:
+    """True when this process may mount (root or sudo). Otherwise the test re-runs as root of a user
+    namespace (False: its result was asserted there), or is skipped when the kernel allows none."""
+    if _mount_prefix() is not None:
         return True
+    reason = "mounting a small tmpfs needs root, passwordless sudo or unprivileged user namespaces (unshare -rm)"
     if os.environ.get(INSIDE) or not shutil.which("unshare"):
-        pytest.skip("mounting a small tmpfs needs root or unprivileged user namespaces (unshare -rm)")
+        pytest.skip(reason)
     probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
     if probe.returncode:
-        pytest.skip(f"mounting a small tmpfs needs root or user namespaces: {probe.stderr.decode().strip()}")
+        pytest.skip(f"{reason}: {probe.stderr.decode().strip()}")
     result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-m", "pytest", "-q",
                              "-n", "0", "-p", "no:cacheprovider", request.node.nodeid], cwd=REPO,
                             env={**os.environ, INSIDE: "1"}, capture_output=True, text=True, timeout=600)
@@ -46,7 +58,11 @@ def _mounts_here(request) -> bool:
 
 
 def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True)
+    subprocess.run([*_mount_prefix(), "mount", *args], check=True, capture_output=True)
+
+
+def _unmount(folder) -> None:
+    subprocess.run([*_mount_prefix(), "umount", "-l", str(folder)], check=False, capture_output=True)
 
 
 def _toy_argv(tmp_path, workdir, steps=STEPS):
@@ -88,6 +104,10 @@ def _same(a, b):
         np.testing.assert_array_equal(a[1][key], b[1][key], err_msg=str(key))
 
 
+_ENVIRONMENT = pytest.mark.skip_allowed("needs root, passwordless sudo or user namespaces to mount a tmpfs")
+
+
+@_ENVIRONMENT
 def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, monkeypatch, capsys, request, straight):
     if not _mounts_here(request):
         return
@@ -114,9 +134,10 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tmp_path, monkeypat
         assert f"resuming from {folder} at step {good}" in capsys.readouterr().out
         _same(_final_params(disk / "run"), straight)
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        _unmount(disk)
 
 
+@_ENVIRONMENT
 def test_a_read_only_checkpoints_folder_is_one_line_before_or_during_the_run(tmp_path, monkeypatch, capsys, request,
                                                                            straight):
     if not _mounts_here(request):
@@ -152,7 +173,7 @@ def test_a_read_only_checkpoints_folder_is_one_line_before_or_during_the_run(tmp
         assert "The last good checkpoint, step 4, is intact" in line
         monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+        _unmount(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["2", "4"]
     assert cli.run(train.main, argv) == 0
     _same(_final_params(workdir), straight)
