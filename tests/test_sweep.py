@@ -69,6 +69,8 @@ def test_tpu_commands_are_valid_launch_commands(monkeypatch):
     for i, command in enumerate(commands):
         args = shlex.split(command)
         args.insert(args.index("--"), "--dry-run")  # what launch_tpu.sh would do, without gcloud
+        if "--skip-plan" in (REPO / "launch_tpu.sh").read_text():  # planning for a TPU needs libtpu here
+            args.insert(args.index("--"), "--skip-plan")
         dry = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=False, timeout=60)
         assert dry.returncode == 0, dry.stderr
         assert f"create lr-{i} " in dry.stdout
@@ -291,6 +293,18 @@ def test_loss_curves_are_read_from_tensorboard_event_files(tmp_path):
     np.testing.assert_allclose(values, [1.5, 1.25, 0.5])
     steps, values = report.loss_curve(str(tmp_path))
     assert list(steps) == [2, 4, 6]
+    # A packed model's own curve in its pack's events, under the tag the writer cleaned ("=" is not kept).
+    writer = SummaryWriter(str(tmp_path / "pack" / "tb"))
+    for step, value in ((2, 3.0), (4, 2.0)):
+        writer.add_scalar("train/loss/lr=0.0001", value, step)
+        writer.add_scalar("train/loss/lr=0.0003", value + 1, step)
+    writer.close()
+    run = tmp_path / "runs" / "lr=0.0001"
+    run.mkdir(parents=True)
+    (run / "packed_from.json").write_text(json.dumps({"pack": str(tmp_path / "pack"), "model": 0,
+                                                      "names": ["lr=0.0001", "lr=0.0003"]}))
+    steps, values = report.loss_curve(str(run))
+    assert list(steps) == [2, 4] and list(values) == [3.0, 2.0]
 
 
 def test_sweep_cli_still_runs_as_a_module(tmp_path):
@@ -298,3 +312,23 @@ def test_sweep_cli_still_runs_as_a_module(tmp_path):
                              f"--root={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("python -m jcompose.train --config=configs/denoise.py:tiny") == 4
+
+
+def test_cluster_recipes_match_the_pinned_ray_and_the_tpu_placement():
+    """configs/ray/: the Ray version the clusters run is the sweep extra's; the KubeRay TPU group's hosts per
+    slice and chips per host are what Ray's slice placement group reserves for that topology."""
+    pytest.importorskip("ray", reason="the sweep extra (ray) is not installed: pip install -e '.[sweep]'")
+    import re
+
+    import yaml
+
+    pinned = re.search(r'"ray==([0-9.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    kuberay = yaml.safe_load((REPO / "configs" / "ray" / "kuberay_tpu_gpu.yaml").read_text())
+    assert kuberay["spec"]["rayVersion"] == pinned
+    assert f"ray[default]=={pinned}" in (REPO / "configs" / "ray" / "gcp_gpu_cluster.yaml").read_text()
+    tpu_group = next(g for g in kuberay["spec"]["workerGroupSpecs"] if g["groupName"].startswith("tpu"))
+    selector = tpu_group["template"]["spec"]["nodeSelector"]
+    version = selector["cloud.google.com/gke-tpu-accelerator"].removeprefix("tpu-").removesuffix("-slice")
+    place = scheduler.placement({}, 1, f"{version}:{selector['cloud.google.com/gke-tpu-topology']}")
+    chips = tpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]["google.com/tpu"]
+    assert (tpu_group["numOfHosts"], int(chips)) == (place.hosts, place.devices)

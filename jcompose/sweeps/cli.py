@@ -135,7 +135,7 @@ def _main(args, extra: list[str]) -> int:
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         results = scheduler.run_sweep(sweep, root, use_ray=args.ray, address=args.address, devices=args.devices,
                                       tpu=args.tpu, local_devices=args.local_devices, pack=args.pack,
-                                      only=args.only, cwd=os.getcwd())
+                                      only=args.only, cwd=None if args.address else os.getcwd())
         code = scheduler.exit_summary(results)
     print(collect_and_report(sweep, root))
     return code

@@ -20,7 +20,7 @@ from jcompose.sweeps.spec import COMPOSE, EVALUATE, Sweep
 
 # scores.json parts that are not metrics (settings, counts, per-item lists, provenance)
 _NOT_METRICS = {"per_image", "per_pair", "per_object", "conventions", "run", "checkpoint_step", "subset_size",
-                "images_in_source", "step"}
+                "images_in_source", "step", "inputs", "provenance"}
 PAPER_NOTE = ("published values, comparable only with the paper's weights and data (the same base models, "
               "training data, steps and benchmark images)")
 

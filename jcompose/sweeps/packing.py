@@ -25,6 +25,10 @@ from etils import epath
 from jcompose.cli import InputError
 
 PACKED_FROM = "packed_from.json"
+# What a run folder holds of its own; anything else in the pack's folder (a tiny base, synthetic data, example
+# inputs the method wrote there) is shared by its models and linked into each model's run.
+_RUN_OWN = {"checkpoints", "tb", "metrics.json", "config.json", "pack.json", "samples", "export", ".sweep",
+            PACKED_FROM}
 
 
 def packable_difference(configs: list, names: list[str]) -> dict[str, list]:
@@ -127,8 +131,9 @@ class _StreamState:
 
 
 def unpack(workdir: str, runs_root: str, configs: list, names: list[str]) -> list[str]:
-    """Writes each model of the pack's newest checkpoint as a single run `<runs_root>/<name>`; returns the
-    folders. A model already written at that step is left as it is."""
+    """Writes each model of the pack's newest checkpoint as a single run `<runs_root>/<name>` (config.json,
+    checkpoint, metrics.json, the pack's shared folders linked); returns the folders. A model's checkpoint
+    already written at that step is kept."""
     from jcompose import run_record
     from jcompose.checkpoint import Checkpointer
     from jcompose.train_state import make_optimizer
@@ -144,12 +149,10 @@ def unpack(workdir: str, runs_root: str, configs: list, names: list[str]) -> lis
         folders.append(str(folder))
         run = Checkpointer(folder, keep=config.train.keep)
         try:
-            if step in run.steps():
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            run_record.record(config, folder, resuming=False,
-                              argv=["python", "-m", "jcompose.sweeps.packing", f"--workdir={workdir}", f"(model {k})"])
-            run.save(step, single_model_state(state, k, config), _StreamState(data[k]), force=True)
+            if step not in run.steps():  # a rerun after a kill finishes what is missing
+                run_record.record(config, folder, resuming=False, argv=[
+                    "python", "-m", "jcompose.sweeps.packing", f"--workdir={workdir}", f"(model {k}: {name})"])
+                run.save(step, single_model_state(state, k, config), _StreamState(data[k]), force=True)
         finally:
             run.close()
         # The pack's logged means are over all models: keep the model-free ones (throughput), and its own loss and rate.
@@ -158,18 +161,30 @@ def unpack(workdir: str, runs_root: str, configs: list, names: list[str]) -> lis
         (folder / "metrics.json").write_text(json.dumps({**own, "step": step}))
         (folder / PACKED_FROM).write_text(json.dumps({"pack": str(workdir), "model": k, "step": step,
                                                       "names": names}))
+        _link_shared(workdir, folder)
     return folders
+
+
+def _link_shared(pack: str, run: epath.Path) -> None:
+    """Links the pack's shared folders (base/, data/, example/) into a model's run (local file systems)."""
+    from pathlib import Path
+
+    if "://" in str(pack):
+        return
+    for entry in Path(pack).iterdir():
+        target = Path(run) / entry.name
+        if entry.name not in _RUN_OWN and not target.exists() and not target.is_symlink():
+            target.symlink_to(entry.absolute(), target_is_directory=entry.is_dir())
 
 
 def train_pack(config_spec: str, models: dict[str, dict], workdir: str, runs_root: str) -> list[str]:
     """Trains the models as one K-model run in `workdir` (resuming it), then unpacks them (`unpack`)."""
     from configs.common import validate
     from jcompose import train
-    from jcompose.sweeps.spec import Sweep, resolved_config
+    from jcompose.sweeps.spec import resolved_config
 
     names = list(models)
-    holder = Sweep(spec="", config=config_spec, variants={})
-    configs = [resolved_config(holder, overrides) for overrides in models.values()]
+    configs = [resolved_config(config_spec, overrides) for overrides in models.values()]
     for config in configs:
         validate(config)
     method = PackedMethod(configs, names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,18 @@ import numpy as np
 
 from jcompose.sweeps.collect import caption, columns, metric_columns
 from jcompose.sweeps.spec import Sweep
+from jcompose.sweeps.stages import MARKERS
 from jcompose.sweeps.trial import Layout
 
 
 def read_scalars(folder: str | Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of one scalar tag over every TensorBoard event file in `folder` (TFRecord framing:
-    length, CRC, an Event protobuf, CRC; parsed as data with tensorboardX's generated protobuf classes)."""
+    length, CRC, an Event protobuf, CRC; parsed as data with tensorboardX's generated protobuf classes).
+    The tag as the writer stored it: tensorboardX turns characters other than [-/\w.] into "_"
+    ("train/loss/lr=0.0001" -> "train/loss/lr_0.0001")."""
     from tensorboardX.proto import event_pb2
 
+    tag = re.sub(r"[^-/\w.]", "_", tag).lstrip("/")
     points: dict[int, float] = {}
     for path in sorted(Path(folder).glob("events.out.tfevents.*")):
         data = path.read_bytes()
@@ -54,30 +59,39 @@ def loss_curve(run_folder: str) -> tuple[np.ndarray, np.ndarray]:
     return read_scalars(folder / "tb", "train/loss")
 
 
+def generated_variants(sweep: Sweep, layout: Layout) -> list[str]:
+    """The variants whose generation finished."""
+    return [v for v in sweep.variants
+            if (Path(layout.trial(v)) / "generated" / MARKERS / "generate.done.json").exists()]
+
+
 def common_images(sweep: Sweep, layout: Layout, limit: int = 4) -> list[str]:
     """Relative paths of up to `limit` generated images every finished variant has (the same inputs)."""
     sets = []
-    for name in sweep.variants:
+    for name in generated_variants(sweep, layout):
         folder = Path(layout.trial(name)) / "generated"
-        if folder.is_dir():
-            sets.append({str(p.relative_to(folder)) for p in folder.rglob("*.png")})
+        sets.append({str(p.relative_to(folder)) for p in folder.rglob("*.png") if not p.name.startswith(".")})
     return sorted(set.intersection(*sets))[:limit] if sets else []
 
 
 def image_grid(sweep: Sweep, layout: Layout, names: list[str], thumb: int = 128) -> np.ndarray | None:
-    """uint8 (rows * thumb, variants * thumb, 3): a row per input, a column per variant."""
+    """uint8 RGB (18 + rows * thumb, variants * thumb, 3): a labelled column per variant, a row per input."""
     import cv2
 
-    variants = [v for v in sweep.variants if (Path(layout.trial(v)) / "generated").is_dir()]
+    variants = generated_variants(sweep, layout)
     if not names or not variants:
         return None
-    grid = np.full((len(names) * thumb, len(variants) * thumb, 3), 255, np.uint8)
-    for r, name in enumerate(names):
-        for c, variant in enumerate(variants):
+    header = 18  # a strip with each column's variant label
+    grid = np.full((header + len(names) * thumb, len(variants) * thumb, 3), 255, np.uint8)
+    for c, variant in enumerate(variants):
+        label = sweep.variants[variant].label or variant
+        cv2.putText(grid, label[: thumb // 7], (c * thumb + 3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        for r, name in enumerate(names):
             image = cv2.imread(str(Path(layout.trial(variant)) / "generated" / name))
             if image is not None:
                 tile = cv2.resize(image, (thumb, thumb), interpolation=cv2.INTER_AREA)
-                grid[r * thumb:(r + 1) * thumb, c * thumb:(c + 1) * thumb] = tile[..., ::-1]
+                grid[header + r * thumb:header + (r + 1) * thumb, c * thumb:(c + 1) * thumb] = tile[..., ::-1]
     return grid
 
 
@@ -92,9 +106,13 @@ def _figures(sweep: Sweep, rows: list[dict], layout: Layout, folder: Path) -> li
     labels = [str(r.get("variant", r["run"])) for r in rows]
     measured = metric_columns(sweep, rows)
     if measured:
-        fig, axes = plt.subplots(1, len(measured), figsize=(max(3.0, 0.6 * len(rows) + 1.5) * len(measured), 3.6),
+        cols = min(4, len(measured))
+        lines = -(-len(measured) // cols)
+        fig, axes = plt.subplots(lines, cols, figsize=(max(3.0, 0.6 * len(rows) + 1.5) * cols, 3.6 * lines),
                                  squeeze=False)
-        for ax, metric in zip(axes[0], measured, strict=True):
+        for ax in axes.flat[len(measured):]:
+            ax.axis("off")
+        for ax, metric in zip(axes.flat, measured):
             values = [r.get(metric, np.nan) for r in rows]
             ax.bar(range(len(rows)), values, color="#4C72B0")
             paper = [r.get(f"{metric} (paper)") for r in rows]
@@ -146,7 +164,7 @@ def write_report(sweep: Sweep, rows: list[dict[str, Any]], root: str) -> Path:
     keys = columns(rows)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_text(r.get(k)))}</td>" for k in keys) + "</tr>" for r in rows)
-    variants = [v.label or v.name for n, v in sweep.variants.items() if (Path(layout.trial(n)) / "generated").is_dir()]
+    variants = [sweep.variants[n].label or n for n in generated_variants(sweep, layout)]
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(sweep.name)}</title>",
              f"<h1>Sweep {html.escape(sweep.name)}</h1><p><code>{html.escape(sweep.spec)}</code>, training config "
              f"<code>{html.escape(sweep.config)}</code></p>",

@@ -193,7 +193,10 @@ def run_sweep(sweep, root: str, *, use_ray: bool = True, address: str = "", devi
               tpu: str = "", local_devices: int = 0, pack: bool | None = None, only=(),
               cwd: str | None = None) -> dict[str, dict]:
     """Runs the prepare commands, then every unit and trial (`only`: these variants); returns
-    {variant: result} with status "done" / "failed" / "blocked"."""
+    {variant: result} with status "done" / "failed" / "blocked".
+
+    cwd: where stage commands run (this checkout); None on a cluster, where tasks run in the checkout
+    Ray shipped as their working directory."""
     layout = trial_lib.Layout(str(Path(root).absolute()) if "://" not in root else root)
     extra_env = forwarded_env()
     prepared = trial_lib.run_stages(trial_lib.prepare_stages(sweep, layout), stage_env(extra=extra_env), cwd)
@@ -209,7 +212,9 @@ def run_sweep(sweep, root: str, *, use_ray: bool = True, address: str = "", devi
 
         place = placement(ray.cluster_resources(), devices, tpu)
     else:
-        place = placement({"CPU": os.cpu_count() or 1}, devices, tpu) if not tpu else placement({}, devices, tpu)
+        place = placement({"CPU": os.cpu_count() or 1}, devices, tpu)
+        if place.hosts > 1:
+            raise InputError(f"--tpu {tpu}: a multi-host slice per trial needs Ray (leave out --no-ray)")
     if place.kind == "tpu" and place.hosts > 1 and (sweep.pack if pack is None else pack):
         print("packing is single-process: multi-host trials train unpacked", flush=True)
         pack = False
@@ -217,24 +222,26 @@ def run_sweep(sweep, root: str, *, use_ray: bool = True, address: str = "", devi
     unit_of = {name: u for u in units for name in u.members}
     total = len(units) + len(variants)
     print(f"{len(variants)} trial(s), {len(units)} training unit(s); {place.describe()}", flush=True)
-    if not use_ray:
-        results, done = {}, 0
-        unit_results = {}
-        for unit in units:
-            unit_results[unit.name] = unit_task(sweep, layout, unit, extra_env, cwd, place)
-            done += 1
-            _report(unit_results[unit.name], done, total)
-        for v in variants:
-            run = sweep.training_run_of(v)
-            results[v.name] = trial_task(sweep, layout, v, extra_env, cwd, place,
-                                         unit_results[unit_of[run].name] if run else None)
-            done += 1
-            _report(results[v.name], done, total)
-        return results
-    return _run_on_ray(sweep, layout, units, unit_of, variants, extra_env, cwd, place, total)
+    runner = _run_on_ray if use_ray else _run_here
+    return runner(sweep, layout, units, unit_of, variants, extra_env, cwd, place, total)
+
+
+def _run_here(sweep, layout, units, unit_of, variants, extra_env, cwd, place, total) -> dict:
+    """Every unit, then every trial, one after another in this process (--no-ray)."""
+    unit_results, results = {}, {}
+    for unit in units:
+        unit_results[unit.name] = unit_task(sweep, layout, unit, extra_env, cwd, place)
+        _report(unit_results[unit.name], len(unit_results), total)
+    for v in variants:
+        run = sweep.training_run_of(v)
+        results[v.name] = trial_task(sweep, layout, v, extra_env, cwd, place,
+                                     unit_results[unit_of[run].name] if run else None)
+        _report(results[v.name], len(unit_results) + len(results), total)
+    return results
 
 
 def _run_on_ray(sweep, layout, units, unit_of, variants, extra_env, cwd, place, total) -> dict:
+    """A Ray task per unit and per trial (each trial's task waits for its unit's result); reports each as it ends."""
     import ray
 
     multi_host = place.kind == "tpu" and place.hosts > 1
@@ -247,21 +254,21 @@ def _run_on_ray(sweep, layout, units, unit_of, variants, extra_env, cwd, place, 
         run = sweep.training_run_of(v)
         trial_refs[v.name] = trial_fn.options(**place.task_options(), name=f"trial {v.name}").remote(
             sweep, layout, v, extra_env, cwd, place, unit_refs[unit_of[run].name] if run else None)
-    pending = {ref: name for name, ref in unit_refs.items()} | {ref: name for name, ref in trial_refs.items()}
+    pending = {ref: ("unit", name) for name, ref in unit_refs.items()}
+    pending.update({ref: ("variant", name) for name, ref in trial_refs.items()})
     results, done = {}, 0
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        ref = ready[0]
-        name = pending.pop(ref)
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        kind, name = pending.pop(ref)
         try:
             result = ray.get(ref)
         except Exception as err:  # the task's worker died (out of memory, node lost)
-            result = {"status": "failed", "failed": "ray task", "tail": f"{type(err).__name__}: {err}", "stages": []}
-            result["variant" if name in trial_refs and ref is trial_refs[name] else "unit"] = name
+            result = {kind: name, "status": "failed", "failed": "ray task", "tail": f"{type(err).__name__}: {err}",
+                      "stages": []}
         done += 1
         _report(result, done, total)
-        if "variant" in result:
-            results[result["variant"]] = result
+        if kind == "variant":
+            results[name] = result
     return results
 
 

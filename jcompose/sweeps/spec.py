@@ -141,11 +141,6 @@ class Sweep:
     def name(self) -> str:
         return Path(self.spec.partition(":")[0]).stem
 
-    @property
-    def runs(self) -> dict[str, dict]:
-        """name -> all overrides (the shape the sweep module's older API returned)."""
-        return {name: dict(v.overrides) for name, v in self.variants.items()}
-
     def training_runs(self) -> dict[str, dict[str, Any]]:
         """Distinct training configs: run name (from the swept training keys) -> all training overrides;
         variants differing only in inference-only keys share one."""
@@ -251,11 +246,11 @@ def _check_fields(sweep: Sweep, path: str) -> None:
             raise InputError(f"{path}: run {name} sets evaluate fields but the sweep has no evaluate config")
 
 
-def resolved_config(sweep: Sweep, overrides: dict[str, Any]):
-    """The training config a variant's train command builds (the sweep's config with its overrides set)."""
+def resolved_config(config_spec: str, overrides: dict[str, Any]):
+    """The training config `python -m jcompose.train --config=<config_spec> --config.<key>=<value> ...` builds."""
     from configs import common
 
-    config = common.load(sweep.config)
+    config = common.load(config_spec)
     with config.unlocked():
         for key, value in overrides.items():
             *parents, last = key.split(".")

@@ -139,7 +139,7 @@ def prepare_stages(sweep: spec_lib.Sweep, layout: Layout) -> list[Stage]:
 
 
 def trial_config(sweep: spec_lib.Sweep, variant: spec_lib.Variant):
-    return spec_lib.resolved_config(sweep, spec_lib.training_overrides(sweep.overrides(variant)))
+    return spec_lib.resolved_config(sweep.config, spec_lib.training_overrides(sweep.overrides(variant)))
 
 
 # ----------------------------------------------------------------------------------------- running
