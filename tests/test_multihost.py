@@ -20,7 +20,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from toy_method import ToyMethod, toy_config
 
 from input_pipeline.pipeline import make_iterator
@@ -60,8 +59,9 @@ def _finish(pair, timeout=240):
     return outputs
 
 
-@pytest.mark.parametrize("per_process_batch, fsdp, accum", [(4, 2, 2)], ids=["fsdp_accum"])
-def test_one_global_step_equals_the_single_process_step(tmp_path, per_process_batch, fsdp, accum):
+def test_one_global_step_equals_the_single_process_step(tmp_path):
+    """Mesh data 2 (one row per process) x fsdp 2 (within a process), 2 micro-batches per step."""
+    per_process_batch, fsdp, accum = 4, 2, 2
     _finish(_start_pair("step", tmp_path, per_process_batch, fsdp, accum))
     runs = [dict(np.load(tmp_path / f"step_{i}.npz")) for i in range(2)]
     # Each process read its own shard: elements 0, 2, ... and 1, 3, ... of the one seeded stream.
@@ -74,10 +74,10 @@ def test_one_global_step_equals_the_single_process_step(tmp_path, per_process_ba
     np.testing.assert_array_equal(runs[0]["global_index"], np.concatenate([r["local_index"] for r in runs]))
     for key in ("w", "ema", "mu", "global_x"):
         np.testing.assert_array_equal(runs[0][key], runs[1][key])  # both processes hold the same result
-    if fsdp > 1:  # w (6, 4) and its Adam moments split over 'fsdp': each device holds 3 of the 6 rows
-        assert str(runs[0]["w_spec"]) == str(runs[0]["mu_spec"]) == str(jax.P("fsdp", None))
-        assert runs[0]["w_local_shards"].tolist() == [[3, 4], [3, 4]]
-    # The same global batch through the same step (all of it at once when accum = 1) on this 1-device process.
+    # w (6, 4) and its Adam moments split over 'fsdp': each device holds 3 of the 6 rows.
+    assert str(runs[0]["w_spec"]) == str(runs[0]["mu_spec"]) == str(jax.P("fsdp", None))
+    assert runs[0]["w_local_shards"].tolist() == [[3, 4], [3, 4]]
+    # The same global batch through the same step (same micro-batches) on this 1-device process.
     mesh = parallel.make_mesh()
     state, frozen, tx, _ = train.init_state(config, method, mesh, str(tmp_path))
     batch = {"x": jnp.asarray(runs[0]["global_x"]), "y": jnp.asarray(runs[0]["global_y"]),
@@ -113,7 +113,8 @@ def test_checkpoints_hold_both_iterators_and_a_killed_pair_resumes_exactly(tmp_p
         proc.wait()
     states = sorted((killed / "checkpoints" / "4" / "data").glob("process_*-of-2.json"))
     assert [p.name for p in states] == ["process_0-of-2.json", "process_1-of-2.json"]
-    assert all("next_index" in json.loads(p.read_text()) for p in states)
+    # Each process read its half of 4 global batches of 8 (no record of the toy source is skipped).
+    assert [json.loads(p.read_text())["next_index"] for p in states] == [4 * 8 // 2] * 2
     outputs = _finish(_start_pair("train", killed, 8, *fsdp_accum))
     assert "process 0 done at step 8" in outputs[0] and "resuming from" in outputs[0]
     resumed_from = int(outputs[0].split("resuming from")[1].split("at step")[1].split()[0])

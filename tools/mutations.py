@@ -100,6 +100,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("ema_weights_swapped", "train_state", "jcompose/train_state.py",
        "ema_decay * e + (1 - ema_decay) * p", "ema_decay * p + (1 - ema_decay) * e",
        "tests/test_train.py -k ema", "EMA keeps (1 - decay) of itself instead of decay"),
+    _m("train_global_batch_per_process", "train", "jcompose/train.py",
+       "data = iterator(config.train.batch_size // jax.process_count(), ", "data = iterator(config.train.batch_size, ",
+       "tests/test_multihost.py -k killed", "each process of a multi-host run reads the whole global batch"),
     # ----------------------------------------------------------------------------- checkpoint, resume
     _m("restore_skips_data", "checkpoint", "jcompose/checkpoint.py",
        "                        data=grain.checkpoint.CheckpointRestore(data_iterator)))",
