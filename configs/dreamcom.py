@@ -26,6 +26,7 @@ from configs.common import base_config
 def get_config(arg: str = ""):
     c = base_config()
     c.method = "dreamcom"
+    c.variant = arg or "released"   # recorded in the run and in `compose --benchmark` manifests
     c.model.update(
         base="/models/stable-diffusion-inpainting",
         train_text_encoder=False,

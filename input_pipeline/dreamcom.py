@@ -184,7 +184,7 @@ def make_transform(
         if fell_back:
             kept = (m == 1).sum() / before
             report(source, (box[1] - box[0], box[3] - box[2]),
-                   f"crop_fallback='shrink': the photo shrunk so the whole box fits" if crop_fallback == "shrink" else
+                   "crop_fallback='shrink': the photo shrunk so the whole box fits" if crop_fallback == "shrink" else
                    f"crop_fallback='relax': kept {100 * kept:.0f}% at threshold {100 * threshold:.0f}% after "
                    f"{draw + 1} draws")
         out = imaging.to_signed(img)

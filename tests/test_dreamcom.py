@@ -177,8 +177,8 @@ def test_sampling_runs_under_both_masked_attentions(setup):
     """`sample` (2 DDIM steps, CFG 7.5) against a loop written here: the same draws, the UNet called with
     masked cross-attention (tokens 1..n inside the box) and masked self-attention on the released layers
     (here all 4 decoder layers, named by hand) in both CFG halves, DDIM eta 0 in numpy (leading spacing:
-    t = 501, 1; final alpha = alphas_cumprod[0]). The loop without masked self-attention, or without any
-    attention control, ends far from `sample`: a sampler that drops them fails this test."""
+    t = 501, 1; final alpha = alphas_cumprod[0]). The loop without masked self-attention ends far from
+    `sample` (0.8 of [-1, 1]; without any control 2.0): a sampler that drops either fails this test."""
     method, params, frozen, batch = setup
     rng = jax.random.PRNGKey(7)
     got = np.asarray(jax.jit(lambda p, f, b, r: method.sample(p, f, b, r, num_steps=2))(params, frozen, batch, rng))
@@ -215,10 +215,10 @@ def test_sampling_runs_under_both_masked_attentions(setup):
         return np.clip(np.asarray(image.sample).transpose(0, 2, 3, 1), -1, 1)
 
     errors = {name: float(np.abs(got - run(controls)).max()) for name, controls in (
-        ("both", (cross, masked_self)), ("cross only", (cross,)), ("none", ()))}
+        ("both", (cross, masked_self)), ("cross only", (cross,)))}
     print("max |sample - loop| by the loop's controls:", {k: f"{v:.1e}" for k, v in errors.items()})
     assert errors["both"] < 2e-4
-    assert errors["cross only"] > 50 * max(errors["both"], 1e-5) and errors["none"] > 50 * max(errors["both"], 1e-5)
+    assert errors["cross only"] > 50 * max(errors["both"], 1e-5)  # the self-attention mask alone matters
 
 
 def test_objects_of_different_classes_keep_their_own_prompts_and_photos(tmp_path):

@@ -126,6 +126,9 @@ def test_benchmark_generation_writes_the_manifest(run, tmp_path):
     assert entry["object"] == "Toy_fg1" and len(entry["references"]) == 5
     assert (tmp_path / "gen" / entry["image"]).is_file()
     assert manifest["run"] == str(workdir)  # evaluate finds the run (and its config) from here
+    # which configs/dreamcom.py variant and self-attention rule made the images
+    assert (manifest["variant"], manifest["self_attention"], manifest["crop_fallback"]) == ("tiny", "released",
+                                                                                            "relax")
 
 
 def test_evaluate_names_the_run_and_refuses_another_methods(run, tmp_path):
