@@ -205,7 +205,10 @@ def compose_benchmark(args) -> dict:
                              "box": [int(v) for v in record["box"]], "references": _reference_files(references)})
         done += len(images)
         print(f"{name} {stem}: {done} images", flush=True)
-    (out / "manifest.json").write_text(json.dumps({"benchmark": kind, "root": str(root), "step": step,
+    c = method.config  # which configs/dreamcom.py variant (released / paper) made the images
+    variant = {"variant": c.get("variant", "unrecorded"), "self_attention": c.sample.self_attention,
+               "crop_fallback": c.data.get("crop_fallback", "relax")}
+    (out / "manifest.json").write_text(json.dumps({**variant, "benchmark": kind, "root": str(root), "step": step,
                                                    "run": str(resolve_checkpoint(args.checkpoint)[0]),
                                                    "images": manifest}, indent=1))
     return {"image": str(out), "step": step, "count": done}
