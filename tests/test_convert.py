@@ -1,5 +1,7 @@
 """`python -m jcompose.convert`: both directions, exact round trips, clear errors."""
 
+import json
+
 import ldm_fixtures as fx
 import numpy as np
 import pytest
@@ -61,8 +63,8 @@ def test_cli_help_and_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
 def test_sd_checkpoint_prediction_type_reaches_the_written_scheduler(prediction, tmp_path, capsys):
-    """`convert sd-ckpt --prediction-type` (v_prediction for the 768-px SD 2.1) is what diffusers' own
-    DDIMScheduler and jcompose's loader read back from the written scheduler/ folder."""
+    """`convert sd-ckpt --prediction-type` (v_prediction for the 768-px SD 2.1) is what the written
+    scheduler_config.json says (the field diffusers' schedulers read) and what jcompose's loader reads."""
     from safetensors.numpy import save_file
 
     src = tmp_path / "v2-1_768-ema-pruned.safetensors"
@@ -71,6 +73,6 @@ def test_sd_checkpoint_prediction_type_reaches_the_written_scheduler(prediction,
     assert convert.main(["sd-ckpt", str(src), str(tmp_path / "base"), "--sample-size", "8", "--head-channels",
                          "16", *flags]) == 0
     assert prediction in capsys.readouterr().out  # the report says which
-    diffusers = pytest.importorskip("diffusers")
-    assert diffusers.DDIMScheduler.from_pretrained(tmp_path / "base" / "scheduler").config.prediction_type == prediction
+    written = json.loads((tmp_path / "base" / "scheduler" / "scheduler_config.json").read_text())
+    assert written["prediction_type"] == prediction
     assert loading.load_pipeline(tmp_path / "base", ("scheduler",)).scheduler.prediction_type == prediction
