@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from jcompose.cli import InputError
 from jcompose.sweeps import collect as collect_lib
 from jcompose.sweeps import report as report_lib
 from jcompose.sweeps import trial as trial_lib
-from jcompose.sweeps.spec import Sweep, load_sweep, train_flags
+from jcompose.sweeps.spec import Sweep, check_fields, load_sweep, train_flags
 
 
 def _value(text: str):
@@ -108,13 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args, extra: list[str]) -> int:
-    import os
-
     sweep = with_settings(load_sweep(args.sweep), parse_settings(args.set, extra))
     if args.set or extra:  # the added keys must be valid too
-        from jcompose.sweeps.spec import _check_fields
-
-        _check_fields(sweep, args.sweep.partition(":")[0])
+        check_fields(sweep, args.sweep.partition(":")[0])
     unknown = sorted(set(args.only) - set(sweep.variants))
     if unknown:
         raise InputError(f"--only {unknown}: not in the sweep; runs are {list(sweep.variants)}")
@@ -130,7 +127,7 @@ def _main(args, extra: list[str]) -> int:
         from jcompose.sweeps import scheduler
 
         cache = args.cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path(root) / "xla_cache")
-        # Variants differing in traced values (a learning rate, a seed) reuse each other's compiled programs.
+        # Stages whose programs are the same (another data seed, step count or run) compile once.
         os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         results = scheduler.run_sweep(sweep, root, use_ray=args.ray, address=args.address, devices=args.devices,

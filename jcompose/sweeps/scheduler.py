@@ -181,8 +181,8 @@ def connect(address: str = "", local_devices: int = 0, ship_code: bool = True) -
 
 def _report(result: dict, done: int, total: int) -> None:
     who = result.get("variant") or f"train {result.get('unit')}"
-    timing = ", ".join(f"{s['stage']} {s['status']}" + (f" {s['seconds']:.0f} s" if s.get("seconds") else "")
-                       for s in result.get("stages", []))
+    timing = ", ".join(f"{s['stage']} {s['status']}" + (f" {s['seconds']:.0f} s / {s.get('cpu_s', 0):.0f} cpu-s"
+                                                        if s.get("seconds") else "") for s in result.get("stages", []))
     print(f"[{done}/{total}] {who}: {result['status']}" + (f" ({timing})" if timing else ""), flush=True)
     if result["status"] != "done":
         print(f"    {result.get('failed')} failed; log: {result.get('log')}\n" +

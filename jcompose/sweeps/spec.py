@@ -209,11 +209,11 @@ def load_sweep(spec: str) -> Sweep:
                   generate=tuple(raw.get("generate") or ()), evaluate=evaluate,
                   prepare=tuple(tuple(c) for c in raw.get("prepare") or ()), pack=bool(raw.get("pack", False)),
                   devices=devices, paper=dict(raw.get("paper") or {}), fixed=dict(raw.get("set") or {}))
-    _check_fields(sweep, path)
+    check_fields(sweep, path)
     return sweep
 
 
-def _check_fields(sweep: Sweep, path: str) -> None:
+def check_fields(sweep: Sweep, path: str) -> None:
     """Every training override names a config field; evaluate overrides name eval-config fields; a row
     without a generate command has no compose flags; {run} only where there is a training run."""
     from configs import common

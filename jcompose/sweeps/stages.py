@@ -88,9 +88,11 @@ def _kill_with_parent() -> None:
 def run_stage(stage: Stage, env: dict[str, str], cwd: str | None = None, *, log: Path | None = None,
               mark: bool = True) -> dict:
     """Runs the stage unless it is done; returns {"stage", "status": "done"|"skipped"|"failed", "log",
-    "seconds", "returncode"}. The log gets every attempt, each under a header with the command."""
+    "seconds" (wall), "cpu_s" (CPU of the process), "returncode"}. The log gets every attempt, each under a
+    header with the command."""
     if is_done(stage):
-        return {"stage": stage.name, "status": "skipped", "log": str(stage.log), "seconds": 0.0, "returncode": 0}
+        return {"stage": stage.name, "status": "skipped", "log": str(stage.log), "seconds": 0.0, "cpu_s": 0.0,
+                "returncode": 0}
     folder = Path(stage.folder)
     started = _read(stage.marker("started"))
     if stage.clear_on_change and started and started.get("command") != stage.command and folder.is_dir():
@@ -105,15 +107,17 @@ def run_stage(stage: Stage, env: dict[str, str], cwd: str | None = None, *, log:
     with open(log, "a") as out:
         out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.command}\n")
         out.flush()
-        code = subprocess.call([sys.executable, *stage.argv], stdout=out, stderr=subprocess.STDOUT, env=env,
-                               cwd=cwd, preexec_fn=_kill_with_parent)
+        process = subprocess.Popen([sys.executable, *stage.argv], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=cwd, preexec_fn=_kill_with_parent)
+        _, status, usage = os.wait4(process.pid, 0)  # also its CPU time (the process and what it waited for)
+        process.returncode = code = os.waitstatus_to_exitcode(status)
         out.write(f"===== exit code {code}\n")
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
     if code == 0 and mark:
-        stage.marker("done").write_text(json.dumps({"command": stage.command, "seconds": seconds,
+        stage.marker("done").write_text(json.dumps({"command": stage.command, "seconds": seconds, "cpu_s": cpu,
                                                     "time": time.time()}))
     return {"stage": stage.name, "status": "done" if code == 0 else "failed", "log": str(log),
-            "seconds": seconds, "returncode": code}
+            "seconds": seconds, "cpu_s": cpu, "returncode": code}
 
 
 def log_tail(path: str | Path, lines: int = 30) -> str:
