@@ -7,9 +7,12 @@ Sweep files import their helpers from here or from `jcompose.sweeps`:
 
 import sys
 
-from jcompose.sweeps.cli import main, tpu_commands  # noqa: F401 (public)
-from jcompose.sweeps.collect import collect, format_table  # noqa: F401 (public)
-from jcompose.sweeps.spec import Variant, grid, load_sweep, run_name, train_flags, zip_runs  # noqa: F401 (public)
+from jcompose.sweeps.cli import main, tpu_commands
+from jcompose.sweeps.collect import collect, format_table
+from jcompose.sweeps.spec import Variant, grid, load_sweep, run_name, train_flags, zip_runs
+
+__all__ = ["Variant", "collect", "format_table", "grid", "load_sweep", "main", "run_name", "tpu_commands",
+           "train_flags", "zip_runs"]
 
 if __name__ == "__main__":
     sys.exit(main())

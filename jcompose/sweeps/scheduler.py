@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 
 from jcompose.cli import InputError
+from jcompose.sweeps import stages
 from jcompose.sweeps import trial as trial_lib
 from jcompose.sweeps.stages import Stage, is_done, run_stage, stage_env
 
@@ -129,16 +130,13 @@ def unit_task(sweep, layout, unit, extra_env: dict, cwd: str | None, place: Plac
 
 def _slice_train(sweep, layout, unit, extra_env, cwd, place: Placement) -> dict:
     """The train command with --multihost on every host of one TPU slice (Ray's slice placement group)."""
-    import json
-
     import ray
     from ray.util import tpu as ray_tpu
 
     stage = trial_lib.train_stage(sweep, layout, unit, multihost=True)
     if is_done(stage):
         return {"status": "done", "stages": [{"stage": "train", "status": "skipped", "log": str(stage.log)}]}
-    stage.marker("started").parent.mkdir(parents=True, exist_ok=True)
-    stage.marker("started").write_text(json.dumps({"command": stage.command, "time": time.time()}))
+    stages.begin(stage)
     host_log = str(stage.log).replace(".log", ".{host}.log")
     start = time.perf_counter()
     refs = ray_tpu.run_on_slice(ray.remote(host_stage), stage, extra_env, cwd, host_log,
@@ -147,7 +145,7 @@ def _slice_train(sweep, layout, unit, extra_env, cwd, place: Placement) -> dict:
     if any(codes):
         return {"status": "failed", "failed": "train", "log": host_log, "command": stage.command,
                 "tail": f"exit codes per host: {codes}", "stages": []}
-    stage.marker("done").write_text(json.dumps({"command": stage.command, "seconds": time.perf_counter() - start}))
+    stages.mark_done(stage, time.perf_counter() - start, None)
     return {"status": "done", "stages": [{"stage": "train", "status": "done", "log": host_log}]}
 
 
@@ -161,7 +159,7 @@ def trial_task(sweep, layout, variant, extra_env: dict, cwd: str | None, place: 
 # ------------------------------------------------------------------------------------------ driver
 
 
-def connect(address: str = "", local_devices: int = 0, ship_code: bool = True) -> None:
+def connect(address: str = "", local_devices: int = 0) -> None:
     """Starts Ray on this machine (no setup: `ray.init()`, `local_devices` CPUs when given) or joins the
     cluster at `address`, shipping this checkout as the tasks' working directory. Reuses a running one."""
     try:
@@ -173,8 +171,8 @@ def connect(address: str = "", local_devices: int = 0, ship_code: bool = True) -
         return
     options = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     if address:
-        env = {"working_dir": os.getcwd(), "excludes": [".git", "*.whl", "*.npz", "runs/", "data/"]} if ship_code else {}
-        ray.init(address=address, runtime_env=env, **options)
+        code = {"working_dir": os.getcwd(), "excludes": [".git", "*.whl", "*.npz", "runs/", "data/"]}
+        ray.init(address=address, runtime_env=code, **options)
     else:
         ray.init(num_cpus=local_devices or None, object_store_memory=200 * 2**20, **options)
 

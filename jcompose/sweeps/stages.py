@@ -85,14 +85,9 @@ def _kill_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def run_stage(stage: Stage, env: dict[str, str], cwd: str | None = None, *, log: Path | None = None,
-              mark: bool = True) -> dict:
-    """Runs the stage unless it is done; returns {"stage", "status": "done"|"skipped"|"failed", "log",
-    "seconds" (wall), "cpu_s" (CPU of the process), "returncode"}. The log gets every attempt, each under a
-    header with the command."""
-    if is_done(stage):
-        return {"stage": stage.name, "status": "skipped", "log": str(stage.log), "seconds": 0.0, "cpu_s": 0.0,
-                "returncode": 0}
+def begin(stage: Stage) -> None:
+    """Before a stage runs: clears the outputs of another command (when the stage clears on change) and
+    records this command as started."""
     folder = Path(stage.folder)
     started = _read(stage.marker("started"))
     if stage.clear_on_change and started and started.get("command") != stage.command and folder.is_dir():
@@ -100,9 +95,26 @@ def run_stage(stage: Stage, env: dict[str, str], cwd: str | None = None, *, log:
             if child.name != MARKERS:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     stage.marker("started").parent.mkdir(parents=True, exist_ok=True)
+    stage.marker("started").write_text(json.dumps({"command": stage.command, "time": time.time()}))
+
+
+def mark_done(stage: Stage, seconds: float, cpu_s: float | None) -> None:
+    stage.marker("done").write_text(json.dumps({"command": stage.command, "seconds": seconds, "cpu_s": cpu_s,
+                                                "time": time.time()}))
+
+
+def run_stage(stage: Stage, env: dict[str, str], cwd: str | None = None, *, log: Path | None = None,
+              mark: bool = True) -> dict:
+    """Runs the stage unless it is done; returns {"stage", "status": "done"|"skipped"|"failed", "log",
+    "seconds" (wall), "cpu_s" (CPU of the process), "returncode"}. The log gets every attempt, each under a
+    header with the command. `mark=False`: one host's part of a multi-host stage (the caller marks)."""
+    if is_done(stage):
+        return {"stage": stage.name, "status": "skipped", "log": str(stage.log), "seconds": 0.0, "cpu_s": 0.0,
+                "returncode": 0}
     if mark:
-        stage.marker("started").write_text(json.dumps({"command": stage.command, "time": time.time()}))
+        begin(stage)
     log = log or stage.log
+    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "a") as out:
         out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.command}\n")
@@ -114,8 +126,7 @@ def run_stage(stage: Stage, env: dict[str, str], cwd: str | None = None, *, log:
         out.write(f"===== exit code {code}\n")
     seconds, cpu = time.perf_counter() - start, usage.ru_utime + usage.ru_stime
     if code == 0 and mark:
-        stage.marker("done").write_text(json.dumps({"command": stage.command, "seconds": seconds, "cpu_s": cpu,
-                                                    "time": time.time()}))
+        mark_done(stage, seconds, cpu)
     return {"stage": stage.name, "status": "done" if code == 0 else "failed", "log": str(log),
             "seconds": seconds, "cpu_s": cpu, "returncode": code}
 
