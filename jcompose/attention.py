@@ -369,7 +369,7 @@ def attend(q: Array, k: Array, v: Array, *, scale: float, module: Any, path: Seq
     implementation, reason = attention_kernels.choose(q, controlled=bool(controls))
     attention_kernels.record(path, is_cross, q, k, implementation, reason)
     if implementation != "xla":
-        return attention_kernels.fused_attention(q, k, v, scale=scale, implementation_=implementation)
+        return attention_kernels.fused_attention(q, k, v, scale=scale, kind=implementation)
     # Explicit softmax attention (controls edit the probabilities), heads-major: token-major einsums
     # took SD 1.5's UNet forward at 512 px on CPU from 5.8 to 6.9 s (tools/compare_old_flax_modules.py).
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))

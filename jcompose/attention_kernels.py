@@ -141,12 +141,13 @@ def choose(q: Array, *, controlled: bool) -> tuple[str, str]:
     return "xla", f"no fused kernel on {platform}"
 
 
-def record(layer: Sequence[str], is_cross: bool, q: Array, k: Array, implementation_: str, reason: str) -> None:
+def record(layer: Sequence[str], is_cross: bool, q: Array, k: Array, kind: str, reason: str) -> None:
+    """Notes the choice `kind` for one attention call while `recording`."""
     records = _records.get()
     if records is not None:
         b, nq, heads, dim = q.shape
         records.append(Choice("/".join(layer), is_cross, b, heads, nq, k.shape[1], dim, jnp.dtype(q.dtype).name,
-                              implementation_, reason))
+                              kind, reason))
 
 
 # ------------------------------------------------------------------------------------ the kernels
@@ -154,6 +155,11 @@ def record(layer: Sequence[str], is_cross: bool, q: Array, k: Array, implementat
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def logical_scope(q_len: int, kv_len: int, head_dim: int) -> str:
+    """The name scope a padded kernel call runs under, naming its unpadded sizes."""
+    return f"attention_q{q_len}_k{kv_len}_d{head_dim}"
 
 
 def _flash_local(q: Array, k: Array, v: Array, scale: float) -> Array:
@@ -175,8 +181,9 @@ def _flash_local(q: Array, k: Array, v: Array, scale: float) -> Array:
                                         kv=jnp.broadcast_to((jnp.arange(nk_pad) < nk).astype(jnp.int32),
                                                             (batch, nk_pad)))
     blocks = tpu_flash.BlockSizes.get_default(batch, q.shape[2], nq_pad, nk_pad, dim_pad)
-    out = tpu_flash.flash_attention(layout(q, nq_pad), layout(k, nk_pad), layout(v, nk_pad), segment_ids=segments,
-                                    sm_scale=float(scale), block_sizes=blocks)
+    with jax.named_scope(logical_scope(nq, nk, dim)):  # the unpadded sizes, for model FLOP counts (plan)
+        out = tpu_flash.flash_attention(layout(q, nq_pad), layout(k, nk_pad), layout(v, nk_pad),
+                                        segment_ids=segments, sm_scale=float(scale), block_sizes=blocks)
     return jnp.swapaxes(out[:, :, :nq, :dim], 1, 2)
 
 
@@ -195,7 +202,9 @@ def pallas_attention(q: Array, k: Array, v: Array, *, scale: float, interpret: b
 @contextlib.contextmanager
 def _interpret_mode() -> Iterator[None]:
     """Pallas calls traced inside run in Pallas' generic interpreter (`interpret=True`: the kernel body
-    as plain XLA ops on CPU; about 3x faster here than the TPU simulator of `force_tpu_interpret_mode`)."""
+    as plain XLA ops on CPU; about 3x faster here than the TPU simulator of `force_tpu_interpret_mode`).
+    The TPU kernels take no `interpret` argument, so the flag the public context manager sets is set
+    to True here (jax 0.10's `pallas_tpu_interpret_mode_context_manager`)."""
     from jax._src import config
 
     previous = config.pallas_tpu_interpret_mode_context_manager.swap_local(True)
@@ -206,9 +215,9 @@ def _interpret_mode() -> Iterator[None]:
 
 
 def _interpreted(kernel):
-    """`kernel` with its Pallas calls run in TPU interpret mode (on CPU), the backward pass included: the
-    mode applies to kernels traced inside its context, and the backward kernels are traced when the
-    gradient is taken, so both halves of this custom VJP enter it."""
+    """`kernel` with its Pallas calls interpreted (on CPU), the backward pass included: the mode applies to
+    kernels traced inside its context, and the backward kernels are traced when the gradient is taken, so
+    both halves of this custom VJP enter it."""
     @jax.custom_vjp
     def run(q, k, v):
         with _interpret_mode():
@@ -235,10 +244,10 @@ def _mesh_blocks_kernel(q: Array) -> str:
     return "" if q.shape[0] % shards == 0 else f"batch {q.shape[0]} does not divide over {shards} devices"
 
 
-def fused_attention(q: Array, k: Array, v: Array, *, scale: float, implementation_: str) -> Array:
-    """Attention through a fused kernel ("cudnn", "pallas", "pallas-interpret"); (B, Nq, heads, D)."""
-    if implementation_ == "cudnn":
+def fused_attention(q: Array, k: Array, v: Array, *, scale: float, kind: str) -> Array:
+    """Attention through the fused kernel `kind` ("cudnn", "pallas", "pallas-interpret"); (B, Nq, heads, D)."""
+    if kind == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
-    if implementation_ in ("pallas", "pallas-interpret"):
-        return pallas_attention(q, k, v, scale=scale, interpret=implementation_ == "pallas-interpret")
-    raise ValueError(f"unknown fused attention implementation {implementation_!r}")
+    if kind in ("pallas", "pallas-interpret"):
+        return pallas_attention(q, k, v, scale=scale, interpret=kind == "pallas-interpret")
+    raise ValueError(f"unknown fused attention implementation {kind!r}")

@@ -153,8 +153,13 @@ def test_accelerator_plan_has_the_full_size_settings(tmp_path):
     assert {"data_anyscene", "data_anydoor", "data_dreamcom", "numerics", "eval", "control_self"} <= set(parts)
     assert parts["data_anydoor"].background and parts["data_anydoor"].env == {"JAX_PLATFORMS": "cpu"}
     assert [n for n in parts if not parts[n].background][:3] == ["setup", "sample_b1", "train_denoise_b8"]
+    order = [n for n in parts if not parts[n].background]
+    assert order[order.index("train_denoise_b8") + 1] == "plan_denoise_b8"  # the plan checked on the first GPU
+    check = parts["plan_denoise_b8"]
+    assert check.module == "jcompose.bench.suite_plan" and check.argv[-2:] == ("--per-device-batch", "8")
     cpu = suite.plan(False, tmp_path, ["denoise", "anyscene"])
-    assert cpu[-1].name == "train_anyscene_b2" and all("--model" not in p.argv or "tiny" in p.argv for p in cpu)
+    assert [p.name for p in cpu[-2:]] == ["train_anyscene_b2", "plan_denoise_b2"]
+    assert all("--model" not in p.argv or "tiny" in p.argv for p in cpu)
 
 
 def test_a_failing_part_is_recorded_and_a_slow_one_is_killed(tmp_path):
@@ -231,7 +236,7 @@ def test_suite_with_no_time_skips_every_part_and_still_reports(tmp_path):
 @pytest.mark.slow
 def test_suite_on_cpu_end_to_end(tmp_path):
     """`python -m jcompose.bench suite --out DIR` on the tiny model: every section has rows."""
-    parts = "setup,sample_b1,train_denoise_b2,data_anyscene,control_layout,numerics,eval"
+    parts = "setup,sample_b1,train_denoise_b2,data_anyscene,control_layout,numerics,eval,plan_denoise_b2"
     run = subprocess.run([sys.executable, "-m", "jcompose.bench", "suite", "--out", str(tmp_path), "--parts", parts,
                           "--budget-s", "900"], check=False, capture_output=True, text=True, timeout=900, cwd=REPO,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -252,6 +257,8 @@ def test_suite_on_cpu_end_to_end(tmp_path):
     # workers for an 8-device host = ceil(8 x batch x steps/s / examples/s per worker), from the two parts
     rate = 8 * train["per_device_batch"] / train["step_s"]
     assert pipeline["workers"] == max(1, math.ceil(rate / pipeline["per_worker"]))
+    (planned,) = data["tables"]["Plan vs measured memory"]  # CPUs keep no peak: the prediction stands alone
+    assert planned["target"] == "cpu" and planned["predicted"] > 0 and planned["per_device_batch"] == 2
     fused = [r for r in data["tables"]["Numerics"] if "fused" in r["comparison"]]
     assert fused and all(r["rel_l2"] is None and "not applicable on cpu" in r["note"] for r in fused)
     assert any(r["comparison"] == "UNet bf16 vs fp32" and 0 < r["rel_l2"] < 0.1 for r in data["tables"]["Numerics"])

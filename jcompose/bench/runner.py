@@ -30,7 +30,8 @@ class Terminated(BaseException):
 class Part:
     """One benchmark invocation of the suite: `argv` for `python -m jcompose.bench`, the section
     its result goes to, its expected wall time, argvs to try in turn when it runs out of memory,
-    variables for its process, and whether it may run beside the device parts (host CPU only)."""
+    variables for its process, whether it may run beside the device parts (host CPU only), and the
+    module it runs (`python -m <module> *argv --out result.json`)."""
 
     name: str
     section: str
@@ -39,6 +40,7 @@ class Part:
     fallbacks: tuple[tuple[str, ...], ...] = ()
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     background: bool = False
+    module: str = "jcompose.bench"
 
 
 def kill_live_parts() -> None:
@@ -53,14 +55,14 @@ def kill_live_parts() -> None:
 
 
 def run_isolated(argv: tuple[str, ...], out_json: Path, log_path: Path, timeout_s: float,
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Runs `python -m jcompose.bench *argv --out out_json` in its own process group, killed (with
-    its children, e.g. grain workers) after `timeout_s`; returns its report or raises RuntimeError
-    with the log's last lines. `env`: variables to set for the child."""
+                 env: dict[str, str] | None = None, module: str = "jcompose.bench") -> dict[str, Any]:
+    """Runs `python -m <module> *argv --out out_json` in its own process group, killed (with its
+    children, e.g. grain workers) after `timeout_s`; returns its report or raises RuntimeError with
+    the log's last lines. `env`: variables to set for the child."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     with open(log_path, "w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "jcompose.bench", *argv, "--out", str(out_json)],
+        child = subprocess.Popen([sys.executable, "-m", module, *argv, "--out", str(out_json)],
                                  stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         with _LIVE_LOCK:
             _LIVE.add(child.pid)
@@ -79,8 +81,13 @@ def run_isolated(argv: tuple[str, ...], out_json: Path, log_path: Path, timeout_
     return json.loads(out_json.read_text())
 
 
-def run_in_process(argv: tuple[str, ...], out_json: Path) -> dict[str, Any]:
+def run_in_process(argv: tuple[str, ...], out_json: Path, module: str = "jcompose.bench") -> dict[str, Any]:
     """The same benchmark in this process (CPU: no device to hand back, no start-up per part)."""
+    if module != "jcompose.bench":
+        import importlib
+
+        importlib.import_module(module).main([*argv, "--out", str(out_json)])
+        return json.loads(out_json.read_text())
     from jcompose.bench import commands
 
     report = commands.run(list(argv))
@@ -106,9 +113,9 @@ def run_part(part: Part, folder: Path, isolate: bool, time_left: float) -> dict[
         try:
             if isolate:
                 entry["result"] = run_isolated(argv, folder / f"{part.name}.json", folder / f"{part.name}.log", box,
-                                               part.env)
+                                               part.env, part.module)
             else:
-                entry["result"] = run_in_process(argv, folder / f"{part.name}.json")
+                entry["result"] = run_in_process(argv, folder / f"{part.name}.json", part.module)
             entry["status"] = "ok"
             entry.pop("error", None)
             break

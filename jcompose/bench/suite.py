@@ -5,7 +5,8 @@ On an accelerator: the full SD 1.5 architecture with random weights (written onc
 512 px, bf16: sampling (50 DDIM steps, CFG 7.5, VAE decode; batch 1 and 8, diffusers PyTorch fp16
 in the same run), each attention control's overhead, the train steps of `denoise`, `anyscene` and
 every method with a registered PyTorch reference at per-device batch 8 and 16 (12 if 16 does not
-fit), the input pipelines, the evaluation extractors and the numerics. On a CPU the same parts run
+fit), the memory `jcompose.plan` predicts for the first of those steps (next to its measured peak),
+the input pipelines, the evaluation extractors and the numerics. On a CPU the same parts run
 on the tiny model with fewer repeats (what CI's smoke test exercises).
 
 The parts run in priority order within `--budget-s`: a part whose estimate does not fit in the
@@ -94,6 +95,14 @@ def _plan(accelerator: bool, work: Path, methods: list[str], no_torch: bool) -> 
         return Part(f"train_{method}_b{batch}", "training", (*argv, "--per-device-batch", str(batch)), estimate,
                     tuple((*argv, "--per-device-batch", str(b)) for b in fallbacks))
 
+    def plan_check(method: str, batch: int) -> Part:
+        """The plan's prediction of the memory of `train(method, batch)` (`bench.suite_plan`)."""
+        config = str(REPO / "configs" / f"{method}.py") + ("" if accelerator else ":tiny")
+        argv = ("--config", config, *common, "--base", str(work / f"{model}-{_architecture(method)}"),
+                "--per-device-batch", str(batch))
+        return Part(f"plan_{method}_b{batch}", "plan", argv, 150 if accelerator else 60,
+                    module="jcompose.bench.suite_plan")
+
     data_flags = ("--size", "512", "--workers", "0,2", "--batch", "8", "--batches", "4") if accelerator else (
         "--size", "64", "--workers", "0", "--batch", "2", "--batches", "2")
     # On an accelerator the input pipelines (host CPU only) run beside the device parts.
@@ -107,14 +116,20 @@ def _plan(accelerator: bool, work: Path, methods: list[str], no_torch: bool) -> 
     evals = ("--batch", "64", "--repeats", "3") if accelerator else (
         "--batch", "1", "--repeats", "1", "--extractors", "inception,dino,lpips")
     eval_part = Part("eval", "eval", ("eval", *evals, *torch_flag), 60 if accelerator else 20)
+    # Benchmark generation through the engine on 1 device and on all (issue 22's scaling, >= 0.9 N on chips).
+    generate = Part("generate", "generation", ("generate", *common, "--base", base, "--devices", "1,all") + (
+        ("--steps", "50", "--per-device-batch", "4", "--batches", "2") if accelerator else
+        ("--steps", "2", "--per-device-batch", "2", "--batches", "1")), 150 if accelerator else 25)
     if not accelerator:
-        return [setup, sample_b1, train(methods[0], 2), *data, *controls, numerics, eval_part,
-                *(train(m, 2) for m in methods[1:])]
+        return [setup, sample_b1, train(methods[0], 2), *data, *controls, numerics, eval_part, generate,
+                *(train(m, 2) for m in methods[1:]), plan_check(methods[0], 2)]
     sample_b8 = Part("sample_b8", "sampling", (*sample, "--batch", "8", "--controls", "none", "--repeats", "2",
                                                *torch_flag), 90)
     built_in = [m for m in methods if m in BUILT_IN_METHODS]
     added = [m for m in methods if m not in BUILT_IN_METHODS]
-    return [setup, *data, sample_b1, *(train(m, 8) for m in built_in), sample_b8, *controls,
+    # The plan's predicted memory is checked right after the first train step it predicts was measured.
+    return [setup, *data, sample_b1, train(built_in[0], 8), plan_check(built_in[0], 8),
+            *(train(m, 8) for m in built_in[1:]), sample_b8, generate, *controls,
             *(train(m, 8) for m in added), numerics, *(train(m, 16, fallbacks=(12,)) for m in methods), eval_part]
 
 

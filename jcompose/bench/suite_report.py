@@ -11,6 +11,7 @@ from jcompose.bench import timing
 HOST_DEVICES = 8  # "the workers one 8-device host needs"
 # Issue 15's targets on one H100/H200-class GPU, bf16, 512 px (reported, never asserted).
 TRAIN_MFU, TRAIN_SPEEDUP, SAMPLE_B8_MFU, SAMPLE_B1_S, CONTROL_OVERHEAD = 0.50, 1.5, 0.40, 0.45, 1.10
+GENERATION_EFFICIENCY = 0.9  # issue 22: benchmark generation on N chips >= 0.9 N x one chip's images/s
 
 
 def _ok(data: dict, name: str) -> dict | None:
@@ -121,6 +122,45 @@ def target_rows(data: dict) -> list[dict]:
     for row in control_rows(data)[1:]:
         rows.append({"target": f"{row['control']}: overhead <= {CONTROL_OVERHEAD - 1:.0%}", "reached": row["overhead"],
                      "met": None if row["overhead"] is None else row["overhead"] <= CONTROL_OVERHEAD})
+    for row in generation_rows(data):
+        if row.get("devices") == 1:
+            rows.append({"target": f"generation on 1 device: host work hidden, >= {GENERATION_EFFICIENCY:.0%} of the "
+                                   "sampler alone", "reached": row["overlap"],
+                         "met": row["overlap"] >= GENERATION_EFFICIENCY})
+        elif row.get("devices"):
+            rows.append({"target": f"generation on {row['devices']} devices >= {GENERATION_EFFICIENCY:.0%} x "
+                                   f"{row['devices']} x one device", "reached": row["efficiency"],
+                         "met": row["efficiency"] >= GENERATION_EFFICIENCY})
+    return rows
+
+
+def generation_rows(data: dict) -> list[dict]:
+    """Benchmark generation (`bench generate`) per device count; one 'not run' row when the part did not run."""
+    rows = []
+    for _, r in _results(data, "generation"):
+        base = r["rows"][0]["img_per_s"]
+        for row in r["rows"]:
+            rows.append({"setting": f"{r['model']}, {r['size']} px, {r['steps']} steps, {r['per_device_batch']}/device",
+                         "devices": row["devices"], "img_per_s": row["img_per_s"],
+                         "sampler_img_per_s": row["sampler_img_per_s"], "overlap": row["overlap"],
+                         "scaling": row["img_per_s"] / base,
+                         "efficiency": row["img_per_s"] / base * r["rows"][0]["devices"] / row["devices"],
+                         "note": r.get("note", "")})
+    return rows or [{"setting": "not run (part generate)"}]
+
+
+def plan_rows(data: dict) -> list[dict]:
+    """The plan's predicted memory per chip next to the peak `bench train` measured for the same method and
+    per-device batch on this machine."""
+    measured = {(r["method"], r["per_device_batch"]): r for r in _train_results(data)}
+    rows = []
+    for entry, r in _results(data, "plan"):
+        train = measured.get((r["method"], r["per_device_batch"]))
+        peak = train and train["peak_memory_gib"]
+        rows.append({"method": r["method"], "per_device_batch": r["per_device_batch"], "target": r["target"],
+                     "predicted": r["predicted_total_gib"], "measured": peak,
+                     "ratio": timing.ratio(r["predicted_total_gib"], peak), "compile_s": r["compile_s"],
+                     "note": "" if train else "no measured train step of this method and batch in this run"})
     return rows
 
 
@@ -140,8 +180,16 @@ TRAINING_INTRO = ("One jit train step on a fixed batch after compile (back to ba
                   "(bf16 autocast on a GPU) on the same weights and batch.")
 DATA_INTRO = (f"Synthetic 480x640 photos through each method's transform and grain; workers one {HOST_DEVICES}-device "
               f"host needs = {HOST_DEVICES} x per-device batch x steps/s over examples/s per worker.")
+PLAN_INTRO = ("`python -m jcompose.plan` compiled the same train step ahead of time for this machine's chip kind "
+              "(deviceless, as on a CPU machine); predicted = arguments + temporaries + unaliased outputs + code per "
+              "chip, measured = the device's peak bytes in use during `bench train` (which also holds the allocator's "
+              "overhead and the data of the timing loop).")
 TARGETS_INTRO = ("Issue 15's targets for one H100/H200-class GPU in bf16 at 512 px (a CPU run is no target platform: "
                  "its rows only show the suite ran).")
+GENERATION_INTRO = ("The AnyScene benchmark job through `jcompose.generation` (PNG reading, CFG sampling, paste-back, "
+                    "PNG writing) on the first d devices, the same images per device; sampler img/s = the compiled "
+                    "step alone on device-resident batches, overlap = img/s / sampler img/s, efficiency = img/s over "
+                    "d x one device's.")
 SECTIONS = (
     ("Sampling", SAMPLING_INTRO, sampling_rows,
      [("setting", "setting"), ("batch", "batch"), ("s_per_image", "jcompose s/image"), ("img_per_s", "img/s"),
@@ -155,6 +203,10 @@ SECTIONS = (
       ("img_per_s", "img/s"), ("tflop", "TFLOP/step"), ("mfu", "MFU"), ("peak", "peak GiB"),
       ("compile_s", "compile s"), ("torch_s", "PyTorch s/step"), ("speedup", "speed-up"),
       ("torch_peak", "torch peak GiB"), ("note", "note")]),
+    ("Plan vs measured memory", PLAN_INTRO, plan_rows,
+     [("method", "method"), ("per_device_batch", "batch/device"), ("target", "planned for"),
+      ("predicted", "predicted GiB"), ("measured", "measured peak GiB"), ("ratio", "predicted/measured"),
+      ("compile_s", "plan compile s"), ("note", "note")]),
     ("Input pipeline", DATA_INTRO, data_rows,
      [("method", "method"), ("size", "px"), ("per_worker", "examples/s per worker"), ("read_ms", "read ms"),
       ("transform_ms", "transform ms"), ("step", "train step rate"), ("workers", f"workers per {HOST_DEVICES}-device host")]),
@@ -162,6 +214,9 @@ SECTIONS = (
      eval_rows, [("extractor", "extractor"), ("weights", "weights"), ("input", "input"), ("batch", "batch"),
                  ("jax", "jax img/s"), ("torch", "torch img/s"), ("speedup", "speed-up"),
                  ("first_s", "compile + first s")]),
+    ("Benchmark generation", GENERATION_INTRO, generation_rows,
+     [("setting", "setting"), ("devices", "devices"), ("img_per_s", "img/s"), ("sampler_img_per_s", "sampler img/s"),
+      ("overlap", "overlap"), ("scaling", "vs 1 device"), ("efficiency", "efficiency"), ("note", "note")]),
     ("Numerics", "Same weights and inputs; the fp32 reference at 'highest' matmul precision.", numerics_rows,
      [("comparison", "comparison"), ("max_abs", "max abs err"), ("mean_abs", "mean abs err"),
       ("rel_l2", "rel L2 err"), ("ref_rms", "ref rms"), ("note", "note")]),

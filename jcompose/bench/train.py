@@ -63,6 +63,27 @@ def apply_overrides(config, overrides: dict[str, Any], source: str) -> None:
             raise common.ConfigError(f"{source}.{field} = {value!r}: {err}") from err
 
 
+def configure(config, args: argparse.Namespace, base_folder, devices: int, on_accelerator: bool) -> None:
+    """The benchmarked config, in place: the method's reference overrides, `--set`, the base folder, image
+    size, batch (per device x `devices`), one micro-batch, bf16 for the full model on an accelerator
+    (`bench suite`'s plan part builds the same config to predict this step's memory)."""
+    from configs import common
+
+    reference = torch_train.reference_for(config.method)
+    apply_overrides(config, reference.overrides if reference else {}, "bench overrides")
+    apply_overrides(config, dict(parse_override(s) for s in args.set), "--set")
+    config.model.base = str(base_folder)
+    config.data.image_size = args.size or (512 if args.model == "sd15" else 64)
+    if args.per_device_batch:
+        config.train.batch_size = args.per_device_batch * devices
+    elif args.batch:
+        config.train.batch_size = args.batch
+    config.train.grad_accum = 1
+    if on_accelerator and args.model == "sd15":
+        config.compute_dtype = "bfloat16"
+    common.validate(config)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The train benchmark's report (see the module doc)."""
     from configs import common
@@ -71,22 +92,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     config = common.load(args.config)
     reference = torch_train.reference_for(config.method)
-    apply_overrides(config, reference.overrides if reference else {}, "bench overrides")
-    apply_overrides(config, dict(parse_override(s) for s in args.set), "--set")
     on_accelerator = jax.default_backend() != "cpu"
     architecture = (reference and reference.base) or weights.architecture_of(config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = weights.base_folder(args, tmp, architecture)
-        config.model.base = str(folder)
-        config.data.image_size = args.size or (512 if args.model == "sd15" else 64)
-        if args.per_device_batch:
-            config.train.batch_size = args.per_device_batch * jax.device_count()
-        elif args.batch:
-            config.train.batch_size = args.batch
-        config.train.grad_accum = 1
-        if on_accelerator and args.model == "sd15":
-            config.compute_dtype = "bfloat16"
-        common.validate(config)
+        configure(config, args, folder, jax.device_count(), on_accelerator)
         mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
         method = methods.build(config)
         state, frozen, tx, _ = train.init_state(config, method, mesh, tmp)

@@ -60,6 +60,8 @@ def abstract_params(module: Any) -> Any:
 def _params(folder: Path, module: Any, weights: str, prefix: str, param_dtype: DType) -> Any:
     """Reads and checks the weights of `folder` against the tree the module's init would make."""
     expected = abstract_params(module)
+    if files.reading_abstract():  # `files.abstract_weights`: the config's shapes, no weight file
+        return files.cast_params(files.zeros_of(expected), param_dtype)
     paths, fmt = files.find_weights(folder, files.TRANSFORMERS_FLAX_WEIGHTS, files.TRANSFORMERS_PT_WEIGHTS,
                                        weights, None)
     if fmt == "msgpack":
@@ -109,6 +111,8 @@ def load_clip(folder: str | Path, *, dtype: DType = jnp.float32, param_dtype: DT
 
 
 def _has_pooler(folder: Path, weights: str) -> bool:
+    if files.reading_abstract():
+        return False
     paths, fmt = files.find_weights(folder, files.TRANSFORMERS_FLAX_WEIGHTS, files.TRANSFORMERS_PT_WEIGHTS,
                                        weights, None)
     if fmt == "msgpack":

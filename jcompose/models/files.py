@@ -8,6 +8,8 @@ and `Loaded`, the (module, params, config, path) bundle every loader returns.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -29,6 +31,31 @@ TRANSFORMERS_FLAX_WEIGHTS = "flax_model.msgpack"
 TRANSFORMERS_PT_WEIGHTS = "model.safetensors"
 
 DType = Any
+
+_ABSTRACT = contextvars.ContextVar("abstract_weights", default=False)
+
+
+@contextlib.contextmanager
+def abstract_weights():
+    """Inside, the loaders read only `config.json`: no weight file is looked for or read, and parameters are
+    zeros of the shapes the config implies, made where the loading runs. Call the loading under
+    `jax.eval_shape` and they are shapes only, nothing allocated: `jcompose.plan` builds a run's programs
+    for another chip this way, from a model's configs alone."""
+    token = _ABSTRACT.set(True)
+    try:
+        yield
+    finally:
+        _ABSTRACT.reset(token)
+
+
+def reading_abstract() -> bool:
+    """Whether loaders are inside `abstract_weights`."""
+    return _ABSTRACT.get()
+
+
+def zeros_of(expected: Any) -> Any:
+    """Zeros for a tree of `jax.ShapeDtypeStruct`s (the stand-in weights of `abstract_weights`)."""
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), expected)
 
 
 @dataclasses.dataclass(frozen=True)

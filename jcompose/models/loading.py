@@ -32,7 +32,7 @@ from flax import serialization
 
 from jcompose.models import encoders, pt_layout
 from jcompose.models.files import (DIFFUSERS_FLAX_WEIGHTS, DIFFUSERS_PT_WEIGHTS, Loaded, cast_params, check_tree, find_weights,
-                                   read_msgpack, read_safetensors, require_dir)
+                                   read_msgpack, read_safetensors, reading_abstract, require_dir, zeros_of)
 from jcompose.models.controlnet import ConditioningEmbedding, ControlNetModel
 from jcompose.models.diffusers_config import (
     CONTROLNET,
@@ -54,8 +54,19 @@ DType = Any
 # ----------------------------------------------------------------------------- diffusers modules
 
 
+_ABSTRACT_PARAMS: dict[str, dict] = {}  # module repr (its class and every field) -> shapes
+
+
 def abstract_params(module: Any) -> dict:
-    """Shapes and dtypes of a UNet / ControlNet / VAE module's parameters, computed without any FLOPs."""
+    """Shapes and dtypes of a UNet / ControlNet / VAE module's parameters, computed without any FLOPs
+    (tracing a full-size UNet's init takes seconds, so each architecture is traced once per process)."""
+    key = f"{type(module).__module__}.{type(module).__qualname__}: {module!r}"
+    if key not in _ABSTRACT_PARAMS:
+        _ABSTRACT_PARAMS[key] = _trace_params(module)
+    return _ABSTRACT_PARAMS[key]
+
+
+def _trace_params(module: Any) -> dict:
     kind = kind_of_module(module)
     rng = jax.random.PRNGKey(0)
     if kind is VAE:
@@ -102,6 +113,8 @@ def load_component(
             raise ConfigError(f"{folder / 'config.json'}: {key} = {actual!r}, but this use needs {key} = {value!r}")
     module = kind.module_class(**kwargs, dtype=dtype)
     expected = abstract_params(module)
+    if reading_abstract():  # `files.abstract_weights`: the config's shapes, no weight file
+        return Loaded(module, cast_params(zeros_of(expected), param_dtype), config, folder)
     paths, fmt = find_weights(folder, DIFFUSERS_FLAX_WEIGHTS, DIFFUSERS_PT_WEIGHTS, weights, variant)
     if fmt == "msgpack":
         params = read_msgpack(paths[0])

@@ -1,0 +1,166 @@
+"""`jcompose.plan` on the tiny config: compiled for a TPU v5p slice and for 8 H100s on this CPU machine (libtpu
+and the CUDA plugin as optional test packages), its figures against the same program built and traced on
+the CPU, the largest-batch search, and the command line."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs.common import load
+from jcompose import cli, methods, parallel, train
+from jcompose.plan import __main__ as plan_cli, build, flops, planner, targets
+
+CONFIG = "configs/denoise.py"
+GiB = 2**30
+
+
+def _require(target_name: str) -> targets.Target:
+    target = targets.parse(target_name)
+    missing = targets.missing_plugin(target)
+    if missing:
+        pytest.skip(f"optional test dependency {missing} is not installed (the plan's compiler for {target_name})")
+    return target
+
+
+def _config(compute_dtype="float32", **train_fields):
+    config = load(f"{CONFIG}:tiny")
+    config.compute_dtype = compute_dtype
+    config.train.update(batch_size=8, **train_fields)
+    return config
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("plan")
+
+
+@pytest.fixture(scope="module")
+def v5p(workdir):
+    """The tiny denoise run (global batch 8: 2 per chip) planned for v5p-8 (4 chips), train step only."""
+    target = _require("v5p-8")
+    run = planner.prepare(_config(), CONFIG, target, workdir)
+    return run, planner.plan(run, CONFIG, target, names=("train",), log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def cpu_state(workdir):
+    """The same run built for real on the CPU (tiny random weights): state, frozen and a batch."""
+    config = _config()
+    method = methods.build(config)
+    mesh = parallel.make_mesh()
+    state, frozen, tx, _ = train.init_state(config, method, mesh, str(workdir))
+    return config, method, mesh, tx, state, frozen
+
+
+def _bytes(tree) -> float:
+    return float(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
+
+
+def test_tiny_config_planned_for_a_tpu_slice(v5p, cpu_state):
+    run, result = v5p
+    config, method, mesh, tx, state, frozen = cpu_state
+    step = result["programs"][0]
+    memory = step["memory_bytes"]
+    assert result["chips"] == 4 and result["chip"] == "TPU v5" and step["hbm_bytes"] == 95 * GiB
+    assert step["fits"] and 0 < memory["total"] < GiB and memory["temp"] > 0
+    # Parameters are replicated (no FSDP): each chip holds what the CPU run holds.
+    assert memory["params"] == _bytes(state["params"])
+    assert memory["optimizer"] == _bytes(state["opt_state"])
+    assert memory["frozen"] == _bytes(frozen)
+    assert memory["batch"] == sum(np.prod(s.shape) * s.dtype.itemsize for s in run.batch.values()) / 4
+    assert memory["arguments"] >= memory["params"] + memory["optimizer"] + memory["frozen"] + memory["batch"]
+    # Model FLOPs per chip: those of the same step traced on the CPU at the per-chip batch (XLA attention there).
+    cpu_run = build.with_train(run, batch_size=2)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in cpu_run.batch.items()}
+    traced = jax.jit(train.make_step(method, tx, config, mesh)).trace(state, frozen, batch)
+    assert step["flops_per_chip"] == pytest.approx(flops.count(traced.jaxpr).flops, rel=1e-3)
+    # What the compiled program executes: more (the TPU pads the tiny model's 16-32 wide dims to its 128 lanes).
+    assert step["flops_per_chip"] <= step["compiled_flops_per_chip"] < 3 * step["flops_per_chip"]
+    # Every attention layer runs the Pallas flash kernel, and the compiled program holds it.
+    layers = step["attention"]
+    assert len(layers) == 14 and {a["implementation"] for a in layers.values()} == {"pallas"}
+    assert step["kernels"]["flash_attention"] == 14 and step["kernels"]["flash_mha_bwd_dq"] == 14
+    assert len(step["attention_kernel_layers_in_program"]) == 14
+    # The gradient all-reduce carries about the parameters' bytes (less the few that get no gradient).
+    assert 0.95 * memory["params"] <= step["collectives"]["all-reduce"]["bytes"] <= 2 * memory["params"]
+    assert step["roofline"]["compute_s"] == pytest.approx(step["flops_per_chip"] / 459e12)
+
+
+def test_tiny_config_planned_for_h100s(v5p, workdir):
+    target = _require("h100x8")
+    run = planner.prepare(_config("bfloat16"), CONFIG, target, workdir)  # cuDNN attention: half precision only
+    result = planner.plan(run, CONFIG, target, names=("train",), log=lambda *_: None)
+    step = result["programs"][0]
+    assert result["chips"] == 8 and result["chip"] == "NVIDIA H100 80GB HBM3" and step["fits"]
+    assert step["xla_cost_analysis_flops"] is None  # deviceless GPU programs: the compiler counts nothing
+    assert {a["implementation"] for a in step["attention"].values()} == {"cudnn"}
+    assert step["kernels"]["__cudnn$fmhaSoftmax"] == 14 and step["kernels"]["__cudnn$fmhaSoftmaxBackward"] > 0
+    assert any(k.startswith("__cudnn$conv") for k in step["kernels"])
+    tpu_step = v5p[1]["programs"][0]
+    assert step["flops_per_image"] == pytest.approx(tpu_step["flops_per_image"], rel=1e-3)  # same model, per image
+    assert step["memory_bytes"]["params"] == tpu_step["memory_bytes"]["params"]
+
+
+def test_largest_batch_boundary_on_the_cpu(workdir, cpu_state):
+    """Budget between the memory of per-chip batch 1 and 2: the search stops at 1, and the compile one step above
+    (batch 2) exceeds the budget; batch 2's model FLOPs agree with XLA's CPU count."""
+    target = targets.parse("cpu")
+    run = planner.prepare(_config(), CONFIG, target, workdir)
+    two = planner.plan(build.with_train(run, batch_size=2), CONFIG, target, names=("train",), log=lambda *_: None)
+    step = two["programs"][0]
+    assert step["xla_cost_analysis_flops"] == pytest.approx(step["flops_per_chip"], rel=0.15)  # + element-wise
+    budget = step["memory_bytes"]["total"] - 1
+    found = planner.max_batch(run, CONFIG, target, variants=("as configured",), margin=0.0, hbm_bytes=budget,
+                              log=lambda *_: None)
+    assert len(found) == 1
+    best = found[0]
+    assert best["per_chip_batch"] == 1 and best["memory_bytes"] <= budget
+    assert best["next_per_chip_batch"] == 2 and best["next_memory_bytes"] == step["memory_bytes"]["total"] > budget
+    assert best["overrides"] == "--config.train.batch_size=1"
+
+
+@pytest.mark.parametrize("budget", [130, 160, 161, 400, 1000])
+def test_largest_batch_search_with_few_compiles(monkeypatch, budget):
+    """The search on a memory model (100 + 30 n bytes + a kink): exact boundary, a handful of compiles."""
+    probes = []
+
+    def fake_reports(run, target, names, margin, hbm_bytes, log, cache_dir=None):
+        n = run.config.train.batch_size // 4
+        probes.append(n)
+        total = 100 + 30 * n + (5 if n > 8 else 0)
+        return [{"fits": total <= hbm_bytes, "memory_bytes": {"total": total}}]
+
+    monkeypatch.setattr(planner, "compile_reports", fake_reports)
+    monkeypatch.setattr(build, "with_train", lambda run, **train: type("R", (), {"config": _config(**train)})())
+    target = targets.Target("fake", "tpu", targets.TPU_CHIPS["v5e"], 4, "v5e:2x2")
+    run = type("Run", (), {"config": _config()})()
+    (best,) = planner.max_batch(run, CONFIG, target, variants=("as configured",), margin=0.0, hbm_bytes=budget,
+                                log=lambda *_: None)
+    want = max([n for n in range(0, 64) if 100 + 30 * n + (5 if n > 8 else 0) <= budget], default=0)
+    assert best["per_chip_batch"] == want
+    assert len(set(probes)) <= 5
+
+
+def test_command_line_writes_the_plan_and_refuses_bad_input(tmp_path, capsys):
+    out, cache = tmp_path / "plan", f"--cache_dir={tmp_path / 'cache'}"
+    args = [f"--config={CONFIG}:tiny", "--target=cpu", "--programs=train", f"--out={out}", "--config.train.batch_size=2",
+            cache]
+    assert plan_cli.main(args) == 0
+    assert {p.name for p in out.iterdir()} == {"plan.json", "plan.md", "hbm.png"}
+    text = (out / "plan.md").read_text()
+    assert "FITS: denoise on cpu" in text and "| params | optimizer | ema | frozen |" in text
+    assert "FITS: denoise on cpu" in capsys.readouterr().out
+    first = json.loads((out / "plan.json").read_text())["programs"][0]
+    # The same program again (against a smaller memory): not compiled again, the same facts.
+    assert plan_cli.main([*args, "--hbm_gib=0.001"]) == plan_cli.NO_FIT
+    assert "DOES NOT FIT" in capsys.readouterr().out
+    again = json.loads((out / "plan.json").read_text())["programs"][0]
+    assert again["from_plan_cache"] and not first["from_plan_cache"]
+    assert again["memory_bytes"] == first["memory_bytes"] and again["kernels"] == first["kernels"]
+    for bad, message in ((["--target=tpu9"], "--target tpu9: expected a TPU slice"),
+                         (["--target=cpu", "--programs=eval"], "--programs: unknown"),
+                         (["--target=cpu", "--margin=1.5"], "--margin 1.5")):
+        with pytest.raises(cli.InputError, match=message):
+            plan_cli.main([f"--config={CONFIG}:tiny", *bad])
