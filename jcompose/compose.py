@@ -11,6 +11,13 @@
 (`RUN/checkpoints/<step>`). Each method's options and inference code live with the method
 (`jcompose/methods/<name>_inference.py`); `python -m jcompose.compose <method> --help` lists them.
 Input errors print one `error: ...` line and exit 2 (`--debug` or JCOMPOSE_DEBUG=1: the traceback).
+
+`--benchmark` generates a whole benchmark on every device, resumably (`jcompose/generation.py`); with
+`--multihost` (and `--coordinator_address/--num_processes/--process_id` where the platform does not provide
+them) the same command on every host of a pod splits the items over all of them:
+
+    python -m jcompose.compose anyscene --checkpoint gs://bucket/run --benchmark BENCH --out gs://bucket/gen \
+        --multihost
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import argparse
 import importlib
 import sys
 
-from jcompose import cli
+from jcompose import cli, generation
 
 # method -> the module whose `add_parser(subparsers)` registers its subcommand (imported on demand).
 INFERENCE = {
@@ -44,8 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
     """Parses argv (without the program name), composes, prints what was written; returns it."""
     args = build_parser().parse_args(cli.pop_debug(sys.argv[1:] if argv is None else argv))
     with cli.guard():
+        generation.start(args)  # --batch_size / --workers checked; --multihost joins the other hosts first
         written = args.run(args)
     what = f"{written['count']} images to " if "count" in written else ""
+    if written.get("resumed"):
+        what = f"{written['count']} images ({written['resumed']} already there from an earlier run) to "
     print(f"wrote {what}{written['image']} (checkpoint step {written['step']})"
           + (f" and {written['attention']}" if "attention" in written else ""))
     return written

@@ -1,4 +1,5 @@
-"""launch_tpu.sh against a fake `gcloud` on PATH that records its arguments."""
+"""launch_tpu.sh against a fake `gcloud` on PATH and a fake `jcompose.plan`, both recording their arguments
+in one log (so the order of planning and cloud calls shows)."""
 
 import json
 import os
@@ -30,6 +31,14 @@ if words[:4] == ["compute", "tpus", "queued-resources", "describe"]:
 if words[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
     shutil.copy(words[4], os.path.join(os.environ["FAKE_DIR"], "code.tar.gz"))
 """
+# Stands in for `python -m jcompose.plan`: logs ["PLAN", args...], prints a verdict, exits FAKE_PLAN_STATUS.
+FAKE_PLAN = r"""import json, os, sys
+with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
+    log.write(json.dumps(["PLAN"] + sys.argv[1:]) + "\n")
+status = int(os.environ.get("FAKE_PLAN_STATUS", "0"))
+print({0: "FITS: fake plan", 3: "DOES NOT FIT: fake plan, train: 120.00 of 95.00 GiB per chip"}.get(status, "error: x"))
+sys.exit(status)
+"""
 
 
 @pytest.fixture
@@ -38,19 +47,24 @@ def fake(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
     (bin_dir / "gcloud").chmod(0o755)
+    (bin_dir / "fake_plan.py").write_text(FAKE_PLAN)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_LOG": str(tmp_path / "log"),
-           "FAKE_DIR": str(tmp_path), "JCOMPOSE_POLL_SECONDS": "0"}
+           "FAKE_DIR": str(tmp_path), "JCOMPOSE_POLL_SECONDS": "0",
+           "JCOMPOSE_PLAN_CMD": f"python3 {bin_dir / 'fake_plan.py'}"}
     env.pop("JCOMPOSE_BUCKET", None)
 
     def launch(*args, **extra_env):
         return subprocess.run(["bash", str(REPO / "launch_tpu.sh"), *args], check=False, capture_output=True, text=True,
                               env={**env, **extra_env}, timeout=120)
 
-    def calls():
+    def logged():
         log = tmp_path / "log"
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
-    launch.calls, launch.env, launch.dir = calls, env, tmp_path
+    def calls():  # gcloud's
+        return [c for c in logged() if c[:1] != ["PLAN"]]
+
+    launch.calls, launch.logged, launch.env, launch.dir = calls, logged, env, tmp_path
     return launch
 
 
@@ -173,3 +187,41 @@ def test_variant_check_without_the_python_dependencies(fake):
     assert refused.returncode == 2 and "configs/anyscene.py has no variant 'huge'" in refused.stderr
     accepted = fake("anyscene", "--variant", "tiny", "--workdir", "gs://b/r", "--dry-run", JCOMPOSE_PYTHON="/nonexistent")
     assert accepted.returncode == 0 and "--config=configs/anyscene.py:tiny" in accepted.stdout
+
+
+def test_plans_the_run_before_any_cloud_call(fake):
+    result = fake(*ARGS)
+    assert result.returncode == 0, result.stderr
+    log = fake.logged()
+    plan = log[0]
+    assert plan[0] == "PLAN" and all(c[0] != "PLAN" for c in log[1:])  # first, and once
+    assert plan[1:5] == ["--config=configs/denoise.py:tiny", "--target=v5p-32", "--programs=train",
+                         "--out=" + plan[4].split("=", 1)[1]]
+    assert plan[5:] == ["--config.optim.lr=2e-5", "--config.model.base=my base's"]  # the config overrides only
+    assert "FITS: fake plan" in result.stdout and "plan: fits" in result.stdout
+
+
+def test_a_run_that_does_not_fit_stops_before_any_cloud_call(fake):
+    result = fake(*ARGS, FAKE_PLAN_STATUS="3")
+    assert result.returncode == 3
+    assert "120.00 of 95.00 GiB" in result.stdout and "does not fit v5p-32" in result.stderr
+    assert "--skip-plan" in result.stderr and "--max_batch" in result.stderr
+    assert fake.calls() == []
+    skipped = fake(*ARGS[:-3], "--skip-plan", *ARGS[-3:], FAKE_PLAN_STATUS="3")
+    assert skipped.returncode == 0, skipped.stderr
+    assert [c[0] for c in fake.logged()].count("PLAN") == 1  # not planned the second time
+    assert [c[3] for c in fake.calls()] == ["describe", "create", "scp", "ssh", "ssh", "ssh"]
+
+
+def test_dry_run_shows_the_verdict_and_the_commands(fake):
+    result = fake(*ARGS[:-3], "--dry-run", *ARGS[-3:], FAKE_PLAN_STATUS="3")
+    assert result.returncode == 0, result.stderr
+    assert "DOES NOT FIT: fake plan" in result.stdout and "a real launch stops here" in result.stdout
+    assert any(line.startswith("+ gcloud") for line in result.stdout.splitlines())
+    assert fake.calls() == []
+
+
+def test_a_failed_plan_stops_the_launch(fake):
+    result = fake(*ARGS, FAKE_PLAN_STATUS="2")
+    assert result.returncode == 2 and "planning the run failed" in result.stderr and "--skip-plan" in result.stderr
+    assert fake.calls() == []

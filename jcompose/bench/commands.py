@@ -20,11 +20,12 @@ COMMANDS = {
     "data": ("jcompose.bench.data", "input pipeline: examples/s per worker process, workers needed per host"),
     "eval": ("jcompose.bench.eval", "evaluation feature extractors: images/s vs their PyTorch references"),
     "numerics": ("jcompose.bench.numerics", "bf16 UNet/ControlNet vs fp32; fused vs explicit attention"),
+    "generate": ("jcompose.bench.generate", "benchmark generation: images/s on 1 and N devices (scaling), overlap"),
     "prepare": ("jcompose.bench.prepare", "write the random-weight base folders, environment, matmul ceiling"),
     "suite": ("jcompose.bench.suite", "everything above, time-boxed, into DIR/report.md + DIR/report.json"),
 }
 # Commands whose --model defaults by backend: tiny on CPU, the full SD 1.5 architecture elsewhere.
-MODEL_DEFAULTED = ("sample", "train", "numerics", "prepare")
+MODEL_DEFAULTED = ("sample", "train", "numerics", "prepare", "generate")
 
 
 def parser() -> argparse.ArgumentParser:

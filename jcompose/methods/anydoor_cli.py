@@ -15,19 +15,19 @@ are generated in one batched call, overlapping ones one after another
 DINOv2 sees them, the background with the targets outlined, each collage, the result.
 
 `--benchmark BENCH` (built by `python -m input_pipeline.anydoor_benchmark`) generates every
-concept x background pair, `--batch` pairs per compiled call, into GEN/<concept>/<background>.png,
-and writes GEN/manifest.json for `python -m jcompose.evaluate --config=configs/eval/anydoor.py`.
-Pair k uses seed + k (crop ratio and initial noise), so it equals a single compose with that seed.
+concept x background pair into GEN/<concept>/<background>.png on every device (and host, `--multihost`),
+`--batch_size` (or `--batch`) pairs per call, resumably, and writes GEN/manifest.json for `python -m
+jcompose.evaluate --config=configs/eval/anydoor.py`. Pair k uses seed + k (crop ratio and initial noise),
+so it equals a single compose with that seed (`jcompose/methods/anydoor_generation.py`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from jcompose import cli
+from jcompose import cli, generation
 from jcompose.cli import InputError
-from jcompose.inference import read_checkpoint, resolve_checkpoint, run_config, trained_tree, write_image
+from jcompose.inference import read_checkpoint, run_config, trained_tree, write_image
 
 
 def release_config(info: dict, folder: Path, dtype: str):
@@ -88,7 +88,8 @@ def check_release_widths(folder: Path, info: dict, projector_shape: tuple[int, i
                              f"{value}; convert the released checkpoint again into a new folder")
 
 
-def _load(args):
+def load(args):
+    """(method, params, frozen, step) from --checkpoint (a training run) or --weights (a converted release)."""
     from jcompose.methods import anydoor_inference as inference
 
     if bool(args.checkpoint) == bool(args.weights):
@@ -115,6 +116,8 @@ def compose_anydoor(args) -> dict:
     if args.benchmark:
         if args.reference or args.background or args.mask:
             raise InputError("--benchmark generates its own pairs; leave out --reference / --background / --mask")
+        from jcompose.methods.anydoor_generation import compose_benchmark
+
         return compose_benchmark(args)
     if args.steps is not None:
         cli.require_positive(("--steps", args.steps))
@@ -122,7 +125,7 @@ def compose_anydoor(args) -> dict:
     if not args.background:
         raise InputError("--background: give the image to put the objects into")
     background = inference.read_rgb(args.background, "--background")
-    method, params, frozen, step = _load(args)
+    method, params, frozen, step = load(args)
     result = inference.compose(method, params, frozen, background, objects, seed=args.seed, num_steps=args.steps,
                                guidance_scale=args.guidance, shape_control=args.shape_control,
                                paste_mode=args.paste, background_name=args.background)
@@ -134,60 +137,6 @@ def compose_anydoor(args) -> dict:
         write_image(show, inference.side_by_side(background, objects, result))
         written["attention"] = str(show)  # printed by compose as "and <path>"
     return written
-
-
-def compose_benchmark(args) -> dict:
-    """Every pair of `--benchmark`, `--batch` at a time (module doc); writes the images and manifest.json."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from input_pipeline import anydoor_benchmark
-    from jcompose.methods import anydoor_inference as inference
-
-    if args.batch < 1:
-        raise InputError(f"--batch {args.batch}: expected a positive number of pairs per call")
-    header, pairs = anydoor_benchmark.read_benchmark(args.benchmark)
-    method, params, frozen, step = _load(args)
-    sc = method.config.sample
-    steps = int(args.steps or sc.steps)
-    guidance = float(sc.guidance_scale if args.guidance is None else args.guidance)
-    transform = inference.inference_transform(method, args.shape_control)
-    run, size, out = inference.sampler(method, steps), method.config.data.image_size, Path(args.out)
-    entries = []
-    for start in range(0, len(pairs), args.batch):
-        chunk = pairs[start:start + args.batch]
-        examples, backgrounds = [], []
-        for k, pair in enumerate(chunk, start):
-            obj = inference.read_object(str(pair["reference"]), None, str(pair["mask"]))
-            background = inference.read_rgb(pair["background"], "background")
-            inference.check_object(obj, background.shape, str(pair["background"]))
-            examples.append(inference.prepare_example(transform, obj, background, args.seed + k))
-            backgrounds.append(background)
-        padded = examples + [examples[-1]] * (args.batch - len(examples))  # one compiled batch size
-        seeds = [args.seed + start + i for i in range(len(examples))] + [args.seed + start] * (args.batch - len(chunk))
-        batch = {key: jnp.asarray(np.stack([e[key] for e in padded])) for key in ("reference", "collage")}
-        noise = jnp.concatenate([inference.initial_noise(method, s, size) for s in seeds])
-        images = np.asarray(run(params, frozen, batch, noise, jnp.float32(guidance)))
-        for k, (pair, example, background, image) in enumerate(zip(chunk, examples, backgrounds, images), start):
-            result = inference.paste(inference.to_uint8(image), background, example, args.paste, int(sc.margin),
-                                     drop_first_row=bool(sc.drop_first_row))
-            path = out / pair["concept"] / f"{Path(pair['background']).stem.removesuffix('_GT')}.png"
-            write_image(path, result)
-            entries.append({"image": str(path.relative_to(out)), "object": pair["concept"],
-                            "reference": str(pair["reference"]), "background": str(pair["background"]),
-                            "box": pair["box"], "seed": args.seed + k})
-        print(f"{len(entries)}/{len(pairs)} pairs", flush=True)
-    c = method.config  # which configs/anydoor.py variant (released / paper) and its settings made the images
-    variant = {"variant": c.get("variant", "unrecorded"), "box_mask_prob": c.data.box_mask_prob,
-               **{k: c.sample.get(k) for k in ("crop_expand_tenths", "ref_expand_tenths", "collage_mask",
-                                                  "drop_first_row", "margin")}}
-    manifest = {**variant, "benchmark": header.get("name"), "bench": str(args.benchmark), "step": step,
-                "weights": str(args.weights or args.checkpoint), "steps": steps,
-                "run": str(resolve_checkpoint(args.checkpoint)[0]) if args.checkpoint else "", "guidance": guidance,
-                "shape_control": bool(args.shape_control), "paste": args.paste, "seed": args.seed, "images": entries}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return {"image": str(out), "step": step, "count": len(entries)}
 
 
 def add_parser(sub) -> None:
@@ -203,7 +152,6 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", action="append", help="where the object goes in the background (white); repeat")
     p.add_argument("--benchmark", default="", help="a folder built by `python -m input_pipeline.anydoor_benchmark`: "
                    "generate every pair into the --out folder")
-    p.add_argument("--batch", type=int, default=8, help="--benchmark pairs per compiled call (default 8)")
     p.add_argument("--shape-control", action="store_true", help="follow the target mask's shape, not its box")
     p.add_argument("--paste", choices=("crop", "box"), default="crop", help="paste back the whole crop (released "
                    "run_inference.py) or only the target box (the demo)")
@@ -216,4 +164,5 @@ def add_parser(sub) -> None:
     p.add_argument("--base", default="", help="SD 2.1-base folder (default: the run's)")
     p.add_argument("--dinov2", default="", help="DINOv2 folder (default: the run's)")
     p.add_argument("--show", action="store_true", help="also write <out>_show.png (inputs, collage, result)")
-    p.add_argument("--out", required=True, help="output image (.png), or folder with --benchmark")
+    p.add_argument("--out", required=True, help="output image (.png), or folder with --benchmark (may be gs://)")
+    generation.add_arguments(p, batch_flags=("--batch_size", "--batch"))

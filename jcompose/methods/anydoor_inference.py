@@ -327,36 +327,6 @@ def load_trained(config: Any, workdir: str | Path, trained: dict) -> tuple[Any, 
     return method, jax.tree_util.tree_map(jnp.asarray, trained), frozen
 
 
-def write_example_inputs(data_root: str | Path, out: str | Path) -> dict[str, str]:
-    """Inputs for a first `compose anydoor` after the tiny run, from its synthetic YouTube-VOS-layout
-    set (`<workdir>/data`): the first object of the first video (frame 0) as reference.png +
-    reference_mask.png, the last frame of the second video as background.png, and its first object's
-    mask there as mask.png. Returns {name: path}."""
-    import cv2
-
-    from input_pipeline.records import read_image, read_label_png
-
-    videos = sorted(p for p in (Path(data_root) / "youtube_vos" / "JPEGImages").iterdir() if p.is_dir())
-    if len(videos) < 2:
-        raise AnyDoorInputError(f"{data_root}: expected a synthetic youtube_vos/ set with at least two videos")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    first, second = (sorted(v.glob("*.jpg")) for v in videos[:2])
-
-    def label(frame):
-        return (read_label_png(frame.parent.parent.parent / "Annotations" / frame.parent.name / f"{frame.stem}.png")
-                == 1).astype(np.uint8) * 255
-
-    files = {"reference": (read_image(first[0]), True), "reference_mask": (label(first[0]), False),
-             "background": (read_image(second[-1]), True), "mask": (label(second[-1]), False)}
-    written = {}
-    for name, (image, rgb) in files.items():
-        path = out / f"{name}.png"
-        cv2.imwrite(str(path), image[..., ::-1] if rgb else image)
-        written[name] = str(path)
-    return written
-
-
 # ------------------------------------------------------------------------------------ picture
 
 

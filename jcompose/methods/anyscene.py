@@ -74,6 +74,13 @@ def controlnet_module(unet_module: Any, controlnet_params: Any) -> Any:
 class AnySceneMethod:
     """The AnyScene recipe on the shared engine (see module doc); built from `configs/anyscene.py`."""
 
+    # `train.lora`: refused (jcompose.methods.build). The base UNet is already frozen; the one trained module
+    # is F_c, a new ControlNet whose zero convolutions and hint embedding start at zero / at random and are
+    # where the foreground enters, so they must train whole, and the paper trains all of F_c.
+    lora_refusal = ("its only trained module is the foreground-injection ControlNet F_c, trained whole as the "
+                    "paper does: its zero convolutions and hint embedding start from zero / random and have no "
+                    "pretrained base to adapt, and the SD 1.5 UNet is frozen already")
+
     def __init__(self, config):
         self.config = config
         self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
@@ -126,9 +133,9 @@ class AnySceneMethod:
     def write_example_inputs(self, batch: dict, folder) -> None:
         """A training batch's first foreground and mask as `folder/fg.png`, `mask.png`: the README's first
         `compose anyscene` after the quick start reads them."""
-        from jcompose.methods.anyscene_inference import write_example_inputs
+        from jcompose.methods import example_inputs
 
-        write_example_inputs(batch, folder)
+        example_inputs.anyscene(batch, folder)
 
     def tokenize(self, prompts) -> np.ndarray:
         """Prompts -> (B, N) int32 ids padded to the tokenizer's context length."""

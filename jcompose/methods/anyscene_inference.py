@@ -9,7 +9,8 @@ Width and height must be multiples of 8. `--words` picks prompt words for layout
 cross-attention kept inside the mask); `--blend` puts the original foreground back (Poisson by
 default); `--show-attention` also writes `<out>_attention.png`: the result, then each word's
 cross-attention map (layout-controlled, averaged over heads, layers and three timesteps) over it.
-`--benchmark DIR` generates every pair of a benchmark folder (`python -m input_pipeline.anyscene_benchmark`).
+`--benchmark DIR` generates every pair of a benchmark folder (`python -m input_pipeline.anyscene_benchmark`)
+on every device (and host, `--multihost`), resumably: `jcompose/methods/anyscene_generation.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jcompose import generation
 from jcompose.cli import InputError, require_positive
 from jcompose.inference import read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
 
@@ -73,20 +75,6 @@ def read_foregrounds(foregrounds: list[str], masks: list[str], canvas_value: int
     return composite, union[..., None].astype(np.float32)
 
 
-def write_example_inputs(batch: dict, folder) -> None:
-    """The first example's `foreground` (in [-1, 1]) and `mask` of a training batch as `folder/fg.png` and
-    `mask.png` (white = object), ready for `compose anyscene --foreground --mask`. `folder` may be an
-    etils path (gs:// workdirs)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rgb = ((np.asarray(batch["foreground"][0], np.float32) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    mask = (np.asarray(batch["mask"][0], np.float32)[..., 0] > 0.5).astype(np.uint8) * 255
-    for name, image in (("fg.png", rgb), ("mask.png", mask)):
-        with (folder / name).open("wb") as f:
-            Image.fromarray(image).save(f, format="PNG")
-
-
 def attention_grid(result: np.ndarray, maps: np.ndarray, words: list[str]) -> np.ndarray:
     """uint8 (H, W, 3) result + float (h, w, K) per-word maps -> uint8 (H, (K+1) W, 3): the result, then
     each map (normalised to its max, JET colours) blended over it."""
@@ -124,7 +112,8 @@ def load_anyscene(args):
     return method, params, frozen, step
 
 
-def _blend(kind: str, foreground, generated, mask, erode: int):
+def blend_images(kind: str, foreground, generated, mask, erode: int):
+    """The original foreground put back into generated (B, H, W, 3) images: `kind` poisson, paste or none."""
     import jax
 
     from jcompose import blending
@@ -145,8 +134,10 @@ def compose_anyscene(args) -> dict:
 
     if args.blend not in BLENDS:
         raise InputError(f"--blend {args.blend!r}: expected one of {BLENDS}")
-    require_positive(("--steps", args.steps), ("--batch_size", args.batch_size))
+    require_positive(("--steps", args.steps))
     if args.benchmark:
+        from jcompose.methods.anyscene_generation import compose_benchmark
+
         return compose_benchmark(args)
     if not args.foreground or args.prompt is None:
         raise InputError("give --foreground (with --mask, or RGBA) and --prompt, or --benchmark DIR")
@@ -171,7 +162,7 @@ def compose_anyscene(args) -> dict:
 
     rng = jax.random.PRNGKey(args.seed)
     generated = jax.jit(generate)(params, frozen, batch, rng)
-    result = _blend(args.blend, batch["foreground"], generated, batch["mask"], method.config.sample.blend_erode)
+    result = blend_images(args.blend, batch["foreground"], generated, batch["mask"], method.config.sample.blend_erode)
     image = to_uint8(np.asarray(result[0]))
     out = Path(args.out)
     write_image(out, image)
@@ -189,51 +180,6 @@ def compose_anyscene(args) -> dict:
     return written
 
 
-def compose_benchmark(args) -> dict:
-    """Every pair of a benchmark folder (`python -m input_pipeline.anyscene_benchmark`) -> `--out`/<name>.png,
-    in batches of `--batch_size` (the last batch padded by repetition); image i uses key fold_in(seed, i)."""
-    import json
-
-    import jax
-    import jax.numpy as jnp
-
-    root = Path(args.benchmark)
-    prompts_path = root / "prompts.json"
-    if not prompts_path.is_file():
-        raise InputError(f"--benchmark {root}: no prompts.json (build it with python -m input_pipeline."
-                         "anyscene_benchmark)")
-    prompts = json.loads(prompts_path.read_text())
-    names = sorted(prompts)
-    if not names:
-        raise InputError(f"--benchmark {prompts_path}: no pairs")
-    method, params, frozen, step = load_anyscene(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def generate(params, frozen, batch, keys):
-        images = jax.vmap(lambda b, k: method.sample(params, frozen, jax.tree_util.tree_map(lambda x: x[None], b), k,
-                                                     num_steps=args.steps, guidance_scale=args.guidance)[0])(
-            batch, keys)
-        return _blend(args.blend, batch["foreground"], images, batch["mask"], method.config.sample.blend_erode)
-
-    run = jax.jit(generate)
-    size = max(1, args.batch_size)
-    for start in range(0, len(names), size):
-        chunk = names[start:start + size]
-        padded = chunk + [chunk[-1]] * (size - len(chunk))
-        pairs = [read_foregrounds([str(root / "foregrounds" / f"{n}.png")], [str(root / "masks" / f"{n}.png")])
-                 for n in padded]
-        batch = {"foreground": jnp.asarray(np.stack([p[0] for p in pairs])),
-                 "mask": jnp.asarray(np.stack([p[1] for p in pairs])),
-                 "input_ids": jnp.asarray(method.tokenize([prompts[n] for n in padded]))}
-        keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(args.seed), start + i) for i in range(size)])
-        images = np.asarray(run(params, frozen, batch, keys))
-        for name, image in zip(chunk, images, strict=False):
-            write_image(out / f"{name}.png", to_uint8(image))
-        print(f"{min(start + size, len(names))}/{len(names)}", flush=True)
-    return {"image": str(out), "step": step, "count": len(names)}
-
-
 def add_parser(sub) -> None:
     """Registers `anyscene` on the compose command line's subparsers."""
     p = sub.add_parser("anyscene", help="generate a scene around composited foregrounds (AnyScene)")
@@ -245,7 +191,6 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", help="scene description")
     p.add_argument("--benchmark", default="", help="a benchmark folder (foregrounds/, masks/, prompts.json): "
                    "generate every pair into the --out folder instead")
-    p.add_argument("--batch_size", type=int, default=4, help="images per sampling call with --benchmark")
     p.add_argument("--words", default="", help="comma-separated prompt words for layout control, e.g. 'dog,cat'")
     p.add_argument("--no-layout", dest="layout", action="store_false", help="no layout control even with --words")
     p.add_argument("--blend", default="poisson", help="poisson (default), paste or none")
@@ -255,4 +200,5 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params (trained with EMA)")
     p.add_argument("--show-attention", action="store_true", help="also write <out>_attention.png")
-    p.add_argument("--out", required=True, help="output image (.png), or a folder with --benchmark")
+    p.add_argument("--out", required=True, help="output image (.png), or a folder with --benchmark (may be gs://)")
+    generation.add_arguments(p)

@@ -11,23 +11,21 @@ self-attention (the run's rule: released = last 5 decoder layers) keeps box and 
 `--num` images per input come from one batched call with keys fold_in(seed, i).
 
 `--benchmark murecom|dreameditbench ROOT` generates `--num` images for every (object of the run,
-background of its category / set) pair into `GEN/<object>/<background>/<i>.png`, batched, and writes
-`GEN/manifest.json` for `python -m jcompose.evaluate --config=configs/eval/dreamcom.py`: per image its
-object, the object's reference photos and masks, the background and the box.
+background of its category / set) pair into `GEN/<object>/<background>/<i>.png` on every device (and host,
+`--multihost`), resumably, and writes `GEN/manifest.json` for `python -m jcompose.evaluate
+--config=configs/eval/dreamcom.py`: per image its object, the object's reference photos and masks, the
+background and the box (`jcompose/methods/dreamcom_generation.py`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from jcompose import generation
 from jcompose.cli import InputError, require_positive
-from jcompose.inference import (read_checkpoint, read_image_file, resolve_checkpoint, run_config, to_uint8,
-                                trained_tree, write_image)
-
-BENCHMARKS = ("murecom", "dreameditbench")
+from jcompose.inference import read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
 
 
 def parse_box(text: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -70,15 +68,14 @@ def load_dreamcom(args):
     method.workdir = workdir
     method.load_models(method.base_folder(workdir))
     step, state = read_checkpoint(args.checkpoint)
-    tree = trained_tree(state, ema=args.ema, step=step, checkpoint=args.checkpoint, needs="unet", method="DreamCom")
+    tree = trained_tree(state, ema=args.ema, step=step, checkpoint=args.checkpoint,
+                        needs="unet_lora" if method.lora else "unet", method="DreamCom")
     names = method.model_names
     if args.object and args.object not in names:
         raise InputError(f"--object {args.object}: the run trained {', '.join(names)}")
     if not args.object and len(names) > 1 and not args.benchmark:
         raise InputError(f"--object: the run trained {len(names)} objects ({', '.join(names)}); name one")
-    frozen = {"vae": method.pipe.vae.params}
-    if "text_encoder" not in tree:
-        frozen["text_encoder"] = method.pipe.text_encoder.params
+    frozen = method.frozen_of(tree)  # with LoRA the base UNet too: sample forms base + adapters
 
     def params_of(name: str):
         if len(names) == 1:
@@ -105,7 +102,8 @@ def _generator(method, args):
     return jax.jit(generate)
 
 
-def _inputs(method, index: int, record: dict, do_crop: bool) -> dict:
+def inference_inputs(method, index: int, record: dict, do_crop: bool) -> dict:
+    """Object `index`'s model inputs on a background record (image, mask, masked_image, input_ids, region)."""
     from input_pipeline import dreamcom as dreamcom_data
 
     inputs = dreamcom_data.inference_inputs(record, size=method.config.data.image_size, do_crop=do_crop)
@@ -139,6 +137,8 @@ def compose_dreamcom(args) -> dict:
 
     check_flags(args)
     if args.benchmark:
+        from jcompose.methods.dreamcom_generation import compose_benchmark
+
         return compose_benchmark(args)
     if not args.background or bool(args.box) == bool(args.mask):
         raise InputError("give --background and one of --box x1,y1,x2,y2 or --mask (or --benchmark NAME ROOT)")
@@ -148,76 +148,12 @@ def compose_dreamcom(args) -> dict:
     method, params_of, frozen, step = load_dreamcom(args)
     name = args.object or method.model_names[0]
     index = method.model_names.index(name)
-    inputs = _inputs(method, index, {"image": background, "box": box, "source": args.background}, args.do_crop)
+    inputs = inference_inputs(method, index, {"image": background, "box": box, "source": args.background}, args.do_crop)
     images = _run_batched(_generator(method, args), params_of(name), frozen, [inputs] * args.num, args.seed, 0)
     out = Path(args.out)
     for i, image in enumerate(images):
         write_image(out / f"{i}.png", dreamcom_data.paste_region(image, background, inputs["region"]))
     return {"image": str(out), "step": step, "count": len(images)}
-
-
-def benchmark_pairs(kind: str, root: str, method) -> list[tuple[int, dict, object]]:
-    """(object index, background record getter, reference source) for every (object of the run, background)
-    pair of a benchmark: MureCom pairs an object with its category's backgrounds, DreamEditBench with its set's."""
-    from input_pipeline import dreamcom_objects
-
-    if kind not in BENCHMARKS:
-        raise InputError(f"--benchmark {kind!r}: expected one of {BENCHMARKS}")
-    pairs = []
-    for index, ref in enumerate(method.objects):
-        ref, references = dreamcom_objects.resolve(ref, method.config.data, method.workdir)
-        if kind == "murecom":
-            from input_pipeline.sources.murecom import MureComBackgrounds
-
-            if ref.kind != "murecom":
-                raise InputError(f"--benchmark murecom: object {ref.name} is not a MureCom object ({ref.kind}:)")
-            backgrounds = MureComBackgrounds(root, [ref.location.split("/")[0]])
-        else:
-            from input_pipeline.sources import dreameditbench
-
-            subject = dreameditbench.objects(root, method.config.data.dreambooth_root)
-            sets = {o.name: o.background_set for o in subject}
-            if ref.location not in sets:
-                raise InputError(f"--benchmark dreameditbench: no background set for object {ref.name}")
-            backgrounds = dreameditbench.DreamEditBenchBackgrounds(root, sets=[sets[ref.location]])
-        pairs += [(index, backgrounds, b, references) for b in range(len(backgrounds))]
-    return pairs
-
-
-def compose_benchmark(args) -> dict:
-    from input_pipeline import dreamcom as dreamcom_data
-
-    kind, root = args.benchmark
-    method, params_of, frozen, step = load_dreamcom(args)
-    chosen = [args.object] if args.object else method.model_names
-    pairs = [p for p in benchmark_pairs(kind, root, method) if method.model_names[p[0]] in chosen]
-    run, out, manifest, done = _generator(method, args), Path(args.out), [], 0
-    for index, backgrounds, b, references in pairs:
-        record = backgrounds[b]
-        name = method.model_names[index]
-        inputs = _inputs(method, index, record, args.do_crop)
-        images = _run_batched(run, params_of(name), frozen, [inputs] * args.num, args.seed, done)
-        stem = Path(record["source"]).stem
-        for i, image in enumerate(images):
-            path = out / name / stem / f"{i}.png"
-            write_image(path, dreamcom_data.paste_region(image, record["image"], inputs["region"]))
-            manifest.append({"image": str(path.relative_to(out)), "object": name, "background": record["source"],
-                             "box": [int(v) for v in record["box"]], "references": _reference_files(references)})
-        done += len(images)
-        print(f"{name} {stem}: {done} images", flush=True)
-    c = method.config  # which configs/dreamcom.py variant (released / paper) made the images
-    variant = {"variant": c.get("variant", "unrecorded"), "self_attention": c.sample.self_attention,
-               "crop_fallback": c.data.get("crop_fallback", "relax")}
-    (out / "manifest.json").write_text(json.dumps({**variant, "benchmark": kind, "root": str(root), "step": step,
-                                                   "run": str(resolve_checkpoint(args.checkpoint)[0]),
-                                                   "images": manifest}, indent=1))
-    return {"image": str(out), "step": step, "count": done}
-
-
-def _reference_files(references) -> list[dict]:
-    """[{"photo", "mask"}] of a reference source's files (mask None: the photo is the object, whole)."""
-    return [{"photo": item[0], "mask": item[1]} if isinstance(item, tuple) else {"photo": item, "mask": None}
-            for item in references.items]
 
 
 def add_parser(sub) -> None:
@@ -245,4 +181,5 @@ def add_parser(sub) -> None:
     p.add_argument("--base", default="", help="SD 1.5 inpainting folder (default: the run's)")
     p.add_argument("--benchmark", nargs=2, metavar=("NAME", "ROOT"), default=None,
                    help="murecom|dreameditbench ROOT: every pair of the run's objects into the --out folder")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (with --benchmark, may be gs://)")
+    generation.add_arguments(p)
