@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
         sample_count=4,        # sample-grid images (per model when a run trains several)
         export=False,          # at the end, each trained model exported by its method (<workdir>/export/<name>)
     ))
+    # LoRA (jcompose/lora.py): rank 0 = off (the method's modules train whole); else only rank-r adapters of
+    # the target layers train (PEFT's rule on diffusers module names), the base stays frozen and shared;
+    # alpha 0 = the rank (scale alpha / rank = 1, as diffusers' DreamBooth-LoRA script).
+    c.train.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=("to_q", "to_k", "to_v", "to_out.0")))
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-5, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, clip_norm=1.0,
     ))
@@ -70,6 +74,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.ckpt_every > 0 and t.log_every > 0, "train.ckpt_every", "positive (and train.log_every too)")
     need(t.keep > 0 and t.keep_best >= 0, "train.keep", "a positive count (and train.keep_best >= 0)")
     need(t.best_mode in ("min", "max"), "train.best_mode", "'min' or 'max'")
+    if "lora" in t:
+        need(isinstance(t.lora.rank, int) and t.lora.rank >= 0, "train.lora.rank", "an integer >= 0 (0: LoRA off)")
+        need(t.lora.alpha >= 0, "train.lora.alpha", "a number >= 0 (0: the rank)")
+        need(bool(t.lora.targets) and all(isinstance(x, str) and x for x in t.lora.targets), "train.lora.targets",
+             "a tuple of diffusers module names or their endings, e.g. ('to_q', 'to_k', 'to_v', 'to_out.0')")
     need(config.mesh.fsdp >= 1, "mesh.fsdp", "a positive integer")
     need(config.optim.lr > 0, "optim.lr", "a positive float")
     need(config.optim.schedule in ("constant", "cosine"), "optim.schedule", "'constant' or 'cosine'")

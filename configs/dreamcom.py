@@ -13,6 +13,9 @@ Variants (`arg`):
   "paper": the same with the paper's masked self-attention rule (every U-Net self-attention layer except
     the last 6 of the decoder: the encoder, the mid block and the 16x16 decoder block, 10 of SD 1.5's 16)
     and its 80% rule kept for objects wider than a crop (`data.crop_fallback = "shrink"`).
+  "lora": the released recipe with LoRA instead of the whole UNet (`train.lora`: rank 4 on the attention
+    projections to_q/to_k/to_v/to_out.0, alpha = rank, AdamW lr 1e-4 as diffusers' DreamBooth-LoRA example):
+    each object costs its adapters (about 0.8 M numbers), not a UNet and its Adam moments.
   "tiny": the tiny random inpainting base and a synthetic MureCom-layout benchmark written into the workdir
     (two objects available: "murecom:Toy/fg1", "murecom:Toy/fg2"), 64 px, CPU-sized.
 Every `data.objects` entry trains its own UNet; all of them train in one compiled program.
@@ -60,9 +63,12 @@ def get_config(arg: str = ""):
         c.train.update(batch_size=2, steps=60, log_every=10, ckpt_every=30)
         c.optim.update(lr=1e-4, weight_decay=0.0)
         c.sample.update(steps=10, num=2)
+    elif arg == "lora":
+        c.train.lora.update(rank=4, alpha=4.0)
+        c.optim.lr = 1e-4
     elif arg == "paper":
         c.sample.self_attention = "paper"
         c.data.crop_fallback = "shrink"
     elif arg != "":
-        raise ValueError(f"configs/dreamcom.py: unknown variant {arg!r}; use 'tiny', 'paper' or nothing")
+        raise ValueError(f"configs/dreamcom.py: unknown variant {arg!r}; use 'tiny', 'paper', 'lora' or nothing")
     return c

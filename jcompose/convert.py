@@ -4,6 +4,7 @@
     python -m jcompose.convert to-diffusers SRC DST  # Flax msgpack -> PyTorch safetensors
     python -m jcompose.convert anydoor-ckpt epoch=1-step=8687.ckpt OUT  # AnyDoor's released model
     python -m jcompose.convert sd-ckpt v2-1_512-ema-pruned.ckpt OUT    # an original SD checkpoint -> base folder
+    python -m jcompose.convert merge-lora BASE pytorch_lora_weights.safetensors OUT  # a UNet LoRA baked in
 
 SRC is one model folder (config.json + weights: unet, controlnet, vae, CLIP text encoder,
 DINOv2) or a whole base-model folder (unet/, vae/, text_encoder/, ...); other files (tokenizer,
@@ -19,6 +20,9 @@ inert placeholders) and writes a folder for `python -m jcompose.compose anydoor 
 vae/, scheduler/, extractor/, dinov2/, projector/, config.json (jcompose/models/ldm_convert.py).
 `sd-ckpt` writes a diffusers-layout base (unet/, vae/, scheduler/) from `v2-1_512-ema-pruned.ckpt`
 (or .safetensors, or SD 1.x); its text encoder is not converted (AnyDoor does not use one).
+`merge-lora` applies a diffusers/PEFT UNet LoRA file (as `pipe.load_lora_weights` reads it, e.g. a DreamCom
+LoRA run's `export/<object>/pytorch_lora_weights.safetensors`) to a UNet folder or a base-model folder's
+unet/ and writes the merged weights (W + alpha/r B A) in the diffusers layout, the rest of a base copied.
 """
 
 from __future__ import annotations
@@ -131,15 +135,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help=f"show the traceback of input errors too (or set "
                         f"{cli.DEBUG_ENV}=1)")
     _add_checkpoint_parsers(sub)
+    merge = sub.add_parser("merge-lora", help="a UNet LoRA file (diffusers/PEFT) merged into a UNet or base folder")
+    merge.add_argument("src", type=Path, help="UNet folder, or base-model folder (its unet/ is merged)")
+    merge.add_argument("lora", type=Path, help="pytorch_lora_weights.safetensors, or a folder holding it")
+    merge.add_argument("dst", type=Path, help="folder to write (created)")
     args = parser.parse_args(cli.pop_debug(sys.argv[1:] if argv is None else argv))
     with cli.guard(), cli.input_errors():  # bad folders and files: one `error:` line, exit 2
         if args.target in ("anydoor-ckpt", "sd-ckpt"):
             lines = _convert_checkpoint(args)
+        elif args.target == "merge-lora":
+            lines = merge_lora(args.src, args.lora, args.dst)
         else:
             lines = convert(args.src, args.dst, "flax" if args.target == "to-flax" else "diffusers", args.dtype)
         for line in lines:
             print(line)
     return 0
+
+
+def merge_lora(src: Path, lora_file: Path, dst: Path) -> list[str]:
+    """Writes `src` (a UNet folder, or a base-model folder whose other entries are copied) with the UNet LoRA
+    `lora_file` merged in (diffusers safetensors); `dst` appears complete or not at all."""
+    from jcompose import lora
+    from jcompose.models import lora_files
+
+    src, dst = Path(src), Path(dst)
+    unet_folder = src if (src / "config.json").is_file() else src / "unet"
+    unet = loading.load_unet(unet_folder)
+    adapters, spec = lora_files.read(lora_file, unet.params)
+    merged = lora.merge(unet.params, adapters, spec.scale)
+    with atomic.folder(dst, owns=_empty) as partial:
+        if unet_folder != src:
+            for entry in sorted(src.iterdir()):
+                if entry.name != "unet":
+                    (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, partial / entry.name)
+        loading.export_diffusers(unet.module, merged, partial / "unet" if unet_folder != src else partial)
+    return [f"{unet_folder} + {lora_file} ({len(lora.modules(adapters))} modules, rank {spec.rank}, alpha "
+            f"{spec.alpha:g}) -> {dst / 'unet' if unet_folder != src else dst}"]
 
 
 def _add_checkpoint_parsers(sub) -> None:

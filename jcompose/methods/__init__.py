@@ -21,4 +21,18 @@ def build(config) -> Method:
     module, cls = METHODS[config.method]
     # The attention implementation is chosen when programs are traced, from this process-wide setting.
     attention_kernels.set_implementation(config.model.get("attention", "auto"))
-    return getattr(importlib.import_module(module), cls)(config)
+    method = getattr(importlib.import_module(module), cls)(config)
+    _check_lora(config, method)
+    return method
+
+
+def _check_lora(config, method) -> None:
+    """A config asking for LoRA (`train.lora.rank` > 0) needs a method that trains adapters (`trains_lora`);
+    otherwise ConfigError with the method's reason (`lora_refusal`), so nothing trains whole unasked."""
+    from configs.common import ConfigError
+
+    lora = config.train.get("lora")
+    if lora is not None and lora.rank and not getattr(method, "trains_lora", False):
+        reason = getattr(method, "lora_refusal", "it has no LoRA support")
+        raise ConfigError(f"config.train.lora.rank = {lora.rank}: {config.method} cannot train LoRA adapters "
+                          f"({reason}); set config.train.lora.rank = 0")

@@ -2,7 +2,9 @@
 
 The released recipe (bcmi/DreamCom-Image-Composition; reference/dreamcom.md A.1-A.3), on the shared engine:
 
-* the whole 9-channel UNet trains (text encoder optionally, `model.train_text_encoder`); VAE frozen;
+* the whole 9-channel UNet trains (text encoder optionally, `model.train_text_encoder`); VAE frozen; or,
+  with `train.lora.rank` > 0, only LoRA adapters of the UNet (`jcompose.lora`: params {"unet_lora"}, the base
+  UNet in frozen, the effective kernels W + alpha/r A B formed in `unet_params` for the loss and sampling);
 * UNet input = [noisy latents; box mask at latent size (nearest: m[::8, ::8]); masked-image latents]
   (the masked image is the photo with its box set to 0; both latents are VAE samples, as released);
 * loss = epsilon MSE weighted by the padding-free loss mask, per sample sum over (C, h, w) divided by
@@ -32,9 +34,9 @@ import numpy as np
 
 from input_pipeline import dreamcom as dreamcom_data
 from input_pipeline import dreamcom_objects
-from jcompose import attention, diffusion
+from jcompose import attention, diffusion, lora
 from jcompose.methods.base import base_folder as base_model_folder
-from jcompose.models import loading
+from jcompose.models import loading, lora_files
 
 SELF_ATTENTION_RULES = ("released", "paper", "none")
 VAE_FACTOR = 8
@@ -91,6 +93,8 @@ def self_attention_rule_layers(names: list[str], rule: str) -> frozenset[str]:
 class DreamComMethod:
     """The DreamCom recipe (see module doc); built from `configs/dreamcom.py`."""
 
+    trains_lora = True  # `train.lora`: adapters of the UNet (methods.build refuses LoRA for methods without)
+
     def __init__(self, config):
         self.config = config
         self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
@@ -98,6 +102,7 @@ class DreamComMethod:
             raise ValueError(f"config.sample.self_attention = {config.sample.self_attention!r}: expected one of "
                              f"{SELF_ATTENTION_RULES}")
         self.objects = dreamcom_objects.parse_objects(config.data)
+        self.lora = lora.spec_from_config(config)  # None: the whole UNet trains
         self.workdir: Path | None = None
 
     @property
@@ -113,10 +118,15 @@ class DreamComMethod:
     def export(self, params, folder: str | Path) -> None:
         """One object's fine-tuned UNet (and text encoder, if trained) as diffusers/transformers folders
         `folder/unet`, `folder/text_encoder`: load with diffusers' `UNet2DConditionModel.from_pretrained`
-        and use them in an inpainting pipeline of the base model."""
+        and use them in an inpainting pipeline of the base model. A LoRA run's UNet is the merged one (base +
+        adapters), and its adapters are also written as `folder/pytorch_lora_weights.safetensors`, which
+        ``pipe.load_lora_weights(folder)`` applies to a pipeline of the base."""
         from jcompose.models import encoders
 
-        loading.export_diffusers(self.pipe.unet.module, params["unet"], Path(folder) / "unet")
+        unet = self.unet_params(params, self.frozen_of(params))
+        loading.export_diffusers(self.pipe.unet.module, unet, Path(folder) / "unet")
+        if "unet_lora" in params:
+            lora_files.write(Path(folder) / lora_files.WEIGHT_NAME, params["unet_lora"], self.lora)
         if "text_encoder" in params:
             encoders.export_encoder(self.pipe.text_encoder.module, params["text_encoder"], Path(folder) / "text_encoder")
 
@@ -133,9 +143,29 @@ class DreamComMethod:
     def init(self, workdir: str) -> tuple[Any, Any]:
         self.workdir = Path(workdir)
         self.load_models(self.base_folder(workdir))
-        params, frozen = {"unet": self.pipe.unet.params}, {"vae": self.pipe.vae.params}
-        (params if self.config.model.train_text_encoder else frozen)["text_encoder"] = self.pipe.text_encoder.params
-        return params, frozen
+        unet = self.pipe.unet.params
+        params = {"unet_lora": lora.init(unet, self.lora, jax.random.PRNGKey(self.config.seed))} if self.lora else {
+            "unet": unet}
+        if self.config.model.train_text_encoder:
+            params["text_encoder"] = self.pipe.text_encoder.params
+        return params, self.frozen_of(params)
+
+    def frozen_of(self, params) -> dict:
+        """The loaded modules that a trained tree `params` (the run's params or a checkpoint's) does not hold:
+        the VAE, the text encoder unless it trained, and with LoRA the base UNet."""
+        frozen = {"vae": self.pipe.vae.params}
+        if "text_encoder" not in params:
+            frozen["text_encoder"] = self.pipe.text_encoder.params
+        if "unet_lora" in params:
+            frozen["unet"] = self.pipe.unet.params
+        return frozen
+
+    def unet_params(self, params, frozen) -> dict:
+        """The UNet params a call uses: the trained UNet, or with LoRA the base with each adapted kernel
+        W + alpha/r A B (`lora.merge`; under jit, formed once per loss or sampling call)."""
+        if "unet_lora" in params:
+            return lora.merge(frozen["unet"], params["unet_lora"], self.lora.scale)
+        return params["unet"]
 
     # ---------------------------------------------------------------------------------- data
     def _resolved(self, index: int):
@@ -231,7 +261,8 @@ class DreamComMethod:
             context = jax.lax.stop_gradient(context)
         ctx = attention.AttentionContext(self.controls(mask, sampling=False), latent_hw=tuple(latents.shape[2:]))
         x_in = jnp.concatenate([noisy, extra], axis=1).astype(self.dtype)
-        pred = self.pipe.unet.module.apply({"params": params["unet"]}, x_in, t, context, attention=ctx).sample
+        pred = self.pipe.unet.module.apply({"params": self.unet_params(params, frozen)}, x_in, t, context,
+                                           attention=ctx).sample
         target = diffusion.training_target(self.schedule, latents, noise, t)
         loss = masked_mse(pred.astype(jnp.float32), target, latent_mask(batch["loss_mask"]))
         metrics = {"masked_mse": loss, "mse": jnp.mean((pred.astype(jnp.float32) - target) ** 2)}
@@ -267,7 +298,7 @@ class DreamComMethod:
         controls = self.controls(mask, sampling=True, self_attention=self_attention, cross_attention=cross_attention)
         unet, vae = self.pipe.unet.module, self.pipe.vae.module
         latents = jax.random.normal(k_noise, (mask.shape[0], unet.out_channels, *mask.shape[1:]))
-        denoise = diffusion.guided_denoiser(unet, params["unet"], context, uncond, guidance_scale,
+        denoise = diffusion.guided_denoiser(unet, self.unet_params(params, frozen), context, uncond, guidance_scale,
                                             extra_channels=extra, controls=controls)
         z = diffusion.sample(denoise, latents, self.schedule, self.pipe.scheduler, num_steps, method=sc.sampler)
         image = vae.apply({"params": frozen["vae"]}, z / vae.scaling_factor, method=vae.decode).sample
