@@ -12,6 +12,10 @@ Variants (`arg`):
     no EMA, batch 32 (16 x 2 GPUs), 512 px target / 224 px reference, bf16 compute, gradient
     checkpointing; the released training mixture from whichever `data.roots` are given (the others
     are left out and the weights renormalised); sampling DDIM 50 steps, eta 0, CFG 5.0.
+    Ablations (paper Tables 3 and 4, Sec. 4.3; configs/sweeps/anydoor_id_extractor.py and anydoor_collage.py):
+    `model.id_encoder` / `model.id_tokens` / `data.remove_background` (ID extractor), `data.collage` (what the
+    detail extractor sees in the box), `loss.uniform_probability` (adaptive vs uniform timesteps); the
+    defaults are the released model's. Training and `compose` build the same collage (the run's stored config).
     Departure, on purpose: the projector trains (`model.train_projector`; False = released, where it
     never receives a gradient).
     Released details kept by default, each a named option: the clip readers' frame order
@@ -50,11 +54,26 @@ def get_config(arg: str = ""):
         hint_init="torch",                  # hint encoder convs: "torch" (released: nn.Conv2d's kaiming-uniform
                                             # a=sqrt(5), bias U(+-1/sqrt(fan_in))) or "flax" (LeCun normal, zero bias)
         remat=True,                         # recompute UNet decoder / extractor activations in the backward
+        # ID extractor, paper Table 3 (jcompose/methods/anydoor_id.py):
+        id_encoder="dinov2",                # "dinov2" (the DINOv2 rows, released) or "clip" (row "CLIP (G+P)": a CLIP
+                                            # image encoder as the released FrozenOpenCLIPImageEncoder, `model.clip`)
+        id_tokens="global_patch",           # "global_patch" (rows "(G+P)", released: 1 + 256 tokens) or "global"
+                                            # (row "DINOv2 (G)": the global token alone)
+        clip="/models/CLIP-ViT-H-14-laion2B-s32B-b79K",  # transformers CLIP folder for id_encoder="clip" (OpenCLIP
+                                            # ViT-H/14, the released encoder's); its image_size = data.reference_size
     )
     c.data.update(
         image_size=512,           # target / collage side
         reference_size=224,       # DINOv2 input side
         box_mask_prob=0.3,        # mask channel = the box (else a perturbed object mask); paper: 1.0
+        # Table 3 "+ Seg": the reference on white (True, released) or with its photo background (False)
+        remove_background=True,
+        # Table 4, what the collage's target box holds (input_pipeline/anydoor_collage.py): "hf_map" (High-frequency
+        # Map, released), "none" (None, i.e. all-zero map), "object" (Original Image), "noise" (Noise Image),
+        # "shuffle" (Patch-shuffled Image)
+        collage="hf_map",
+        collage_noise_alpha_bar=0.5,   # "noise": sqrt(a) x + sqrt(1 - a) eps in [-1, 1] (the paper gives no level)
+        collage_shuffle_grid=4,        # "shuffle": grid x grid patches of the reference (the paper gives no size)
         frame_order="released",   # clip frames: "released" (meta.json's / os.listdir's order) or "sorted"
         synthetic=False,          # True: the generated video + image set in <workdir>/data (tiny)
         num_videos=8, num_frames=8, num_images=8,    # its size
@@ -65,7 +84,9 @@ def get_config(arg: str = ""):
     c.train.update(batch_size=32, steps=300_000, log_every=50, ckpt_every=5000, sample_every=5000, sample_count=4)
     c.optim.update(lr=1e-5, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
                    clip_norm=0.0)
-    c.loss = ml_collections.ConfigDict(dict(uniform_probability=0.3))  # adaptive timesteps: share drawn uniformly
+    # Adaptive timestep sampling (paper Sec. 4.3, "ATS"): the share of t drawn uniformly; the rest by data type
+    # (videos [500, 1000), images [0, 500)). 0.3 released; 1.0 = the ablation's "even distribution sampler".
+    c.loss = ml_collections.ConfigDict(dict(uniform_probability=0.3))
     c.sample = ml_collections.ConfigDict(dict(
         steps=50, guidance_scale=5.0, eta=0.0, margin=5,
         ref_expand_tenths=(12, 13),     # reference padding 1.2 (run_inference.py)
@@ -76,7 +97,8 @@ def get_config(arg: str = ""):
     ))
     c.compute_dtype = "bfloat16"
     if arg == "tiny":
-        c.model.update(base="tiny:sd21-base", dinov2="tiny", context_dim=64, hint_widths=(16, 32, 32, 32), remat=False)
+        c.model.update(base="tiny:sd21-base", dinov2="tiny", clip="tiny", context_dim=64, hint_widths=(16, 32, 32, 32),
+                       remat=False)
         c.data.update(image_size=64, reference_size=224, synthetic=True, worker_count=0)
         c.train.update(batch_size=4, steps=40, log_every=10, ckpt_every=20, sample_every=0, sample_count=2)
         c.optim.update(lr=1e-3, weight_decay=0.0)

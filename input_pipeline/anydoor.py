@@ -6,6 +6,11 @@ around the 1.1x-expanded object box, resized to 512; the collage is the crop wit
 stretched into the box, plus a shape-mask channel (box, or with p=0.7 a perturbed superset of the
 object mask) that is -1 on the square padding.
 
+Ablations (paper Tables 3 and 4, each a `make_transform` argument): `collage` picks what the box holds
+(input_pipeline/anydoor_collage.py: HF map, none, the object, the noised object, its shuffled patches);
+`remove_background=False` gives the ID extractor the reference with its photo background (the same
+window, flip and brightness as the object on white; the collage's map still comes from the object on white).
+
 Where this differs from, or had to guess about, the released code (ali-vilab/AnyDoor 44ca2b2):
 - Boxes are half-open; the released `get_bbox_from_mask` + `[y1:y2]` slicing drops the object's last
   row/column (one pixel).
@@ -23,6 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from input_pipeline import anydoor_collage
 from input_pipeline.records import RecordError
 from jcompose import imaging
 
@@ -71,6 +77,30 @@ def _region_ok(box: imaging.Box, shape: tuple[int, int], ratio: float, mode: str
     return not (any(bad) if rule == "any" else all(bad))
 
 
+def reference_window(box: imaging.Box, ratio: float) -> imaging.Box:
+    """The square (y0, y1, x0, x1), in reference-image pixels and possibly past its edges, that cropping
+    `box`, `imaging.pad_around(ratio)` and `imaging.pad_to_square` cover."""
+    y0, y1, x0, x1 = box
+    h, w = y1 - y0, x1 - x0
+    big_h, big_w = int(h * ratio), int(w * ratio)
+    top, left = y0 - (big_h - h) // 2, x0 - (big_w - w) // 2
+    side = max(big_h, big_w)
+    if big_h < big_w:
+        top -= (big_w - big_h) // 2
+    else:
+        left -= (big_h - big_w) // 2
+    return top, top + side, left, left + side
+
+
+def crop_filled(image: np.ndarray, window: imaging.Box, fill: int) -> np.ndarray:
+    """image[y0:y1, x0:x1] with `fill` where the window leaves the image."""
+    y0, y1, x0, x1 = window
+    h, w = image.shape[:2]
+    pad = [(max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w))] + [(0, 0)] * (image.ndim - 2)
+    padded = np.pad(image, pad, mode="constant", constant_values=fill)
+    return padded[y0 + pad[0][0] : y1 + pad[0][0], x0 + pad[1][0] : x1 + pad[1][0]]
+
+
 def make_transform(
     *,
     size: int = 512,
@@ -88,6 +118,10 @@ def make_transform(
     hf_thresh: int = 50,
     shape_control: bool = False,
     collage_mask: str = "training",
+    collage: str = "hf_map",
+    collage_noise_alpha_bar: float = 0.5,
+    collage_shuffle_grid: int = 4,
+    remove_background: bool = True,
 ) -> Callable[[dict, np.random.Generator], dict]:
     """Build `transform(pair_record, rng) -> example`; defaults are the released training values.
 
@@ -112,6 +146,13 @@ def make_transform(
         demo and predict.py: square padding -1, nearest) or "run_inference" (the released
         run_inference.py: it pads with -1, casts to uint8 so the padding wraps to 255, resizes
         bilinearly and keeps > 0.5: padding 1, box edges bilinear).
+      collage: what the target box of the collage holds (Table 4; `anydoor_collage.COLLAGE_KINDS`):
+        "hf_map" (released), "none", "object", "noise", "shuffle".
+      collage_noise_alpha_bar, collage_shuffle_grid: the "noise" kind's signal share and the "shuffle"
+        kind's grid (see input_pipeline/anydoor_collage.py).
+      remove_background: the reference (the ID extractor's input) is the object on white (True, released;
+        Table 3's "+ Seg"), or the same square window of the reference photo with its background (False;
+        white only where the window leaves the photo).
 
     A record may carry its dataset's "region_rule" and "max_target_region" (the released mixture's
     per-dataset settings, `anydoor_mixture.TagPair`); they take precedence over the arguments.
@@ -121,9 +162,10 @@ def make_transform(
 
     The returned transform raises `RecordError(source, reason)` for a record that fails a filter and
     returns:
-      reference: float32 (ref_size, ref_size, 3) in [-1, 1], the object on white (DINOv2 input).
+      reference: float32 (ref_size, ref_size, 3) in [-1, 1], the object on white (the ID extractor's input;
+        with remove_background=False the photo window).
       target: float32 (size, size, 3) in [-1, 1], the square target crop (black square padding).
-      collage: float32 (size, size, 4): channels 0-2 the crop with the HF map in the box, in [-1, 1];
+      collage: float32 (size, size, 4): channels 0-2 the crop with the `collage` map (HF map) in the box, in [-1, 1];
         channel 3 the shape mask, 1 object/box, 0 outside, -1 square padding.
       dynamic: int32 scalar, 0 static image pair, 1 video pair, 2 high-quality multi-view (drives
         the adaptive timestep sampler).
@@ -134,6 +176,7 @@ def make_transform(
         raise ValueError(f"region_rule must be 'any' or 'both', got {region_rule!r}")
     if collage_mask not in COLLAGE_MASKS:
         raise ValueError(f"collage_mask must be one of {COLLAGE_MASKS}, got {collage_mask!r}")
+    anydoor_collage.check(collage, ref_size, collage_noise_alpha_bar, collage_shuffle_grid)
 
     def transform(record: dict, rng: np.random.Generator) -> dict:
         source, ref, ref_mask, tar, tar_mask = _check_pair(record)
@@ -170,12 +213,17 @@ def make_transform(
         ref_img = imaging.resize(imaging.pad_to_square(ref_crop, 255)[0], (ref_size, ref_size))
         # The mask is resized as 0/255 bilinear (soft edges), thresholded inside the HF map.
         ref_m = imaging.resize(imaging.pad_to_square(ref_m * 255, 0)[0], (ref_size, ref_size))
+        # Without background removal the ID extractor sees the same window of the photo itself.
+        photo = None if remove_background else imaging.resize(
+            crop_filled(ref, reference_window(ref_box, ratio), 255), (ref_size, ref_size))
         if augment:
             if rng.random() < 0.5:
                 ref_img, ref_m = ref_img[:, ::-1].copy(), ref_m[:, ::-1].copy()
+                photo = None if photo is None else photo[:, ::-1].copy()
             if rng.random() < 0.5:
-                ref_img = imaging.brightness_contrast(ref_img, 1.0 + rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2))
-        hf = imaging.sobel_hf_map(ref_img, ref_m.astype(np.float32) / 255.0, thresh=hf_thresh)
+                alpha, beta = 1.0 + rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2)
+                ref_img = imaging.brightness_contrast(ref_img, alpha, beta)
+                photo = None if photo is None else imaging.brightness_contrast(photo, alpha, beta)
 
         # Target: square crop around the expanded box.
         crop_box = imaging.expand_box(tar_box, _tenths(rng, crop_expand_tenths), tar.shape[:2])
@@ -184,21 +232,24 @@ def make_transform(
         tar_m = imaging.crop(tar_mask, crop_box)
         y0, y1, x0, x1 = imaging.box_in_box(tar_box, crop_box)
 
-        collage = tar_crop.copy()
-        collage[y0:y1, x0:x1] = imaging.resize(hf, (y1 - y0, x1 - x0))  # stretched, aspect not kept
         if augment and rng.random() >= box_mask_prob:
             shape_mask = imaging.perturb_mask(tar_m, rng)
         elif shape_control and not augment:
             shape_mask = tar_m.copy()
         else:
             shape_mask = imaging.box_mask(tar_m.shape, (y0, y1, x0, x1))
+        # The box's map draws last, so every collage kind shares the geometry above for one seed.
+        detail = anydoor_collage.detail_map(collage, ref_img, ref_m, rng, hf_thresh=hf_thresh,
+                                            noise_alpha_bar=collage_noise_alpha_bar, shuffle_grid=collage_shuffle_grid)
+        collage_rgb = tar_crop.copy()
+        collage_rgb[y0:y1, x0:x1] = imaging.resize(detail, (y1 - y0, x1 - x0))  # stretched, aspect not kept
 
         h1, w1 = tar_crop.shape[:2]
         tar_sq = imaging.pad_to_square(tar_crop, 0)[0]
-        collage = imaging.pad_to_square(collage, 0)[0]
+        collage_rgb = imaging.pad_to_square(collage_rgb, 0)[0]
         h2, w2 = tar_sq.shape[:2]
         tar_sq = imaging.resize(tar_sq, (size, size))
-        collage = imaging.resize(collage, (size, size))
+        collage_rgb = imaging.resize(collage_rgb, (size, size))
         if collage_mask == "run_inference":  # -1 padding as uint8 is 255; bilinear uint8 resize; > 0.5
             square = imaging.pad_to_square(shape_mask.astype(np.uint8), 255)[0]
             shape_mask = (imaging.resize(square, (size, size)) > 0.5).astype(np.float32)
@@ -208,9 +259,9 @@ def make_transform(
             shape_mask[shape_mask == 2] = -1.0
 
         return {
-            "reference": imaging.to_signed(ref_img),
+            "reference": imaging.to_signed(ref_img if photo is None else photo),
             "target": imaging.to_signed(tar_sq),
-            "collage": np.concatenate([imaging.to_signed(collage), shape_mask[..., None]], axis=-1),
+            "collage": np.concatenate([imaging.to_signed(collage_rgb), shape_mask[..., None]], axis=-1),
             "dynamic": np.int32(dynamic),
             "crop_box": np.asarray(crop_box, np.int32),
             "sizes": np.asarray([h1, w1, h2, w2], np.int32),

@@ -3,7 +3,9 @@
 * ID tokens: frozen DINOv2 (ViT-g/14) on the 224-px reference (the object on white; ImageNet
   normalisation), [CLS; 256 patches] after the final LayerNorm (257 x 1536), through a linear
   projector to the UNet's context width (1024). They replace the text context in the UNet and in
-  the detail extractor; no text encoder is loaded.
+  the detail extractor; no text encoder is loaded. Table 3's other ID extractors (a CLIP image
+  encoder, the global token only) are `model.id_encoder` / `model.id_tokens` (methods/anydoor_id.py);
+  its background removal, and Table 4's collages, are data options (input_pipeline/anydoor.py).
 * Detail extractor: a ControlNet copy of the UNet encoder that does not see the noisy latent (no
   conv_in: the 4-channel hint embedding -- 16/32/96/256 convs, zero conv to 320 -- is its input),
   reading the collage (HF map in the target box, RGB in [-1, 1]) + shape mask; 13 zero convs; its
@@ -20,30 +22,31 @@
   hint the same for both halves (the extractor sees each half's tokens, as released).
 
 Param trees: params = {"extractor", "unet_decoder"[, "projector"]}, frozen = {"unet_encoder",
-"vae", "dinov2"[, "projector"]}; the UNet trees are the diffusers UNet's, split by top-level name.
+"vae", "dinov2" (or "clip")[, "projector"]}; the UNet trees are the diffusers UNet's, split by top-level name.
+With `train.lora.rank` > 0 the pretrained decoder trains as LoRA adapters (`jcompose.lora`): params
+"unet_decoder_lora" instead of "unet_decoder", which moves to frozen; the extractor (new zero
+convolutions and hint embedding) and the projector (new) have no pretrained base to adapt and train whole.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from input_pipeline import anydoor as anydoor_data
-from jcompose import atomic, diffusion
+from input_pipeline import anydoor_collage
+from jcompose import diffusion, lora
+from jcompose.methods import anydoor_id
+from jcompose.methods.anydoor_id import write_tiny_dinov2  # noqa: F401 (its old home; bench imports it here)
 from jcompose.methods.base import base_folder as base_model_folder
-from jcompose.models import encoders, loading, tiny, vit
+from jcompose.models import loading, vit
 from jcompose.models.controlnet import HINT_INITS, ConditioningEmbedding, init_conditioning_embedding
 from jcompose.models.diffusers_config import ConfigError
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 DECODER_KEYS = ("conv_norm_out", "conv_out")  # plus every "up_blocks_<i>"
-TINY_DINOV2_IMAGE_SIZE = 518  # the published ViT-g/14's 37x37 position grid
 
 
 def is_decoder_key(name: str) -> bool:
@@ -58,16 +61,6 @@ def split_unet(params: dict) -> tuple[dict, dict]:
     return encoder, decoder
 
 
-def write_tiny_dinov2(folder: Path, seed: int, formats: tuple[str, ...] = ("msgpack",)) -> Path:
-    """A tiny random DINOv2 (tiny.dinov2_config with a 518-px, 37x37 position grid) as a transformers
-    folder; the same seed gives the same weights in every format."""
-    model = vit.Dinov2Model(dataclasses.replace(tiny.dinov2_config(), image_size=TINY_DINOV2_IMAGE_SIZE))
-    params = tiny.random_params(encoders.abstract_params(model), seed)
-    with atomic.folder(folder, owns=atomic.only(tiny.MODEL_FILES)) as partial:  # whole or not at all
-        encoders.export_encoder(model, params, partial, formats)
-    return Path(folder)
-
-
 def latent_box(mask_channel: jax.Array, factor: int = 8) -> jax.Array:
     """(B, H, W) collage mask channel ({-1, 0, 1}) -> (B, H/f, W/f) float {0, 1}: latent cells with any
     pixel inside the box / shape mask (where the object is generated; for the `box_mse` metric)."""
@@ -79,6 +72,8 @@ def latent_box(mask_channel: jax.Array, factor: int = 8) -> jax.Array:
 class AnyDoorMethod:
     """The AnyDoor recipe (see module doc); built from `configs/anydoor.py`."""
 
+    trains_lora = True  # `train.lora`: adapters of the UNet decoder (module doc)
+
     def __init__(self, config):
         self.config = config
         self.dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
@@ -89,6 +84,8 @@ class AnyDoorMethod:
             raise ConfigError(f"config.model.hint_init = {config.model.hint_init!r}: expected one of {HINT_INITS}")
         if not 0.0 <= config.model.id_dropout < 1.0:
             raise ConfigError(f"config.model.id_dropout = {config.model.id_dropout!r}: expected a probability in [0, 1)")
+        check_ablations(config)
+        self.lora = lora.spec_from_config(config)  # None: the decoder trains whole
         self.workdir: Path | None = None
 
     # -------------------------------------------------------------------------------- models
@@ -105,8 +102,22 @@ class AnyDoorMethod:
             return folder
         return Path(self.config.model.dinov2)
 
-    def load_models(self, base_folder: str | Path, dinov2_folder: str | Path) -> None:
-        """Loads the SD 2.x UNet, VAE and scheduler and the DINOv2 encoder; builds the extractor module.
+    def clip_folder(self, workdir: str | Path | None) -> Path:
+        """`model.clip`, or for "tiny" a tiny random CLIP (224 px, patch 14) written (once) into <workdir>/clip."""
+        if self.config.model.clip == "tiny":
+            folder = Path(workdir) / "clip"
+            if not (folder / "config.json").is_file():
+                anydoor_id.write_tiny_clip(folder, self.config.seed + 6)
+            return folder
+        return Path(self.config.model.clip)
+
+    def id_encoder_folder(self, workdir: str | Path | None) -> Path:
+        """The folder of the ID extractor `model.id_encoder` names (DINOv2 or CLIP)."""
+        return self.clip_folder(workdir) if self.config.model.id_encoder == "clip" else self.dinov2_folder(workdir)
+
+    def load_models(self, base_folder: str | Path, id_folder: str | Path) -> None:
+        """Loads the SD 2.x UNet, VAE and scheduler and the ID extractor's encoder (`id_folder`: DINOv2, or
+        CLIP with `model.id_encoder="clip"`); builds the extractor module.
 
         Raises ConfigError naming the file for a UNet whose cross_attention_dim is not
         `model.context_dim` (1024: SD 2.x) or a base that does not predict epsilon.
@@ -126,16 +137,13 @@ class AnyDoorMethod:
         self.schedule = diffusion.make_schedule(self.pipe.scheduler)
         self.unet = self.pipe.unet.module.clone(remat=m.remat)
         self.vae = self.pipe.vae.module
-        dino = encoders.load_dinov2(dinov2_folder, dtype=self.dtype)
-        self.dinov2 = dino.module.clone(interpolation=m.dinov2_interpolation)
-        self.dinov2_params = dino.params
+        self.id_encoder, self.id_encoder_params = anydoor_id.load(
+            m.id_encoder, id_folder, dtype=self.dtype, reference_size=self.config.data.reference_size,
+            dinov2_interpolation=m.dinov2_interpolation)
+        if m.id_encoder == "dinov2":
+            self.dinov2, self.dinov2_params = self.id_encoder.module, self.id_encoder_params
         self.extractor = loading.controlnet_like(self.unet, tuple(m.hint_widths), conditioning_channels=4,
                                                  reads_latent=False).clone(remat=m.remat)
-
-    @property
-    def id_width(self) -> int:
-        """DINOv2's token width (1536 for ViT-g/14)."""
-        return self.dinov2.config.hidden_size
 
     def init_extractor(self, unet_params: dict, rng: jax.Array) -> dict:
         """The extractor's params: the UNet encoder's time embedding, down and mid blocks copied; a fresh
@@ -156,22 +164,25 @@ class AnyDoorMethod:
         return params
 
     def init_projector(self, seed: int) -> dict:
-        """(D_dino -> D_context) linear layer, initialised as torch.nn.Linear (U(+-1/sqrt(D_dino)))."""
-        rng = np.random.default_rng(seed)
-        bound = 1.0 / np.sqrt(self.id_width)
-        shape = (self.id_width, self.unet.cross_attention_dim)
-        return {"kernel": jnp.asarray(rng.uniform(-bound, bound, shape), jnp.float32),
-                "bias": jnp.asarray(rng.uniform(-bound, bound, shape[1:]), jnp.float32)}
+        """The ID encoder's linear layer(s) to the context width (methods/anydoor_id.py: DINOv2 (D_dino ->
+        D_context) {"kernel", "bias"}), initialised as torch.nn.Linear (U(+-1/sqrt(fan_in)))."""
+        return self.id_encoder.init_projector(seed, self.unet.cross_attention_dim,
+                                              self.config.model.id_tokens == "global")
 
     def init(self, workdir: str) -> tuple[Any, Any]:
         """Loads the models and builds (params, frozen) as the module doc lists them; the projector's init is
         seeded (config.seed + 7), so a run with `train_projector` False rebuilds the same one."""
         self.workdir = Path(workdir)
-        self.load_models(self.base_folder(workdir), self.dinov2_folder(workdir))
+        self.load_models(self.base_folder(workdir), self.id_encoder_folder(workdir))
         encoder, decoder = split_unet(self.pipe.unet.params)
-        params = {"extractor": self.init_extractor(self.pipe.unet.params, jax.random.PRNGKey(self.config.seed)),
-                  "unet_decoder": decoder}
-        frozen = {"unet_encoder": encoder, "vae": self.pipe.vae.params, "dinov2": self.dinov2_params}
+        params = {"extractor": self.init_extractor(self.pipe.unet.params, jax.random.PRNGKey(self.config.seed))}
+        frozen = {"unet_encoder": encoder, "vae": self.pipe.vae.params, self.id_encoder.key: self.id_encoder_params}
+        if self.lora:
+            params["unet_decoder_lora"] = lora.init(decoder, self.lora, jax.random.PRNGKey(self.config.seed + 11),
+                                                    what="AnyDoor's trained UNet decoder")
+            frozen["unet_decoder"] = decoder
+        else:
+            params["unet_decoder"] = decoder
         (params if self.config.model.train_projector else frozen)["projector"] = self.init_projector(
             self.config.seed + 7)
         return params, frozen
@@ -201,15 +212,17 @@ class AnyDoorMethod:
         the README's first `compose anydoor` after the tiny run reads them. Nothing for real data."""
         del batch  # AnyDoor's training examples are crops and collages, not compose's inputs
         if self.config.data.synthetic and self.workdir is not None:
-            from jcompose.methods.anydoor_inference import write_example_inputs
+            from jcompose.methods import example_inputs
 
-            write_example_inputs(self.workdir / "data", str(folder))
+            example_inputs.anydoor(self.workdir / "data", str(folder))
 
     def make_transform(self, **overrides):
         """The released `process_pairs` (input_pipeline/anydoor.py) at the config's sizes; keyword
         arguments override `anydoor.make_transform`'s (e.g. inference settings)."""
         d = self.config.data
-        kwargs = dict(size=d.image_size, ref_size=d.reference_size, box_mask_prob=d.box_mask_prob)
+        kwargs = dict(size=d.image_size, ref_size=d.reference_size, box_mask_prob=d.box_mask_prob,
+                      collage=d.collage, collage_noise_alpha_bar=d.collage_noise_alpha_bar,
+                      collage_shuffle_grid=d.collage_shuffle_grid, remove_background=d.remove_background)
         return anydoor_data.make_transform(**{**kwargs, **overrides})
 
     # ---------------------------------------------------------------------------------- model
@@ -218,12 +231,10 @@ class AnyDoorMethod:
         return params["projector"] if "projector" in params else frozen["projector"]
 
     def id_tokens(self, params, frozen, reference: jax.Array) -> jax.Array:
-        """(B, R, R, 3) reference in [-1, 1] -> ID tokens (B, 1 + (R/14)^2, D_context) in the compute dtype."""
-        pixels = ((reference.astype(jnp.float32) + 1.0) / 2.0 - IMAGENET_MEAN) / IMAGENET_STD
-        features = self.dinov2.apply({"params": frozen["dinov2"]}, pixels.astype(self.dtype)).last_hidden_state
-        features = jax.lax.stop_gradient(features)
-        proj = self.projector(params, frozen)
-        tokens = features @ proj["kernel"].astype(self.dtype) + proj["bias"].astype(self.dtype)
+        """(B, R, R, 3) reference in [-1, 1] -> ID tokens (B, 1 + (R/14)^2, D_context) in the compute dtype
+        (DINOv2 or CLIP, `model.id_encoder`); (B, 1, D_context) with `model.id_tokens="global"`."""
+        tokens = self.id_encoder.tokens(frozen[self.id_encoder.key], self.projector(params, frozen), reference,
+                                        self.config.model.id_tokens == "global", self.dtype)
         if "projector" not in params:
             tokens = jax.lax.stop_gradient(tokens)
         return tokens.astype(self.dtype)
@@ -250,7 +261,7 @@ class AnyDoorMethod:
             raise ValueError(f"{len(down)} extractor residuals for {len(state.skips)} UNet skips")
         state = state.replace(skips=tuple(s + r.astype(s.dtype) for s, r in zip(state.skips, down)),
                               hidden=state.hidden + mid.astype(state.hidden.dtype))
-        out = self.unet.apply({"params": params["unet_decoder"]}, state, context, method=self.unet.decode)
+        out = self.unet.apply({"params": self.decoder_params(params, frozen)}, state, context, method=self.unet.decode)
         return out.sample.astype(jnp.float32)
 
     def latents(self, frozen, images, key) -> jax.Array:
@@ -287,9 +298,15 @@ class AnyDoorMethod:
         return self.loss_terms(params, frozen, batch, *self.draw(frozen, batch, rng))
 
     # ------------------------------------------------------------------------------- sampling
+    def decoder_params(self, params, frozen) -> dict:
+        """The trained decoder, or with LoRA the frozen one with each adapted kernel W + alpha/r A B."""
+        if "unet_decoder_lora" in params:
+            return lora.merge(frozen["unet_decoder"], params["unet_decoder_lora"], self.lora.scale)
+        return params["unet_decoder"]
+
     def unet_params(self, params, frozen) -> dict:
         """The whole UNet tree: frozen encoder + trained decoder."""
-        return {**frozen["unet_encoder"], **params["unet_decoder"]}
+        return {**frozen["unet_encoder"], **self.decoder_params(params, frozen)}
 
     def sample(self, params, frozen, batch, rng, num_steps=None, guidance_scale=None, noise=None):
         """Generated target squares (B, H, W, 3) in [-1, 1].
@@ -318,6 +335,23 @@ class AnyDoorMethod:
         image = self.vae.apply({"params": frozen["vae"]}, (z / self.vae.scaling_factor).astype(self.dtype),
                                method=self.vae.decode).sample
         return jnp.clip(image.transpose(0, 2, 3, 1).astype(jnp.float32), -1, 1)
+
+
+def check_ablations(config) -> None:
+    """ConfigError naming the field for an ablation option (paper Tables 3 and 4, timestep sampling) out of range."""
+    m, d = config.model, config.data
+    for field, value, allowed in (("model.id_encoder", m.id_encoder, anydoor_id.ID_ENCODERS),
+                                  ("model.id_tokens", m.id_tokens, anydoor_id.ID_TOKENS),
+                                  ("data.collage", d.collage, anydoor_collage.COLLAGE_KINDS)):
+        if value not in allowed:
+            raise ConfigError(f"config.{field} = {value!r}: expected one of {allowed} (configs/anydoor.py)")
+    try:
+        anydoor_collage.check(d.collage, d.reference_size, d.collage_noise_alpha_bar, d.collage_shuffle_grid)
+    except ValueError as err:
+        raise ConfigError(f"config.data.{err}") from None
+    if not 0.0 <= config.loss.uniform_probability <= 1.0:
+        raise ConfigError(f"config.loss.uniform_probability = {config.loss.uniform_probability!r}: expected a share "
+                          "in [0, 1] (0.3 released adaptive sampling, 1.0 uniform)")
 
 
 def synthetic_mixture(root: Path, data) -> Any:
