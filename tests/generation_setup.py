@@ -85,11 +85,12 @@ def write_inputs(root: Path, bases: dict, dinov2: Path) -> None:
                                                       "backgrounds": backgrounds}))
 
 
-def toy_job(n: int = 11, slow_s: float = 0.0):
+def toy_job(n: int = 11, hang_after: int | None = None):
     """A method-free job: item i's input is a pattern drawn from i at one of two sizes (two groups), its image
-    a 3x3 convolution of it plus its key's noise; the writer flips it (host-side work). `slow_s`: seconds per
-    write (so a test can kill a run in the middle)."""
-    import time
+    a 3x3 convolution of it plus its key's noise; the writer flips it (host-side work). `hang_after`: the
+    writer blocks forever once that many images were handed to it (so a test can kill a run at a known
+    point: that many images written, the process alive)."""
+    import threading
 
     import jax.numpy as jnp
 
@@ -106,8 +107,14 @@ def toy_job(n: int = 11, slow_s: float = 0.0):
         y = jax.lax.conv_general_dilated(batch["x"], params, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.tanh(y + 0.3 * jax.vmap(lambda k: jax.random.normal(k, y.shape[1:]))(keys))
 
+    lock, writes = threading.Lock(), [0]
+
     def write(image, i):
-        time.sleep(slow_s)
+        with lock:
+            writes[0] += 1
+            hang = hang_after is not None and writes[0] > hang_after
+        if hang:
+            threading.Event().wait()
         return image[:, ::-1]
 
     return generation.Job(items=[f"g{i % 2}/{i}.png" for i in range(n)], read=read, sample=sample,

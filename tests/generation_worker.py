@@ -2,15 +2,15 @@
 
     python tests/generation_worker.py single ROOT OUT [JOBS]       4 CPU devices, one process
     python tests/generation_worker.py pair PORT PROCESS_ID ROOT OUT [JOBS]   one of two processes, 2 devices each
-    python tests/generation_worker.py slow OUT [SECONDS]           the toy job, SECONDS (0.3) per written image
+    python tests/generation_worker.py toy OUT [HANG_AFTER]         the toy job on 1 device (its writer hangs
+                                                                   after HANG_AFTER images: killed by the test)
 
 `single` generates every job (tests/generation_setup.py: "toy" and the three methods, or the comma list JOBS)
 on a 1-device mesh into OUT/1/<job> and on the 4-device mesh into OUT/4/<job>, then resumes a damaged copy
 of OUT/4/<job> (two images deleted, one truncated, a stray partial file) into OUT/resumed/<job> and records
 what the resume generated in OUT/resumed/<job>.json. With the AnyScene job it also runs `python -m jcompose.bench generate` on 1 and 4
 devices into OUT/bench.json. `pair` generates every job on the 4 devices of the two
-processes into OUT/2/<job>. `slow` (killed by the test in the middle of its run, then rerun) writes what it
-generated to OUT/result.json.
+processes into OUT/2/<job>. `toy` writes what it generated to OUT/result.json.
 """
 
 import json
@@ -20,11 +20,13 @@ import sys
 from pathlib import Path
 
 MODE = sys.argv[1]
-DEVICES = {"single": 4, "pair": 2, "slow": 1}[MODE]
+DEVICES = {"single": 4, "pair": 2, "toy": 1}[MODE]
 os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={DEVICES} --xla_backend_optimization_level=0 "
                            "--xla_llvm_disable_expensive_passes=true")
 os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, str(Path(__file__).parent))
+# The checkout this file belongs to (jcompose, configs, input_pipeline) and tests/ (generation_setup) come first:
+# a script's sys.path holds only its own folder, and an installed jcompose may be another checkout's.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 import jax  # noqa: E402
 
@@ -41,9 +43,10 @@ import generation_setup as setup  # noqa: E402
 
 from jcompose import generation  # noqa: E402
 
-if MODE == "slow":
-    out, seconds = Path(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
-    result = generation.generate(setup.toy_job(slow_s=seconds), out, per_device_batch=2, workers=1, progress=False)
+if MODE == "toy":
+    out, hang_after = Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None
+    result = generation.generate(setup.toy_job(hang_after=hang_after), out, per_device_batch=2, workers=1,
+                                 progress=False)
     (out / "result.json").write_text(json.dumps(result))
     sys.exit(0)
 wanted = names.split(",") if names else ["toy", "anyscene", "dreamcom", "anydoor"]
