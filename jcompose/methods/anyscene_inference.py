@@ -15,6 +15,7 @@ on every device (and host, `--multihost`), resumably: `jcompose/methods/anyscene
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -112,18 +113,38 @@ def load_anyscene(args):
     return method, params, frozen, step
 
 
-def blend_images(kind: str, foreground, generated, mask, erode: int):
-    """The original foreground put back into generated (B, H, W, 3) images: `kind` poisson, paste or none."""
+@functools.cache
+def _poisson_blend(erode: int):
+    """The compiled Poisson paste-back for one erosion size (kept: a second call with the same shapes does not
+    recompile, which the demo's repeated requests rely on)."""
     import jax
 
     from jcompose import blending
 
+    return jax.jit(lambda s, t, m: blending.poisson_blend(s, t, m, erode_kernel=erode, clip=(-1.0, 1.0)))
+
+
+def blend_images(kind: str, foreground, generated, mask, erode: int):
+    """The original foreground put back into generated (B, H, W, 3) images: `kind` poisson, paste or none."""
+    from jcompose import blending
+
     if kind == "poisson":
-        return jax.jit(lambda s, t, m: blending.poisson_blend(s, t, m, erode_kernel=erode, clip=(-1.0, 1.0)))(
-            foreground, generated, mask)
+        return _poisson_blend(erode)(foreground, generated, mask)
     if kind == "paste":
         return blending.copy_paste(foreground, generated, mask)
     return generated
+
+
+def generator(method, tokens: tuple[int, ...], layout: bool, steps: int, guidance: float):
+    """jit (params, frozen, batch, rng) -> generated (B, H, W, 3) in [-1, 1]: layout control on the prompt
+    positions `tokens` (when `layout`), `steps` DDIM steps, CFG `guidance` (a constant of the program)."""
+    import jax
+
+    def generate(params, frozen, batch, rng):
+        controls = method.layout_controls(batch, list(tokens)) if layout else ()
+        return method.sample(params, frozen, batch, rng, controls=controls, num_steps=steps, guidance_scale=guidance)
+
+    return jax.jit(generate)
 
 
 def compose_anyscene(args) -> dict:
@@ -155,13 +176,8 @@ def compose_anyscene(args) -> dict:
     batch = {"foreground": jnp.asarray(composite[None]), "mask": jnp.asarray(mask[None]),
              "input_ids": jnp.asarray(method.tokenize([args.prompt]))}
 
-    def generate(params, frozen, batch, rng):
-        controls = method.layout_controls(batch, tokens) if args.layout else ()
-        return method.sample(params, frozen, batch, rng, controls=controls, num_steps=args.steps,
-                             guidance_scale=args.guidance)
-
     rng = jax.random.PRNGKey(args.seed)
-    generated = jax.jit(generate)(params, frozen, batch, rng)
+    generated = generator(method, tuple(tokens), args.layout, args.steps, args.guidance)(params, frozen, batch, rng)
     result = blend_images(args.blend, batch["foreground"], generated, batch["mask"], method.config.sample.blend_erode)
     image = to_uint8(np.asarray(result[0]))
     out = Path(args.out)

@@ -1,0 +1,108 @@
+"""The AnyDoor tab: a reference object (RGBA, or RGB + mask) put into an uploaded background where the user
+draws (or uploads) the target mask, as `python -m jcompose.compose anydoor` does
+(jcompose/methods/anydoor_cli.py, anydoor_inference.py) with a training run or the converted release."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from jcompose.cli import InputError, require_positive
+from jcompose.demo import common, widgets
+from jcompose.methods import anydoor_cli as cli
+from jcompose.methods import anydoor_inference as inference
+
+
+class AnyDoorComposer:
+    """An AnyDoor model (`kind` "run": --checkpoint, "release": --weights), loaded on the first request. Its
+    compiled sampler is anydoor_inference.sampler's (kept per steps; jit keeps one program per batch size)."""
+
+    def __init__(self, path: str, kind: str):
+        self.flag = "--weights" if kind == "release" else "--checkpoint"
+        self.path = path
+        self._loaded = None
+        self._lock = threading.Lock()
+
+    def argv(self, reference: str, reference_mask: str | None, background: str, mask: str, shape_control: bool,
+             paste: str, steps: int, guidance: float, seed: int, out: Path) -> list[str]:
+        """compose's arguments for one image."""
+        argv = ["anydoor", self.flag, self.path, "--reference", reference]
+        if reference_mask:
+            argv += ["--reference-mask", reference_mask]
+        argv += ["--background", background, "--mask", mask, "--paste", paste, "--steps", str(int(steps)),
+                 "--guidance", repr(float(guidance)), "--seed", str(int(seed)), "--out", str(out)]
+        return argv + (["--shape-control"] if shape_control else [])
+
+    def _load(self, args):
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = cli.load(args)
+            return self._loaded
+
+    def compose(self, argv: list[str]) -> dict:
+        """compose_anydoor's steps on the loaded model; writes args.out, returns {"image", "step"}."""
+        args = common.parse(argv)
+        if args.steps is not None:
+            require_positive(("--steps", args.steps))
+        objects = inference.read_objects(args.reference or [], args.reference_mask or [], args.mask or [])
+        background = inference.read_rgb(args.background, "--background")
+        method, params, frozen, step = self._load(args)
+        result = inference.compose(method, params, frozen, background, objects, seed=args.seed, num_steps=args.steps,
+                                   guidance_scale=args.guidance, shape_control=args.shape_control,
+                                   paste_mode=args.paste, background_name=args.background)
+        out = Path(args.out)
+        cli.write_image(out, result.image)
+        return {"image": str(out), "step": step}
+
+
+def build(source, folders: common.RequestFolders) -> None:
+    """The tab's components and its events, inside the caller's gr.Blocks / gr.Tab."""
+    import gradio as gr
+
+    composer = AnyDoorComposer(source.path, source.kind)
+    with gr.Row():
+        with gr.Column():
+            reference = gr.File(label="reference object (RGBA, or RGB with its mask)", file_types=["image"],
+                                elem_id="anydoor-reference")
+            reference_mask = gr.File(label="reference mask (white = object; leave empty for RGBA)",
+                                     file_types=["image"], elem_id="anydoor-reference-mask")
+            background = gr.File(label="background", file_types=["image"], elem_id="anydoor-background")
+            canvas = gr.ImageEditor(label="draw where the object goes (or upload a target mask below)",
+                                    type="numpy", sources=(), transforms=(), elem_id="anydoor-canvas",
+                                    brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
+            target = gr.File(label="target mask (white = where the object goes; instead of drawing)",
+                             file_types=["image"], elem_id="anydoor-target")
+            shape_control = gr.Checkbox(value=False, label="shape control (follow the mask's shape, not its box)")
+            paste = gr.Radio(list(inference.PASTE_MODES), value="crop", label="paste back the whole crop or the box")
+            steps, guidance, seed, samples = widgets.sampling_controls("anydoor", steps=50, guidance=5.0, seed=0)
+            run = gr.Button("Compose", variant="primary", elem_id="anydoor-run")
+        with gr.Column():
+            outputs = widgets.result_components("anydoor")
+
+    background.change(widgets.show_on_canvas, background, canvas)
+
+    def respond(reference, reference_mask, background, canvas, target, shape_control, paste, steps, guidance, seed,
+                samples, progress=gr.Progress()):
+        with common.page_errors():
+            ref = common.upload_path(reference, "reference")
+            bg = common.upload_path(background, "background")
+            seeds = common.seeds_of(seed, samples)
+            folder = folders.new("anydoor")
+            if target:
+                mask = str(target)
+            else:
+                drawn = common.drawn_mask(canvas, common.image_shape(bg, "background"))
+                if drawn is None:
+                    raise InputError("target: draw where the object goes on the background, or upload a target mask")
+                mask = common.write_mask(folder / "target_mask.png", drawn)
+            images, commands = [], []
+            for i, s in enumerate(seeds):
+                progress(i / len(seeds), desc=f"image {i + 1} of {len(seeds)} (the first request compiles)")
+                argv = composer.argv(ref, reference_mask, bg, mask, shape_control, paste, steps, guidance, s,
+                                     folder / f"{i}.png")
+                images.append(composer.compose(argv)["image"])
+                commands.append(common.command_line(argv))
+            return widgets.finish(folder, images, commands)
+
+    run.click(respond, [reference, reference_mask, background, canvas, target, shape_control, paste, steps, guidance,
+                        seed, samples], outputs)

@@ -1,0 +1,114 @@
+"""What the demo's tabs share: a folder per request, the compose command line (parsed by compose's own
+parser), input errors as page messages, and boxes / masks from what the user drew on an image."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shlex
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from jcompose.cli import InputError
+
+COMPOSE = ("python", "-m", "jcompose.compose")
+
+
+class RequestFolders:
+    """A new folder per request under `root` (`<root>/<method>-<n>`): the drawn masks and the results."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+
+    def new(self, method: str) -> Path:
+        with self._lock:
+            while True:
+                folder = self.root / f"{method}-{next(self._counter)}"
+                if not folder.exists():
+                    folder.mkdir(parents=True)
+                    return folder
+
+
+def command_line(argv: list[str]) -> str:
+    """The shell command that composes `argv` (compose's arguments): what the page shows and offers."""
+    return shlex.join([*COMPOSE, *argv])
+
+
+def parse(argv: list[str]):
+    """compose's arguments -> its argparse namespace (the very parser `python -m jcompose.compose` uses)."""
+    from jcompose import compose
+
+    return compose.build_parser().parse_args(argv)
+
+
+def upload_path(value, what: str) -> str:
+    """A gr.File value (a path string, or None when nothing was uploaded) -> the path; InputError naming `what`."""
+    if not value:
+        raise InputError(f"{what}: upload an image")
+    return str(value)
+
+
+def seeds_of(seed, samples) -> list[int]:
+    """The seeds of `samples` images starting at `seed` (sample i uses seed + i, as its CLI command says)."""
+    seed, samples = int(seed), int(samples)
+    if samples < 1:
+        raise InputError(f"samples: {samples}; expected at least 1")
+    return [seed + i for i in range(samples)]
+
+
+@contextlib.contextmanager
+def page_errors():
+    """Input errors (the CLI's `error: ...` line) become a gr.Error: a message in the page, the server serving on."""
+    import gradio as gr
+
+    try:
+        yield
+    except InputError as err:
+        raise gr.Error(f"error: {err}", print_exception=False) from None
+
+
+def drawn_mask(editor_value, shape: tuple[int, int]) -> np.ndarray | None:
+    """The strokes of a gr.ImageEditor value (dict with "layers": RGBA arrays) -> bool (H, W) mask at the
+    background's `shape` (nearest-neighbour scaled when the canvas differs), or None when nothing is drawn."""
+    import cv2
+
+    layers = (editor_value or {}).get("layers") or []
+    drawn = None
+    for layer in layers:
+        layer = np.asarray(layer)
+        if layer.ndim == 3 and layer.shape[2] == 4:
+            alpha = layer[..., 3] > 0
+        else:
+            alpha = (layer if layer.ndim == 2 else layer.max(-1)) > 0
+        drawn = alpha if drawn is None else (drawn | alpha)
+    if drawn is None or not drawn.any():
+        return None
+    if drawn.shape != tuple(shape):
+        drawn = cv2.resize(drawn.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    return drawn
+
+
+def box_text(mask: np.ndarray) -> str:
+    """bool (H, W) mask -> 'x1,y1,x2,y2' (its bounding box, pixel corners inclusive: compose's --box form)."""
+    ys, xs = np.nonzero(mask)
+    return f"{xs.min()},{ys.min()},{xs.max()},{ys.max()}"
+
+
+def write_mask(path: Path, mask: np.ndarray) -> str:
+    """bool (H, W) -> a white-on-black PNG at `path` (compose's --mask form); returns the path."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
+    return str(path)
+
+
+def image_shape(path: str, what: str) -> tuple[int, int]:
+    """(H, W) of an image file; InputError naming `what` when it is not an image."""
+    from jcompose.inference import read_image_file
+
+    return read_image_file(Path(path), what).shape[:2]

@@ -1,0 +1,100 @@
+"""The DreamCom tab: a fine-tuned object inpainted into a box of an uploaded background, the box drawn on
+the image (or typed), as `python -m jcompose.compose dreamcom` does (jcompose/methods/dreamcom_inference.py)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from jcompose.cli import InputError
+from jcompose.demo import common, widgets
+from jcompose.methods import dreamcom_inference as inference
+
+
+class DreamComComposer:
+    """A DreamCom run (one or several objects), loaded on the first request, and its compiled samplers (one
+    per steps, guidance and attention rules; jit keeps one program per number of images under each)."""
+
+    def __init__(self, checkpoint: str):
+        self.checkpoint = checkpoint
+        self._loaded = None
+        self._samplers: dict = {}
+        self._lock = threading.Lock()
+
+    def argv(self, name: str, background: str, box: str, crop: bool, steps: int, guidance: float, seed: int,
+             num: int, out: Path) -> list[str]:
+        """compose's arguments for `num` images of object `name` (keys fold_in(seed, i))."""
+        return ["dreamcom", "--checkpoint", self.checkpoint, "--object", name, "--background", background,
+                "--box", box, "--do-crop" if crop else "--no-crop", "--num", str(int(num)), "--steps",
+                str(int(steps)), "--guidance", repr(float(guidance)), "--seed", str(int(seed)), "--out", str(out)]
+
+    def _load(self, args):
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = inference.load_dreamcom(args)
+            return self._loaded
+
+    def compose(self, argv: list[str]) -> dict:
+        """compose_dreamcom's steps on the loaded run; writes <args.out>/<i>.png, returns {"images", "step"}."""
+        from input_pipeline import dreamcom as dreamcom_data
+
+        args = common.parse(argv)
+        inference.check_flags(args)
+        background = inference.read_image_file(Path(args.background), "--background")[..., :3][..., ::-1].copy()
+        box = inference.parse_box(args.box, background.shape[:2])
+        method, params_of, frozen, step = self._load(args)
+        if args.object not in method.model_names:
+            raise InputError(f"--object {args.object}: the run trained {', '.join(method.model_names)}")
+        key = (args.steps, args.guidance, args.self_attention, args.cross_attention)
+        with self._lock:
+            if key not in self._samplers:
+                self._samplers[key] = inference._generator(method, args)
+            run = self._samplers[key]
+        index = method.model_names.index(args.object)
+        inputs = inference.inference_inputs(method, index, {"image": background, "box": box, "source": args.background},
+                                            args.do_crop)
+        images = inference._run_batched(run, params_of(args.object), frozen, [inputs] * args.num, args.seed, 0)
+        out, written = Path(args.out), []
+        for i, image in enumerate(images):
+            written.append(out / f"{i}.png")
+            inference.write_image(written[-1], dreamcom_data.paste_region(image, background, inputs["region"]))
+        return {"images": [str(p) for p in written], "step": step}
+
+
+def build(source, folders: common.RequestFolders) -> None:
+    """The tab's components and its events, inside the caller's gr.Blocks / gr.Tab."""
+    import gradio as gr
+
+    composer = DreamComComposer(source.path)
+    with gr.Row():
+        with gr.Column():
+            name = gr.Dropdown(list(source.objects), value=source.objects[0], label="object",
+                               interactive=len(source.objects) > 1, elem_id="dreamcom-object")
+            background = gr.File(label="background", file_types=["image"], elem_id="dreamcom-background")
+            canvas = gr.ImageEditor(label="draw over the place for the object (its bounding box is the box)",
+                                    type="numpy", sources=(), transforms=(), elem_id="dreamcom-canvas",
+                                    brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
+            box = gr.Textbox(label="box x1,y1,x2,y2 (pixel corners, inclusive; drawn or typed)",
+                             elem_id="dreamcom-box")
+            crop = gr.Checkbox(value=True, label="inpaint a crop around a small box (released --do-crop)")
+            steps, guidance, seed, samples = widgets.sampling_controls("dreamcom", steps=50, guidance=7.5, seed=666)
+            run = gr.Button("Compose", variant="primary", elem_id="dreamcom-run")
+        with gr.Column():
+            outputs = widgets.result_components("dreamcom")
+
+    background.change(widgets.show_on_canvas, background, canvas)
+    canvas.change(widgets.drawn_box, [canvas, background, box], box)
+
+    def respond(name, background, box, crop, steps, guidance, seed, samples, progress=gr.Progress()):
+        with common.page_errors():
+            path = common.upload_path(background, "background")
+            if not (box or "").strip():
+                raise InputError("box: draw over the place for the object or type x1,y1,x2,y2")
+            num = len(common.seeds_of(seed, samples))
+            folder = folders.new("dreamcom")
+            progress(0, desc=f"{num} image(s) in one batched call (the first request compiles)")
+            argv = composer.argv(name, path, box.strip(), crop, steps, guidance, seed, num, folder)
+            images = composer.compose(argv)["images"]
+            return widgets.finish(folder, images, [common.command_line(argv)])
+
+    run.click(respond, [name, background, box, crop, steps, guidance, seed, samples], outputs)

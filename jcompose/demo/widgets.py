@@ -1,0 +1,62 @@
+"""Components every tab has: sampling settings, the result (gallery, downloads, the reproducing command, a
+status line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def sampling_controls(prefix: str, *, steps: int, guidance: float, seed: int):
+    """steps, guidance, seed, samples components (ids `<prefix>-steps`, ...)."""
+    import gradio as gr
+
+    with gr.Row():
+        steps_c = gr.Number(value=steps, precision=0, minimum=1, label="steps", elem_id=f"{prefix}-steps")
+        guidance_c = gr.Number(value=guidance, label="guidance", elem_id=f"{prefix}-guidance")
+        seed_c = gr.Number(value=seed, precision=0, label="seed", elem_id=f"{prefix}-seed")
+        samples_c = gr.Number(value=1, precision=0, minimum=1, label="samples", elem_id=f"{prefix}-samples")
+    return steps_c, guidance_c, seed_c, samples_c
+
+
+def result_components(prefix: str):
+    """[gallery, download files, command, status] (ids `<prefix>-gallery`, ...)."""
+    import gradio as gr
+
+    gallery = gr.Gallery(label="result", elem_id=f"{prefix}-gallery", format="png")
+    files = gr.File(label="download", file_count="multiple", elem_id=f"{prefix}-files")
+    command = gr.Textbox(label="the command that reproduces it", lines=2, elem_id=f"{prefix}-command",
+                         buttons=["copy"])
+    status = gr.Textbox(label="status", elem_id=f"{prefix}-status")
+    return [gallery, files, command, status]
+
+
+def finish(folder: Path, images: list[str], commands: list[str]):
+    """The result components' values; the commands are also written to <folder>/command.sh."""
+    from jcompose.demo import compiles
+
+    script = folder / "command.sh"
+    script.write_text("\n".join(commands) + "\n")
+    status = f"wrote {len(images)} image(s) to {folder}; programs traced in this process so far: {compiles.count()}"
+    return images, [*images, str(script)], "\n".join(commands), status
+
+
+def show_on_canvas(path):
+    """An uploaded background -> the drawing canvas's value (the image to draw over, no strokes yet)."""
+    if not path:
+        return None
+    return {"background": str(path), "layers": [], "composite": str(path)}
+
+
+def drawn_box(editor_value, background, current: str) -> str:
+    """The box text for the strokes on the canvas (their bounding box at the background's size); the current
+    text when nothing is drawn or the background is not readable (composing reports that)."""
+    from jcompose.cli import InputError
+    from jcompose.demo import common
+
+    if not background:
+        return current
+    try:
+        mask = common.drawn_mask(editor_value, common.image_shape(str(background), "background"))
+    except InputError:
+        return current
+    return current if mask is None else common.box_text(mask)
