@@ -1,5 +1,6 @@
 """LoRA as a tree transformation (jcompose/lora.py), its files (jcompose/models/lora_files.py), the config
-fields and the methods' choices. Training with LoRA: tests/test_lora_train.py; diffusers: test_lora_parity.py."""
+fields and the methods' choices. Training with LoRA (and its exported files in a diffusers pipeline):
+tests/test_lora_train.py."""
 
 import json
 import re
@@ -82,6 +83,31 @@ def test_file_round_trip_and_layout(unet, tmp_path):
     assert flat.keys() == flat_back.keys()
     for key in flat:
         np.testing.assert_array_equal(flat_back[key], flat[key], err_msg=str(key))
+
+
+@pytest.mark.parity
+def test_written_file_applies_in_diffusers_as_in_jcompose(unet, tiny_bases, tmp_path):
+    """Random A and B (rank 3, alpha 6: scale 2) on Linear, 1x1 and 3x3 convolution targets, written by
+    jcompose and read by diffusers' `load_lora_adapter` (what `load_lora_weights` runs for the UNet): the
+    UNet outputs agree within 1e-4, and the adapters move the output far more than that."""
+    torch = pytest.importorskip("torch", reason="the parity extra: pip install -e '.[parity]'")
+    diffusers = pytest.importorskip("diffusers", reason="the parity extra: pip install -e '.[parity]'")
+    pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (the parity extra)")
+    spec = lora.LoraSpec(rank=3, alpha=6.0, targets=TARGETS)
+    adapters = random_adapters(unet.params, spec, seed=2)
+    lora_files.write(tmp_path, adapters, spec)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 8, 8)).astype(np.float32)
+    t, ctx = np.array([17, 803]), rng.normal(size=(2, 16, 32)).astype(np.float32)
+    want = np.asarray(unet.module.apply({"params": lora.merge(unet.params, adapters, spec.scale)}, x, t, ctx).sample)
+    base = np.asarray(unet.module.apply({"params": unet.params}, x, t, ctx).sample)
+    theirs = diffusers.UNet2DConditionModel.from_pretrained(tiny_bases["sd15-inpaint"] / "unet").eval()
+    theirs.load_lora_adapter(str(tmp_path), prefix="unet", weight_name=lora_files.WEIGHT_NAME)
+    with torch.no_grad():
+        got = theirs(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)).sample.numpy()
+    err, effect = float(np.abs(got - want).max()), float(np.abs(want - base).max())
+    print(f"LoRA file in diffusers: max |diffusers - jcompose| = {err:.2e}; the adapters' effect {effect:.2e}")
+    assert err < 1e-4 and effect > 1e-2
 
 
 def test_bad_lora_files_are_named(unet, tmp_path):

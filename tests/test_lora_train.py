@@ -1,6 +1,10 @@
 """DreamCom trained with LoRA on the tiny base: two objects in one program, object 1 at the run's learning
 rate and object 2 at rate 0 (the engine's per-model rates: its adapters frozen, a control in the same
-compiled step); then resume, export (the diffusers LoRA file and the merged UNet) and compose."""
+compiled step); then resume, export (the diffusers LoRA file and the merged UNet) and compose.
+
+Two training calls in all: the straight run, and a copy of it with its last checkpoint removed, resumed."""
+
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +17,9 @@ from jcompose import compose, lora, methods, train
 from jcompose.checkpoint import Checkpointer
 
 STEPS = 40
-RATES = (2e-3, 0.0)  # Toy_fg1 learns, Toy_fg2 is the frozen-adapter control
+# Toy_fg1 learns, Toy_fg2 is the frozen-adapter control. The tiny UNet's adapters need a rate far above
+# diffusers' 1e-4 for real SD: at 2e-3 the training-photo loss fell only 5% in 40 steps, at 5e-3 16%.
+RATES = (5e-3, 0.0)
 OBJECTS = ("murecom:Toy/fg1", "murecom:Toy/fg2")
 
 
@@ -26,8 +32,7 @@ def _config(base):
     return config
 
 
-def _train(config, workdir, steps):
-    config.train.steps = steps
+def _train(config, workdir):
     method = methods.build(config)
     method.model_learning_rates = list(RATES)  # per-model peak rates (a traced optimizer hyperparameter)
     return train.train(config, str(workdir), method=method)
@@ -42,29 +47,29 @@ def _state(workdir, step=STEPS):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_bases):
-    """The two-object LoRA run straight to STEPS, and the same run stopped at STEPS / 2 and restarted."""
+    """The two-object LoRA run straight to STEPS, and a copy of it cut back to its STEPS / 2 checkpoint (as a
+    run stopped after that save leaves it) and resumed to STEPS in a new `train` call."""
     root = tmp_path_factory.mktemp("lora_runs")
     config = _config(tiny_bases["sd15-inpaint"])
-    _train(config, root / "straight", STEPS)
-    _train(config, root / "resumed", STEPS // 2)
-    _train(config, root / "resumed", STEPS)
+    _train(config, root / "straight")
+    shutil.copytree(root / "straight", root / "resumed", ignore=shutil.ignore_patterns("export"))
+    shutil.rmtree(root / "resumed" / "checkpoints" / str(STEPS))
+    assert Checkpointer(root / "resumed").steps() == [STEPS // 2]
+    _train(config, root / "resumed")
     return root, config
 
 
 def _training_loss(method, frozen, workdir):
-    """Mean masked loss of each object's model on 8 of its own training examples over 4 fixed draws."""
+    """k -> the masked loss of model k (params with a leading model axis) on object k's own training
+    examples: 8 augmented photos, each drawn 4 times (timestep, noise, VAE sample), in one batch of 32."""
     method.workdir = workdir
     batches = []
     for k in range(2):
         source, transform = method.make_source(k), method.make_transform(k)
         rng = np.random.default_rng(0)
-        examples = [transform(source[i % len(source)], rng) for i in range(8)]
+        examples = [transform(source[i % len(source)], rng) for i in range(8)] * 4
         batches.append({key: jnp.asarray(np.stack([e[key] for e in examples])) for key in examples[0]})
-
-    @jax.jit
-    def loss(params, batch):
-        return sum(method.loss(params, frozen, batch, jax.random.PRNGKey(i))[0] for i in range(4)) / 4
-
+    loss = jax.jit(lambda params, batch: method.loss(params, frozen, batch, jax.random.PRNGKey(0))[0])
     return lambda params, k: float(loss(jax.tree_util.tree_map(lambda x: x[k], params), batches[k]))
 
 
@@ -76,6 +81,10 @@ def test_lora_learns_and_frozen_adapters_change_nothing(runs):
     params0, frozen = method.init(str(root / "straight"))
     one = lora.count(params0["unet_lora"])  # 56 attention projections x rank 4 x (in + out)
     assert lora.count(state["params"]["unet_lora"]) == 2 * one < 0.2 * lora.count(frozen["unet"])
+    moments = {jax.tree_util.keystr(path): leaf for path, leaf in
+               jax.tree_util.tree_flatten_with_path(state["opt_state"])[0] if "['mu']" in jax.tree_util.keystr(path)}
+    assert all("['unet_lora']" in key for key in moments)  # Adam keeps moments of the adapters only
+    assert sum(leaf.size for leaf in moments.values()) == 2 * one
     trained, start = flatten_dict(state["params"]), flatten_dict(params0)
     for key, value in trained.items():  # object 2 (rate 0): bit for bit the initial adapters
         np.testing.assert_array_equal(value[1], np.asarray(start[key]), err_msg=str(key))
@@ -85,16 +94,18 @@ def test_lora_learns_and_frozen_adapters_change_nothing(runs):
     figures = [(loss(initial, k), loss(state["params"], k)) for k in (0, 1)]
     print(f"training loss at step 0 -> {STEPS}: learning object {figures[0][0]:.4f} -> {figures[0][1]:.4f}, "
           f"frozen-adapter control {figures[1][0]:.4f} -> {figures[1][1]:.4f}")
-    assert figures[0][1] < 0.9 * figures[0][0]
+    assert figures[0][1] < 0.9 * figures[0][0]  # measured: -15% (a 5% drop at rate 2e-3 would fail)
     assert figures[1][1] == figures[1][0]
 
 
 def test_lora_run_resumes_bit_for_bit(runs):
     root, _ = runs
-    straight, resumed = (flatten_dict(_state(root / name), sep="/") for name in ("straight", "resumed"))
-    assert straight.keys() == resumed.keys()
+    straight, resumed = ({jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
+                          jax.tree_util.tree_flatten_with_path(_state(root / name))[0]}
+                         for name in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys() and any("mu" in key for key in straight)  # Adam moments in the state
     for key in straight:  # adapters, Adam moments, injected rates, step, rng
-        np.testing.assert_array_equal(np.asarray(straight[key]), np.asarray(resumed[key]), err_msg=key)
+        np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
 
 
 def test_compose_forms_base_plus_adapters(runs, tmp_path):
