@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 MODE = sys.argv[1]
@@ -50,19 +51,30 @@ if MODE == "toy":
     (out / "result.json").write_text(json.dumps(result))
     sys.exit(0)
 wanted = names.split(",") if names else ["toy", "anyscene", "dreamcom", "anydoor"]
+START = time.perf_counter()
+
+
+def log(what: str) -> None:  # where a slow run spends its time (printed when the test fails)
+    print(f"{time.perf_counter() - START:7.1f} s  {what}", flush=True)
+
+
 jobs = {"toy": setup.toy_job()} if "toy" in wanted else {}
 for name in wanted:
     if name != "toy":
         jobs.update(setup.jobs(root, name))
+log("jobs built")
 if MODE == "pair":
     for name, job in jobs.items():
         generation.generate(job, out / "2" / name, per_device_batch=setup.BATCH, workers=2, progress=False)
+        log(f"{name} on 2 processes")
     print(f"process {jax.process_index()} done", flush=True)
     sys.exit(0)
 one = generation.mesh_of(jax.devices()[:1])
 for name, job in jobs.items():
     generation.generate(job, out / "1" / name, per_device_batch=setup.BATCH, workers=2, progress=False, mesh=one)
+    log(f"{name} on 1 device")
     generation.generate(job, out / "4" / name, per_device_batch=setup.BATCH, workers=2, progress=False)
+    log(f"{name} on 4 devices")
     # a damaged copy of the 4-device folder, resumed
     damaged = out / "resumed" / name
     shutil.copytree(out / "4" / name, damaged)
@@ -75,6 +87,7 @@ for name, job in jobs.items():
     (images[2].parent / f".{images[2].name}.partial-1-abc").write_bytes(data[:10])
     result = generation.generate(job, damaged, per_device_batch=setup.BATCH, workers=2, progress=False)
     (out / "resumed" / f"{name}.json").write_text(json.dumps(result))
+    log(f"{name} resumed")
 if "anyscene" in wanted:  # `bench generate` on the AnyScene job's shapes (its programs come from the cache)
     from jcompose.bench import commands
 
@@ -82,4 +95,5 @@ if "anyscene" in wanted:  # `bench generate` on the AnyScene job's shapes (its p
                            str(setup.SIZE), "--steps", str(setup.STEPS), "--per-device-batch", str(setup.BATCH),
                            "--batches", "1", "--devices", "1,all", "--workers", "2"])
     (out / "bench.json").write_text(json.dumps(report))
+    log("bench generate")
 print("single done", flush=True)

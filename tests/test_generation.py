@@ -118,6 +118,24 @@ def test_gcs_output_and_resume(fake_gcs, tmp_path):  # noqa: F811
     assert sum(fake_gcs.writes.values()) == writes + 2  # the missing image and the manifest
 
 
+def test_method_modules_do_not_import_their_inference_modules():
+    """The methods (imported by training) and their inference modules import each other no more: a method
+    module names none of the inference, CLI or generation modules, at the top or inside a function."""
+    import ast
+
+    inference = {"anyscene_inference", "anydoor_inference", "dreamcom_inference", "anydoor_cli",
+                 "anyscene_generation", "anydoor_generation", "dreamcom_generation", "inference", "compose"}
+    for name in ("anyscene", "anydoor", "dreamcom"):
+        tree = ast.parse((REPO / "jcompose" / "methods" / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.rsplit(".", 1)[-1] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported |= {(node.module or "").rsplit(".", 1)[-1], *(a.name for a in node.names)}
+        assert not imported & inference, (name, sorted(imported & inference))
+
+
 def _worker(*args):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE,
