@@ -118,6 +118,27 @@ def test_gcs_output_and_resume(fake_gcs, tmp_path):  # noqa: F811
     assert sum(fake_gcs.writes.values()) == writes + 2  # the missing image and the manifest
 
 
+def test_generation_flags_are_checked_before_anything_is_loaded(tmp_path, capsys):
+    """compose's generation flags: one `error:` line, exit 2, before any model or benchmark is read (the
+    paths below do not exist)."""
+    from jcompose import compose
+
+    missing = str(tmp_path / "missing")
+    cases = [(["anyscene", "--checkpoint", missing, "--foreground", missing, "--mask", missing, "--prompt", "x",
+               "--out", missing, "--multihost"], "error: --multihost: only with --benchmark"),
+             (["dreamcom", "--checkpoint", missing, "--benchmark", "murecom", missing, "--out", missing,
+               "--process_id", "1"], "error: --process_id: only with --multihost"),
+             (["anydoor", "--weights", missing, "--benchmark", missing, "--out", missing, "--batch", "0"],
+              "error: --batch_size 0: expected a positive integer"),
+             (["anyscene", "--checkpoint", missing, "--benchmark", missing, "--out", missing, "--workers", "0"],
+              "error: --workers 0: expected a positive integer")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            compose.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (argv, err)
+
+
 def test_method_modules_do_not_import_their_inference_modules():
     """The methods (imported by training) and their inference modules import each other no more: a method
     module names none of the inference, CLI or generation modules, at the top or inside a function."""
