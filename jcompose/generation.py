@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import json
 import os
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -45,9 +43,16 @@ from etils import epath
 
 from jcompose import cli, parallel, sharded_map
 from jcompose.cli import InputError
+from jcompose.generation_files import (
+    MANIFEST,
+    SETTINGS,
+    check_settings,
+    encode_png,
+    is_valid_image,
+    jsonable,
+    write_file,
+)
 
-MANIFEST = "manifest.json"
-SETTINGS = ".generation.json"  # the settings of a started folder (hidden: evaluate's folder scans skip it)
 PER_DEVICE_BATCH = 4  # images per device per call when --batch_size is not given
 
 
@@ -131,91 +136,12 @@ def per_device_batch(args) -> int:
     return args.batch_size or PER_DEVICE_BATCH
 
 
-# ------------------------------------------------------------------------------------------- files
-
-
-def _is_remote(path: epath.Path) -> bool:
-    return "://" in os.fspath(path)
-
-
-def write_file(path: epath.Path, data: bytes) -> None:
-    """Writes `data` whole: a hidden temporary sibling renamed to `path` (gs://: one object write)."""
-    if _is_remote(path):
-        path.write_bytes(data)
-        return
-    partial = path.parent / f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """uint8 RGB (H, W, 3) -> PNG bytes."""
-    import cv2
-
-    ok, data = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the image as PNG")
-    return data.tobytes()
-
-
-def is_valid_image(path: epath.Path, size: tuple[int, int]) -> bool:
-    """Whether `path` is an image file that decodes completely, is RGB and (H, W) = `size`."""
-    from PIL import Image
-
-    try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # a truncated file fails here, not at open
-            return image.mode == "RGB" and image.size == (size[1], size[0])
-    except (OSError, ValueError, SyntaxError):  # missing, unreadable, not an image, truncated
-        return False
-
-
-def image_size(path) -> tuple[int, int]:
-    """(H, W) of an image file from its header (nothing decoded); InputError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.size[1], image.size[0]
-    except (OSError, UnidentifiedImageError) as err:
-        raise InputError(f"{path}: not a readable image ({cli.message(err)})") from None
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def check_settings(out: epath.Path, settings: dict) -> None:
-    """Refuses to resume a folder started (or finished) with other settings, naming each difference."""
-    settings = _jsonable(settings)
-    for name in (SETTINGS, MANIFEST):
-        path = out / name
-        if not path.exists():
-            continue
-        try:
-            recorded = json.loads(path.read_text())
-        except ValueError as err:
-            raise InputError(f"--out {out}: {path} is not JSON ({err}); remove it or choose another --out") from None
-        recorded = recorded.get("settings", recorded)
-        differ = [f"{k} {recorded.get(k)!r} (this run: {v!r})" for k, v in settings.items() if recorded.get(k) != v]
-        if differ:
-            raise InputError(f"--out {out}: its images were generated with other settings ({'; '.join(differ)}); "
-                             "choose another --out or remove that folder")
-        return
-
-
 def done_items(job: Job, out: epath.Path, workers: int) -> np.ndarray:
     """bool (n,): item i's image is written and valid. Each process checks its share; every process gets all."""
     process, processes = jax.process_index(), jax.process_count()
     mine = range(process, len(job.items), processes)
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
-        valid = list(pool.map(lambda i: is_valid_image(out / job.items[i], job.size(i))
-                              if (out / job.items[i]).exists() else False, mine))
+        valid = list(pool.map(lambda i: is_valid_image(out / job.items[i], job.size(i)), mine))  # missing: False
     done = np.zeros(len(job.items), np.uint8)
     done[list(mine)] = valid
     if processes > 1:
@@ -294,7 +220,7 @@ def generate(job: Job, out: str | os.PathLike, *, per_device_batch: int = PER_DE
     if process == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / SETTINGS).exists() and not (out / MANIFEST).exists():
-            write_file(out / SETTINGS, json.dumps({"settings": _jsonable(job.settings)}, indent=1).encode())
+            write_file(out / SETTINGS, json.dumps({"settings": jsonable(job.settings)}, indent=1).encode())
     _barrier("jcompose.generation.start")
     done = done_items(job, out, workers)
     batches = plan(job, done, per_device_batch, mesh.size)
@@ -422,9 +348,9 @@ def _write_manifest(job: Job, out: epath.Path, mesh, generated: int, per_device_
         except ValueError:
             pass
     n = len(job.items)
-    manifest = {**_jsonable(job.settings), "count": n, "devices": int(mesh.size), "processes": jax.process_count(),
+    manifest = {**jsonable(job.settings), "count": n, "devices": int(mesh.size), "processes": jax.process_count(),
                 "device_kind": mesh.devices.flat[0].device_kind, "per_device_batch": per_device_batch,
                 "resumed": n - generated,
-                "images": [{"image": job.items[i], **_jsonable(job.entry(i))} for i in range(n)]}
+                "images": [{"image": job.items[i], **jsonable(job.entry(i))} for i in range(n)]}
     write_file(path, (json.dumps(manifest, indent=1) + "\n").encode())
     (out / SETTINGS).unlink(missing_ok=True)

@@ -126,7 +126,11 @@ def toy_job(n: int = 11, hang_after: int | None = None):
 def jobs(root: Path, only=None) -> dict:
     """{method: generation.Job} of the tiny benchmarks under `root` (`write_inputs` first)."""
     from input_pipeline import anydoor_benchmark
-    from jcompose.methods import anydoor_generation, anyscene_generation, dreamcom_generation
+    from jcompose.methods import (
+        anydoor_generation,
+        anyscene_generation,
+        dreamcom_generation,
+    )
     from jcompose.methods.anydoor import AnyDoorMethod
     from jcompose.methods.anyscene import AnySceneMethod
     from jcompose.methods.dreamcom import DreamComMethod

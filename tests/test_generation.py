@@ -20,10 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from etils import epath
 
 import generation_setup as setup
 from fake_gcs import fake_gcs  # noqa: F401 (fixture)
-from jcompose import generation
+
+from jcompose import generation, generation_files
 from jcompose.cli import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +60,7 @@ def test_every_item_once_with_its_own_key_in_item_order(tmp_path):
     assert [e["i"] for e in manifest["images"]] == list(range(11))
     assert {k: manifest[k] for k in ("method", "seed", "count", "devices", "processes", "resumed")} == {
         "method": "toy", "seed": 3, "count": 11, "devices": 1, "processes": 1, "resumed": 0}
-    assert not (tmp_path / "gen" / generation.SETTINGS).exists()  # complete: the manifest holds the settings
+    assert not (tmp_path / "gen" / generation_files.SETTINGS).exists()  # complete: the manifest holds the settings
 
 
 def test_resume_keeps_valid_images_and_redoes_damaged_ones(tmp_path):
@@ -96,7 +98,7 @@ def test_a_folder_resumes_only_with_its_settings(tmp_path):
         generation.generate(other, tmp_path / "gen", per_device_batch=4, progress=False)
     # a folder started (not finished) is checked against the settings it was started with
     (tmp_path / "started").mkdir()
-    generation.write_file(generation.epath.Path(tmp_path / "started" / generation.SETTINGS),
+    generation_files.write_file(epath.Path(tmp_path / "started" / generation_files.SETTINGS),
                           json.dumps({"settings": {"method": "toy", "seed": 3}}).encode())
     with pytest.raises(InputError, match="seed 3"):
         generation.generate(other, tmp_path / "started", per_device_batch=4, progress=False)
@@ -107,7 +109,7 @@ def test_gcs_output_and_resume(fake_gcs, tmp_path):  # noqa: F811
     generation.generate(job, "gs://bucket/gen", per_device_batch=2, progress=False)
     images = {k.removeprefix("gs://") for k in fake_gcs.store if k.endswith(".png")}
     assert images == {f"bucket/gen/{item}" for item in job.items}
-    manifest = json.loads(generation.epath.Path("gs://bucket/gen/manifest.json").read_text())
+    manifest = json.loads(epath.Path("gs://bucket/gen/manifest.json").read_text())
     assert manifest["count"] == 5 and [e["image"] for e in manifest["images"]] == list(job.items)
     np.testing.assert_array_equal(cv2.cvtColor(cv2.imdecode(np.frombuffer(
         fake_gcs.store[f"gs://bucket/gen/{job.items[2]}"].getvalue(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from jcompose import generation
+from jcompose import generation, generation_files
 
 
 def benchmark_job(method, params, frozen, pairs: list[dict], *, seed: int, steps: int, guidance: float,
@@ -61,7 +61,7 @@ def benchmark_job(method, params, frozen, pairs: list[dict], *, seed: int, steps
     return generation.Job(
         items=[f"{p['concept']}/{Path(p['background']).stem.removesuffix('_GT')}.png" for p in pairs],
         read=read, sample=sample, key=lambda k: jax.random.PRNGKey(seed + k), write=write,
-        size=lambda k: generation.image_size(pairs[k]["background"]), entry=entry,
+        size=lambda k: generation_files.image_size(pairs[k]["background"]), entry=entry,
         settings={"method": "anydoor", **variant, "steps": steps, "guidance": guidance,
                   "shape_control": bool(shape_control), "paste": paste, "seed": seed, **settings},
         params=lambda _: (params, frozen))

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jcompose import generation
+from jcompose import generation, generation_files
 from jcompose.cli import InputError
 
 
@@ -28,7 +28,7 @@ class Benchmark:
     prompts: dict[str, str]
 
     @classmethod
-    def read(cls, root: str | Path) -> "Benchmark":
+    def read(cls, root: str | Path) -> Benchmark:
         """InputError naming --benchmark when prompts.json is missing, not JSON or empty."""
         root = Path(root)
         path = root / "prompts.json"
@@ -61,7 +61,7 @@ class Benchmark:
                 "mask": str(mask)}
 
     def output_size(self, i: int) -> tuple[int, int]:
-        return generation.image_size(self.files(i)[0])
+        return generation_files.image_size(self.files(i)[0])
 
 
 def benchmark_job(method, params, frozen, bench: Benchmark, *, seed: int, steps: int, guidance: float, blend: str,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jax
 
-from jcompose import generation
+from jcompose import generation, generation_files
 from jcompose.cli import InputError
 
 BENCHMARKS = ("murecom", "dreameditbench")
@@ -106,7 +106,7 @@ def benchmark_job(method, params_of, frozen, pairs: list[tuple], *, seed: int, s
 
     def size(i: int) -> tuple[int, int]:
         _, backgrounds, b, _ = pairs[pair_of[i]]
-        return generation.image_size(backgrounds.items[b][0])
+        return generation_files.image_size(backgrounds.items[b][0])
 
     c = method.config
     return generation.Job(
