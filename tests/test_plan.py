@@ -27,7 +27,7 @@ def _require(target_name: str) -> targets.Target:
 def _config(compute_dtype="float32", **train_fields):
     config = load(f"{CONFIG}:tiny")
     config.compute_dtype = compute_dtype
-    config.train.update(batch_size=8, **train_fields)
+    config.train.update({"batch_size": 8, **train_fields})
     return config
 
 
@@ -37,11 +37,18 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def v5p(workdir):
+def plan_cache(workdir):
+    """One plan cache for the module: a program compiled once (same text, devices, compiler) is not compiled
+    again by a later test (the largest-batch search reuses the v5p plan's program)."""
+    return str(workdir / "plan-cache")
+
+
+@pytest.fixture(scope="module")
+def v5p(workdir, plan_cache):
     """The tiny denoise run (global batch 8: 2 per chip) planned for v5p-8 (4 chips), train step only."""
     target = _require("v5p-8")
     run = planner.prepare(_config(), CONFIG, target, workdir)
-    return run, planner.plan(run, CONFIG, target, names=("train",), log=lambda *_: None)
+    return run, planner.plan(run, CONFIG, target, names=("train",), log=lambda *_: None, cache_dir=plan_cache)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +65,7 @@ def _bytes(tree) -> float:
     return float(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
 
 
+@pytest.mark.slow
 def test_tiny_config_planned_for_a_tpu_slice(v5p, cpu_state):
     run, result = v5p
     config, method, mesh, tx, state, frozen = cpu_state
@@ -88,6 +96,7 @@ def test_tiny_config_planned_for_a_tpu_slice(v5p, cpu_state):
     assert step["roofline"]["compute_s"] == pytest.approx(step["flops_per_chip"] / 459e12)
 
 
+@pytest.mark.slow
 def test_tiny_config_planned_for_h100s(v5p, workdir):
     target = _require("h100x8")
     run = planner.prepare(_config("bfloat16"), CONFIG, target, workdir)  # cuDNN attention: half precision only
@@ -103,22 +112,22 @@ def test_tiny_config_planned_for_h100s(v5p, workdir):
     assert step["memory_bytes"]["params"] == tpu_step["memory_bytes"]["params"]
 
 
-def test_largest_batch_boundary_on_the_cpu(workdir, cpu_state):
-    """Budget between the memory of per-chip batch 1 and 2: the search stops at 1, and the compile one step above
-    (batch 2) exceeds the budget; batch 2's model FLOPs agree with XLA's CPU count."""
-    target = targets.parse("cpu")
-    run = planner.prepare(_config(), CONFIG, target, workdir)
-    two = planner.plan(build.with_train(run, batch_size=2), CONFIG, target, names=("train",), log=lambda *_: None)
-    step = two["programs"][0]
-    assert step["xla_cost_analysis_flops"] == pytest.approx(step["flops_per_chip"], rel=0.15)  # + element-wise
-    budget = step["memory_bytes"]["total"] - 1
+@pytest.mark.slow
+def test_largest_batch_boundary_on_a_tpu_slice(v5p, plan_cache):
+    """Budget just under the memory of per-chip batch 2 (the v5p plan's): the search stops at per-chip batch 1,
+    and the compile one step above (batch 2, the plan's program, from the plan cache) exceeds the budget."""
+    run, result = v5p
+    target = _require("v5p-8")
+    two = result["programs"][0]
+    assert not two["from_plan_cache"]  # compiled by the plan, kept for the search
+    budget = two["memory_bytes"]["total"] - 1
     found = planner.max_batch(run, CONFIG, target, variants=("as configured",), margin=0.0, hbm_bytes=budget,
-                              log=lambda *_: None)
+                              log=lambda *_: None, cache_dir=plan_cache)
     assert len(found) == 1
     best = found[0]
     assert best["per_chip_batch"] == 1 and best["memory_bytes"] <= budget
-    assert best["next_per_chip_batch"] == 2 and best["next_memory_bytes"] == step["memory_bytes"]["total"] > budget
-    assert best["overrides"] == "--config.train.batch_size=1"
+    assert best["next_per_chip_batch"] == 2 and best["next_memory_bytes"] == two["memory_bytes"]["total"] > budget
+    assert best["compiles"] == 2 and best["overrides"] == "--config.train.batch_size=4"
 
 
 @pytest.mark.parametrize("budget", [130, 160, 161, 400, 1000])
@@ -143,6 +152,7 @@ def test_largest_batch_search_with_few_compiles(monkeypatch, budget):
     assert len(set(probes)) <= 5
 
 
+@pytest.mark.slow
 def test_command_line_writes_the_plan_and_refuses_bad_input(tmp_path, capsys):
     out, cache = tmp_path / "plan", f"--cache_dir={tmp_path / 'cache'}"
     args = [f"--config={CONFIG}:tiny", "--target=cpu", "--programs=train", f"--out={out}", "--config.train.batch_size=2",
@@ -153,6 +163,9 @@ def test_command_line_writes_the_plan_and_refuses_bad_input(tmp_path, capsys):
     assert "FITS: denoise on cpu" in text and "| params | optimizer | ema | frozen |" in text
     assert "FITS: denoise on cpu" in capsys.readouterr().out
     first = json.loads((out / "plan.json").read_text())["programs"][0]
+    # Model FLOPs (dots and convolutions of the jaxpr) against XLA's own count of the CPU program (measured:
+    # 0.8 % below; XLA adds element-wise work and counts some padded convolutions differently).
+    assert first["xla_cost_analysis_flops"] == pytest.approx(first["flops_per_chip"], rel=0.05)
     # The same program again (against a smaller memory): not compiled again, the same facts.
     assert plan_cli.main([*args, "--hbm_gib=0.001"]) == plan_cli.NO_FIT
     assert "DOES NOT FIT" in capsys.readouterr().out

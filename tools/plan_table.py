@@ -1,0 +1,105 @@
+"""The README's "Will it fit?" table: every method at its paper / released settings planned for each target.
+
+    python tools/plan_table.py --out plans                 # plans missing ones (one at a time), then the table
+    python tools/plan_table.py --out plans --table-only    # the table from the plans already there
+
+Each plan is `python -m jcompose.plan` in its own process (one full-size compile at a time: each needs
+several GiB of host memory), written to `<out>/<method>-<target>/`; the command, wall and CPU seconds
+of each go to `<out>/runs.jsonl`. The table (Markdown, on stdout and in `<out>/table.md`) reads the
+plans' plan.json files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGETS = ("v5e-8", "v5p-8", "v6e-8", "h100x8")
+# method -> (config, overrides making the paper's run on a slice of `chips` chips)
+METHODS = {
+    "anyscene": ("configs/anyscene.py", lambda chips: []),  # batch 16, 512 px, bf16, ControlNet trained
+    "anydoor": ("configs/anydoor.py", lambda chips: []),    # batch 32, 512 px / 224 px DINOv2-g, bf16, remat
+    # DreamCom fine-tunes one UNet per object at batch 1 (released): one object per chip, in one program
+    "dreamcom": ("configs/dreamcom.py", lambda chips: [
+        "--config.data.objects=(" + ",".join(f"'murecom:Dog/fg{k}'" for k in range(1, chips + 1)) + ",)",
+        "--config.compute_dtype=bfloat16"]),
+}
+CHIPS = {"v5e-8": 8, "v5p-8": 4, "v6e-8": 8, "h100x8": 8}
+
+
+def command(method: str, target: str, out: Path) -> list[str]:
+    config, overrides = METHODS[method]
+    return [sys.executable, "-m", "jcompose.plan", f"--config={config}", f"--target={target}", "--programs=train",
+            f"--out={out / f'{method}-{target}'}", *overrides(CHIPS[target])]
+
+
+def run_missing(out: Path, methods, targets) -> None:
+    for method in methods:
+        for target in targets:
+            folder = out / f"{method}-{target}"
+            if (folder / "plan.json").is_file():
+                continue
+            argv = command(method, target, out)
+            print("+", " ".join(argv), flush=True)
+            start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            done = subprocess.run(argv, check=False)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            record = {"method": method, "target": target, "command": argv[1:], "status": done.returncode,
+                      "wall_s": time.perf_counter() - start,
+                      "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+                      "max_rss_gib": after.ru_maxrss / 2**20}
+            with open(out / "runs.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+
+
+def table(out: Path, methods, targets) -> str:
+    rows = ["| method (paper settings) | target | per-chip batch | GiB per chip (of HBM) | fits | TFLOP per image "
+            "(train step) | attention | compile CPU s | host GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for method in methods:
+        for target in targets:
+            path = out / f"{method}-{target}" / "plan.json"
+            if not path.is_file():
+                rows.append(f"| {method} | {target} | not planned yet | | | | | | |")
+                continue
+            plan = json.loads(path.read_text())
+            step = plan["programs"][0]
+            if "memory_bytes" not in step:
+                rows.append(f"| {method} | {target} | {plan['per_chip_batch']:g} | refused: {step.get('error', '')[:80]} "
+                            "| no | | | | |")
+                continue
+            kinds: dict[str, int] = {}
+            for layer in step["attention"].values():
+                kinds[layer["implementation"]] = kinds.get(layer["implementation"], 0) + layer["calls"]
+            attention = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+            rows.append(f"| {method} | {target} | {plan['per_chip_batch']:g}"
+                        + (f" ({plan['models']} models)" if plan["models"] > 1 else "")
+                        + f" | {step['memory_bytes']['total'] / 2**30:.1f} ({step['hbm_bytes'] / 2**30:.0f}) | "
+                        f"{'yes' if step['fits'] else '**no**'} | {step['flops_per_image'] / 1e12:.2f} | {attention} | "
+                        f"{step['compile_cpu_s']:.0f} | {plan['host_peak_gib']:.1f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("plans"))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    methods, targets = args.methods.split(","), args.targets.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        run_missing(args.out, methods, targets)
+    text = table(args.out, methods, targets)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
