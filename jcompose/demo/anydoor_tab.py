@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from jcompose.cli import InputError, require_positive
-from jcompose.demo import common, widgets
+from jcompose.demo import common, compiles, widgets
 from jcompose.methods import anydoor_cli as cli
 from jcompose.methods import anydoor_inference as inference
 
@@ -81,28 +81,29 @@ def build(source, folders: common.RequestFolders) -> None:
 
     background.change(widgets.show_on_canvas, background, canvas)
 
+    @widgets.reporting_errors
     def respond(reference, reference_mask, background, canvas, target, shape_control, paste, steps, guidance, seed,
                 samples, progress=gr.Progress()):
-        with common.page_errors():
-            ref = common.upload_path(reference, "reference")
-            bg = common.upload_path(background, "background")
-            seeds = common.seeds_of(seed, samples)
-            folder = folders.new("anydoor")
-            if target:
-                mask = str(target)
-            else:
-                drawn = common.drawn_mask(canvas, common.image_shape(bg, "background"))
-                if drawn is None:
-                    raise InputError("target: draw where the object goes on the background, or upload a target mask")
-                mask = common.write_mask(folder / "target_mask.png", drawn)
-            images, commands = [], []
-            for i, s in enumerate(seeds):
-                progress(i / len(seeds), desc=f"image {i + 1} of {len(seeds)} (the first request compiles)")
-                argv = composer.argv(ref, reference_mask, bg, mask, shape_control, paste, steps, guidance, s,
-                                     folder / f"{i}.png")
-                images.append(composer.compose(argv)["image"])
-                commands.append(common.command_line(argv))
-            return widgets.finish(folder, images, commands)
+        traced_before = compiles.count()
+        ref = common.upload_path(reference, "reference")
+        bg = common.upload_path(background, "background")
+        seeds = common.seeds_of(seed, samples)
+        folder = folders.new("anydoor")
+        if target:
+            mask = str(target)
+        else:
+            drawn = common.drawn_mask(canvas, common.image_shape(bg, "background"))
+            if drawn is None:
+                raise InputError("target: draw where the object goes on the background, or upload a target mask")
+            mask = common.write_mask(folder / "target_mask.png", drawn)
+        images, commands = [], []
+        for i, s in enumerate(seeds):
+            progress(i / len(seeds), desc=f"image {i + 1} of {len(seeds)} (the first request compiles)")
+            argv = composer.argv(ref, reference_mask, bg, mask, shape_control, paste, steps, guidance, s,
+                                 folder / f"{i}.png")
+            images.append(composer.compose(argv)["image"])
+            commands.append(common.command_line(argv))
+        return widgets.finish(folder, images, commands, traced_before)
 
     run.click(respond, [reference, reference_mask, background, canvas, target, shape_control, paste, steps, guidance,
                         seed, samples], outputs)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from jcompose.cli import InputError, require_positive
-from jcompose.demo import common, widgets
+from jcompose.demo import common, compiles, widgets
 from jcompose.methods import anyscene_inference as inference
 
 
@@ -50,9 +50,9 @@ class AnySceneComposer:
         if args.blend not in inference.BLENDS:
             raise InputError(f"--blend {args.blend!r}: expected one of {inference.BLENDS}")
         require_positive(("--steps", args.steps))
+        composite, mask = inference.read_foregrounds(args.foreground, args.mask or [])
         if not args.prompt:
             raise InputError("--prompt: describe the scene")
-        composite, mask = inference.read_foregrounds(args.foreground, args.mask or [])
         words = [w.strip() for w in (args.words or "").split(",") if w.strip()]
         method, params, frozen, step = self._load(args)
         try:
@@ -97,20 +97,21 @@ def build(source, folders: common.RequestFolders) -> None:
         with gr.Column():
             outputs = widgets.result_components("anyscene")
 
+    @widgets.reporting_errors
     def respond(foreground, mask, prompt, words, layout, blend, steps, guidance, seed, samples,
                 progress=gr.Progress()):
-        with common.page_errors():
-            fg = common.upload_path(foreground, "foreground")
-            seeds = common.seeds_of(seed, samples)
-            folder = folders.new("anyscene")
-            images, commands = [], []
-            for i, s in enumerate(seeds):
-                progress(i / len(seeds), desc=f"image {i + 1} of {len(seeds)} (the first request compiles)")
-                argv = composer.argv(fg, mask, prompt or "", words or "", layout, blend, steps, guidance, s,
-                                     folder / f"{i}.png")
-                images.append(composer.compose(argv)["image"])
-                commands.append(common.command_line(argv))
-            return widgets.finish(folder, images, commands)
+        traced_before = compiles.count()
+        fg = common.upload_path(foreground, "foreground")
+        seeds = common.seeds_of(seed, samples)
+        folder = folders.new("anyscene")
+        images, commands = [], []
+        for i, s in enumerate(seeds):
+            progress(i / len(seeds), desc=f"image {i + 1} of {len(seeds)} (the first request compiles)")
+            argv = composer.argv(fg, mask, prompt or "", words or "", layout, blend, steps, guidance, s,
+                                 folder / f"{i}.png")
+            images.append(composer.compose(argv)["image"])
+            commands.append(common.command_line(argv))
+        return widgets.finish(folder, images, commands, traced_before)
 
     run.click(respond, [foreground, mask, prompt, words, layout, blend, steps, guidance, seed, samples], outputs)
 

@@ -3,7 +3,6 @@ parser), input errors as page messages, and boxes / masks from what the user dre
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import shlex
 import threading
@@ -58,17 +57,6 @@ def seeds_of(seed, samples) -> list[int]:
     if samples < 1:
         raise InputError(f"samples: {samples}; expected at least 1")
     return [seed + i for i in range(samples)]
-
-
-@contextlib.contextmanager
-def page_errors():
-    """Input errors (the CLI's `error: ...` line) become a gr.Error: a message in the page, the server serving on."""
-    import gradio as gr
-
-    try:
-        yield
-    except InputError as err:
-        raise gr.Error(f"error: {err}", print_exception=False) from None
 
 
 def drawn_mask(editor_value, shape: tuple[int, int]) -> np.ndarray | None:

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from jcompose.cli import InputError
-from jcompose.demo import common, widgets
+from jcompose.demo import common, compiles, widgets
 from jcompose.methods import dreamcom_inference as inference
 
 
@@ -85,16 +85,17 @@ def build(source, folders: common.RequestFolders) -> None:
     background.change(widgets.show_on_canvas, background, canvas)
     canvas.change(widgets.drawn_box, [canvas, background, box], box)
 
+    @widgets.reporting_errors
     def respond(name, background, box, crop, steps, guidance, seed, samples, progress=gr.Progress()):
-        with common.page_errors():
-            path = common.upload_path(background, "background")
-            if not (box or "").strip():
-                raise InputError("box: draw over the place for the object or type x1,y1,x2,y2")
-            num = len(common.seeds_of(seed, samples))
-            folder = folders.new("dreamcom")
-            progress(0, desc=f"{num} image(s) in one batched call (the first request compiles)")
-            argv = composer.argv(name, path, box.strip(), crop, steps, guidance, seed, num, folder)
-            images = composer.compose(argv)["images"]
-            return widgets.finish(folder, images, [common.command_line(argv)])
+        traced_before = compiles.count()
+        path = common.upload_path(background, "background")
+        if not (box or "").strip():
+            raise InputError("box: draw over the place for the object or type x1,y1,x2,y2")
+        num = len(common.seeds_of(seed, samples))
+        folder = folders.new("dreamcom")
+        progress(0, desc=f"{num} image(s) in one batched call (the first request compiles)")
+        argv = composer.argv(name, path, box.strip(), crop, steps, guidance, seed, num, folder)
+        images = composer.compose(argv)["images"]
+        return widgets.finish(folder, images, [common.command_line(argv)], traced_before)
 
     run.click(respond, [name, background, box, crop, steps, guidance, seed, samples], outputs)

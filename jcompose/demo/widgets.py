@@ -3,6 +3,7 @@ status line)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 
@@ -30,13 +31,15 @@ def result_components(prefix: str):
     return [gallery, files, command, status]
 
 
-def finish(folder: Path, images: list[str], commands: list[str]):
-    """The result components' values; the commands are also written to <folder>/command.sh."""
+def finish(folder: Path, images: list[str], commands: list[str], traced_before: int):
+    """The result components' values; the commands are also written to <folder>/command.sh. The status names
+    the programs this request traced (0: every compiled program was reused) since `traced_before`."""
     from jcompose.demo import compiles
 
     script = folder / "command.sh"
     script.write_text("\n".join(commands) + "\n")
-    status = f"wrote {len(images)} image(s) to {folder}; programs traced in this process so far: {compiles.count()}"
+    status = (f"wrote {len(images)} image(s) to {folder}; programs traced (compiled) by this request: "
+              f"{compiles.count() - traced_before}")
     return images, [*images, str(script)], "\n".join(commands), status
 
 
@@ -60,3 +63,21 @@ def drawn_box(editor_value, background, current: str) -> str:
     except InputError:
         return current
     return current if mask is None else common.box_text(mask)
+
+
+def reporting_errors(respond):
+    """Wraps a tab's event handler: an input error (the CLI's `error: ...` line) becomes the status line and a
+    warning toast in the page, with the result fields emptied; the server serves on."""
+    from jcompose.cli import InputError
+
+    @functools.wraps(respond)  # keeps the signature: gradio injects gr.Progress by it
+    def handler(*args, **kwargs):
+        import gradio as gr
+
+        try:
+            return respond(*args, **kwargs)
+        except InputError as err:
+            gr.Warning(f"error: {err}")
+            return None, None, "", f"error: {err}"
+
+    return handler

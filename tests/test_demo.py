@@ -1,0 +1,231 @@
+"""`python -m jcompose.demo` in a real browser: headless Chromium from the system (`apt-get install chromium`,
+done by .ci/run) driven by playwright, against one demo server serving a tiny run of each method (written
+without training: tests/demo_runs.py). For each method the page composes an image, which must equal what
+the command shown under it (`python -m jcompose.compose ...`, run here in-process) writes; a second request
+with the same settings must compile nothing; a bad upload shows its error in the page and the next request
+still composes."""
+
+import shlex
+import shutil
+import socket
+from pathlib import Path
+
+import cv2
+import demo_runs
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TIMEOUT_MS = 300_000  # the first request of a tab loads the model and compiles (tens of seconds on 2 cores)
+
+pytest.importorskip("gradio", reason="the demo needs the demo extra: pip install -e '.[demo]'")
+pytest.importorskip("playwright", reason="browser tests need playwright: pip install -e '.[test]'")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_inputs")
+    fg, fg_mask = demo_runs.photo((32, 32), 0), np.zeros((32, 32), np.uint8)
+    fg_mask[8:24, 10:26] = 255
+    ref, ref_mask = demo_runs.photo((40, 40), 2), np.zeros((40, 40), np.uint8)
+    ref_mask[5:35, 8:32] = 255
+    target = np.zeros((48, 64), np.uint8)
+    target[10:30, 20:44] = 255
+    files = {"foreground": np.dstack([fg, fg_mask]), "background": demo_runs.photo((48, 64), 1),
+             "reference": np.dstack([ref, ref_mask]), "target": target}
+    paths = {name: root / f"{name}.png" for name in files}
+    for name, image in files.items():
+        assert cv2.imwrite(str(paths[name]), image)
+    (root / "notes.png").write_text("not an image")
+    paths["not_an_image"] = root / "notes.png"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from jcompose.demo import app
+
+    root = tmp_path_factory.mktemp("demo_runs")
+    runs = [demo_runs.write_run(root / "anyscene", "configs/anyscene.py:tiny", seed=1),
+            demo_runs.write_run(root / "dreamcom", "configs/dreamcom.py:tiny", seed=2,
+                                objects=("murecom:Toy/fg1", "murecom:Cup/fg1")),
+            demo_runs.write_run(root / "anydoor", "configs/anydoor.py:tiny", seed=3)]
+    demo = app.build([str(r) for r in runs], root / "requests")
+    port = _free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        allowed_paths=[str(demo.requests_root)])
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("the browser tests need Chromium from the system: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server)
+        page.wait_for_selector("#anyscene-run")
+        yield page
+        browser.close()
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _open_tab(page, method):
+    page.get_by_role("tab", name=f"{method}:").click()
+    page.wait_for_selector(f"#{method.lower()}-run", state="visible")
+
+
+def _upload(page, elem_id, path):
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+    page.wait_for_function("([sel, stem]) => document.querySelector(sel).innerText.includes(stem)",
+                           arg=[f"#{elem_id}", Path(path).stem])
+
+
+def _fill(page, elem_id, value):
+    page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(str(value))
+
+
+def _compose(page, prefix):
+    """Clicks Compose and waits for this request's status line; returns (status, command)."""
+    status = page.locator(f"#{prefix}-status textarea")
+    previous = status.input_value()
+    page.click(f"#{prefix}-run")
+    page.wait_for_function(
+        "([sel, prev]) => { const t = document.querySelector(sel); return t && t.value && t.value !== prev; }",
+        arg=[f"#{prefix}-status textarea", previous], timeout=TIMEOUT_MS)
+    return status.input_value(), page.locator(f"#{prefix}-command textarea").input_value()
+
+
+def _shown_images(page, prefix, count):
+    """The result images as the browser received them (fetched from the gallery's own URLs), RGB uint8."""
+    page.wait_for_function("([sel, n]) => document.querySelectorAll(sel).length >= n",
+                           arg=[f"#{prefix}-gallery img", count])
+    images = []
+    for src in page.locator(f"#{prefix}-gallery img").evaluate_all("els => els.map(e => e.src)")[:count]:
+        data = np.frombuffer(page.request.get(src).body(), np.uint8)
+        images.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+    return images
+
+
+def _cli(command_line, out):
+    """Runs one command the page shows (compose's own main, in-process) with --out replaced; returns its argv."""
+    from jcompose import compose
+
+    argv = shlex.split(command_line)[3:]
+    assert shlex.split(command_line)[:3] == ["python", "-m", "jcompose.compose"]
+    argv[argv.index("--out") + 1] = str(out)
+    compose.main(argv)
+    return argv
+
+
+def _read_rgb(path):
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _traced(status):
+    return int(status.rsplit(":", 1)[1])
+
+
+# -------------------------------------------------------------------------------------- tests
+
+
+def test_anyscene_tab_equals_the_cli_and_reuses_its_compiled_sampler(page, inputs, tmp_path):
+    _open_tab(page, "AnyScene")
+    _upload(page, "anyscene-foreground", inputs["foreground"])  # RGBA: the alpha is the mask
+    _fill(page, "anyscene-prompt", "a photo of a dog")
+    _fill(page, "anyscene-words", "dog")
+    _fill(page, "anyscene-steps", 2)
+    _fill(page, "anyscene-seed", 3)
+    status, command = _compose(page, "anyscene")
+    assert "--seed 3" in command and "--words dog" in command, command
+    shown = _shown_images(page, "anyscene", 1)[0]
+    argv = _cli(command, tmp_path / "cli.png")
+    assert argv[argv.index("--foreground") + 1].endswith("foreground.png")
+    np.testing.assert_array_equal(shown, _read_rgb(tmp_path / "cli.png"))
+    status, _ = _compose(page, "anyscene")  # the same request: every program is in the jit caches
+    assert _traced(status) == 0, status
+    np.testing.assert_array_equal(_shown_images(page, "anyscene", 1)[0], shown)
+
+
+def test_a_bad_upload_shows_its_error_and_the_next_request_composes(page, inputs):
+    page.reload()  # empty upload fields
+    page.wait_for_selector("#anyscene-run")
+    _upload(page, "anyscene-foreground", inputs["not_an_image"])
+    _fill(page, "anyscene-prompt", "a photo of a dog")
+    status, command = _compose(page, "anyscene")
+    assert status.startswith("error: --foreground ") and status.endswith("notes.png: not a readable image (PNG/JPEG/...)")
+    assert command == ""
+    page.reload()  # the server still serves the page, and composes
+    page.wait_for_selector("#anyscene-run")
+    _upload(page, "anyscene-foreground", inputs["foreground"])
+    _fill(page, "anyscene-prompt", "a photo of a dog")
+    _fill(page, "anyscene-steps", 2)
+    _fill(page, "anyscene-seed", 4)
+    status, command = _compose(page, "anyscene")
+    assert "--seed 4" in command and status.startswith("wrote 1 image")
+
+
+def test_dreamcom_tab_draws_the_box_picks_the_object_and_equals_the_cli(page, inputs, tmp_path):
+    _open_tab(page, "DreamCom")
+    page.locator("#dreamcom-object input").click()
+    page.get_by_role("option", name="Cup_fg1").click()
+    _upload(page, "dreamcom-background", inputs["background"])
+    page.wait_for_selector("#dreamcom-canvas button[title=Brush]")
+    page.wait_for_timeout(2000)  # the canvas draws the background
+    page.click("#dreamcom-canvas button[title=Brush]")
+    canvas = page.locator("#dreamcom-canvas canvas").first.bounding_box()
+    cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+    page.mouse.move(cx - 10, cy - 5)
+    page.mouse.down()
+    page.mouse.move(cx + 10, cy + 5, steps=6)
+    page.mouse.up()
+    page.wait_for_function("document.querySelector('#dreamcom-box textarea').value.split(',').length === 4")
+    x1, y1, x2, y2 = (int(v) for v in page.locator("#dreamcom-box textarea").input_value().split(","))
+    assert 0 <= x1 < x2 < 64 and 0 <= y1 < y2 < 48 and x1 <= 32 <= x2 and y1 <= 24 <= y2  # around the centre
+    _fill(page, "dreamcom-steps", 2)
+    _fill(page, "dreamcom-seed", 5)
+    _fill(page, "dreamcom-samples", 2)
+    _, command = _compose(page, "dreamcom")
+    assert "--object Cup_fg1" in command and "--num 2" in command and f"--box {x1},{y1},{x2},{y2}" in command
+    shown = _shown_images(page, "dreamcom", 2)
+    _cli(command, tmp_path / "cli")
+    for i, image in enumerate(shown):
+        np.testing.assert_array_equal(image, _read_rgb(tmp_path / "cli" / f"{i}.png"), err_msg=f"image {i}")
+    assert not np.array_equal(shown[0], shown[1])  # each image its own noise
+
+
+def test_anydoor_tab_equals_the_cli(page, inputs, tmp_path):
+    _open_tab(page, "AnyDoor")
+    _upload(page, "anydoor-reference", inputs["reference"])  # RGBA: the alpha is the object mask
+    _upload(page, "anydoor-background", inputs["background"])
+    _upload(page, "anydoor-target", inputs["target"])
+    _fill(page, "anydoor-steps", 2)
+    _fill(page, "anydoor-seed", 6)
+    _, command = _compose(page, "anydoor")
+    assert "--seed 6" in command, command
+    shown = _shown_images(page, "anydoor", 1)[0]
+    _cli(command, tmp_path / "cli.png")
+    np.testing.assert_array_equal(shown, _read_rgb(tmp_path / "cli.png"))
+    background = cv2.cvtColor(cv2.imread(str(inputs["background"])), cv2.COLOR_BGR2RGB)
+    assert not np.array_equal(shown, background)
+
+
+def test_a_folder_that_is_no_run_is_named(tmp_path):
+    from jcompose.cli import InputError
+    from jcompose.demo import sources
+
+    with pytest.raises(InputError, match=f"--checkpoint {tmp_path}: neither a training workdir"):
+        sources.find(str(tmp_path))
