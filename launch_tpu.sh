@@ -192,7 +192,7 @@ else
     [[ $DRY_RUN == 1 ]] || exit 3
     echo "# (dry run) a real launch stops here; the commands it would run otherwise:"
   elif [[ $status != 0 ]]; then
-    die "planning the run failed (exit $status; install jax[tpu] here for TPU targets), or launch with --skip-plan"
+    die "planning the run failed (exit $status; the plan compiles here: pip install -e \".[plan]\"), or launch with --skip-plan"
   else
     echo "# plan: fits; report: $PLAN_DIR/plan.md"
   fi

@@ -1,8 +1,8 @@
 """Target accelerators a plan compiles for, and their devices without the hardware.
 
-TPU slices come from libtpu (`pip install "jax[tpu]"`): `jax.experimental.topologies.get_topology_desc`
-describes a slice's chips on any machine. NVIDIA targets come from the CUDA PJRT plugin (`jax[cuda12]`'s
-`jax-cuda12-pjrt` and `jax-cuda12-plugin`, plus cuDNN for its fused attention): the same call with a
+TPU slices come from libtpu: `jax.experimental.topologies.get_topology_desc` describes a slice's chips
+on any machine. NVIDIA targets come from the CUDA PJRT plugin (`jax-cuda12-pjrt` and `jax-cuda12-plugin`,
+plus cuDNN, which its fused attention needs at compile time): the same call with a
 `GpuTargetConfigProto` in text form gives the devices of a GPU that is not there. The proto's facts per
 GPU (SMs, shared memory, HBM size and bandwidth, clock, compute capability) are restated below from the
 vendors' specifications, as XLA keeps them for its own deviceless compiles.
@@ -155,7 +155,7 @@ def missing_plugin(target: Target) -> str | None:
     import importlib.util
 
     if target.platform == "tpu" and importlib.util.find_spec("libtpu") is None:
-        return 'libtpu (pip install "jax[tpu]")'
+        return "libtpu (pip install 'jcompose[plan]', or jax[tpu])"
     if target.platform == "cuda":
         wanted = {"jax_plugins.xla_cuda12": "jax-cuda12-pjrt", "jax_cuda12_plugin": "jax-cuda12-plugin",
                   "nvidia.cudnn": "nvidia-cudnn-cu12"}
