@@ -18,6 +18,10 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
+# the checkout first: a script's sys.path holds only its own folder (tests/), and an installed jcompose
+# may be another checkout's.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import jax  # noqa: E402
 
 port, process_id, jobs_path, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
