@@ -59,18 +59,16 @@ def runs(tmp_path_factory, tiny_bases):
     return root, config
 
 
-def _training_loss(method, frozen, workdir):
-    """k -> the masked loss of model k (params with a leading model axis) on object k's own training
-    examples: 8 augmented photos, each drawn 4 times (timestep, noise, VAE sample), in one batch of 32."""
+def _training_loss(method, frozen, workdir, k=0):
+    """params (one model's) -> the masked loss on object k's own training examples: 8 augmented photos, each
+    drawn 4 times (timestep, noise, VAE sample), in one batch of 32."""
     method.workdir = workdir
-    batches = []
-    for k in range(2):
-        source, transform = method.make_source(k), method.make_transform(k)
-        rng = np.random.default_rng(0)
-        examples = [transform(source[i % len(source)], rng) for i in range(8)] * 4
-        batches.append({key: jnp.asarray(np.stack([e[key] for e in examples])) for key in examples[0]})
-    loss = jax.jit(lambda params, batch: method.loss(params, frozen, batch, jax.random.PRNGKey(0))[0])
-    return lambda params, k: float(loss(jax.tree_util.tree_map(lambda x: x[k], params), batches[k]))
+    source, transform = method.make_source(k), method.make_transform(k)
+    rng = np.random.default_rng(0)
+    examples = [transform(source[i % len(source)], rng) for i in range(8)] * 4
+    batch = {key: jnp.asarray(np.stack([e[key] for e in examples])) for key in examples[0]}
+    loss = jax.jit(lambda params: method.loss(params, frozen, batch, jax.random.PRNGKey(0))[0])
+    return lambda params: float(loss(params))
 
 
 def test_lora_learns_and_frozen_adapters_change_nothing(runs):
@@ -89,13 +87,13 @@ def test_lora_learns_and_frozen_adapters_change_nothing(runs):
     for key, value in trained.items():  # object 2 (rate 0): bit for bit the initial adapters
         np.testing.assert_array_equal(value[1], np.asarray(start[key]), err_msg=str(key))
     assert all(np.abs(v[0]).max() > 0 for k, v in trained.items() if k[-1] == "lora_B")  # object 1's B moved
-    loss = _training_loss(method, frozen, root / "straight")
-    initial = {"unet_lora": jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), params0["unet_lora"])}
-    figures = [(loss(initial, k), loss(state["params"], k)) for k in (0, 1)]
-    print(f"training loss at step 0 -> {STEPS}: learning object {figures[0][0]:.4f} -> {figures[0][1]:.4f}, "
-          f"frozen-adapter control {figures[1][0]:.4f} -> {figures[1][1]:.4f}")
-    assert figures[0][1] < 0.9 * figures[0][0]  # measured: -15% (a 5% drop at rate 2e-3 would fail)
-    assert figures[1][1] == figures[1][0]
+    # The learning object's photos under its trained adapters and under the control's (still the step-0
+    # adapters, checked above, i.e. the base model).
+    loss = _training_loss(method, frozen, root / "straight", k=0)
+    trained_loss, control_loss = (loss(jax.tree_util.tree_map(lambda x: x[m], state["params"])) for m in (0, 1))
+    print(f"loss on the learning object's training photos after {STEPS} steps: trained adapters {trained_loss:.4f}, "
+          f"frozen-adapter control {control_loss:.4f}")
+    assert trained_loss < 0.9 * control_loss  # measured: -17% (at rate 2e-3: -5.5%, which fails)
 
 
 def test_lora_run_resumes_bit_for_bit(runs):
@@ -126,10 +124,12 @@ def test_compose_forms_base_plus_adapters(runs, tmp_path):
 
 @pytest.mark.parity
 def test_exported_lora_and_merged_unet_match_in_diffusers(runs, tiny_bases):
-    """Each object's RUN/export/<object>: its LoRA file applied by diffusers' load_lora_weights to an inpainting
-    pipeline of the base, and its merged unet/ loaded by from_pretrained, both give jcompose's UNet output."""
+    """The learning object's RUN/export/Toy_fg1: its LoRA file applied by diffusers' load_lora_weights to an
+    inpainting pipeline of the base, and its merged unet/ loaded by from_pretrained, both give jcompose's UNet
+    output (the control's export holds zero B: nothing to compare)."""
     torch = pytest.importorskip("torch", reason="the parity extra: pip install -e '.[parity]'")
-    diffusers = pytest.importorskip("diffusers")
+    diffusers = pytest.importorskip("diffusers", reason="the parity extra: pip install -e '.[parity]'")
+    transformers = pytest.importorskip("transformers", reason="the parity extra: pip install -e '.[parity]'")
     pytest.importorskip("peft", reason="diffusers' load_lora_weights needs peft (the parity extra)")
     root, config = runs
     state = _state(root / "straight")
@@ -138,24 +138,24 @@ def test_exported_lora_and_merged_unet_match_in_diffusers(runs, tiny_bases):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 9, 8, 8)).astype(np.float32)
     t, ctx = np.array([17, 803]), rng.normal(size=(2, 16, 32)).astype(np.float32)
+    params = jax.tree_util.tree_map(lambda v: v[0], state["params"])
+    apply = method.pipe.unet.module.apply
+    want = np.asarray(apply({"params": method.unet_params(params, frozen)}, x, jnp.asarray(t), ctx).sample)
+    effect = float(np.abs(want - np.asarray(apply({"params": frozen["unet"]}, x, jnp.asarray(t), ctx).sample)).max())
     base = tiny_bases["sd15-inpaint"]
-    for k, name in enumerate(("Toy_fg1", "Toy_fg2")):
-        params = jax.tree_util.tree_map(lambda v: v[k], state["params"])
-        want = np.asarray(method.pipe.unet.module.apply({"params": method.unet_params(params, frozen)}, x,
-                                                        jnp.asarray(t), ctx).sample)
-        pipe = diffusers.StableDiffusionInpaintPipeline(
-            vae=diffusers.AutoencoderKL.from_pretrained(base / "vae"),
-            text_encoder=__import__("transformers").CLIPTextModel.from_pretrained(base / "text_encoder"),
-            tokenizer=__import__("transformers").CLIPTokenizer.from_pretrained(base / "tokenizer"),
-            unet=diffusers.UNet2DConditionModel.from_pretrained(base / "unet"),
-            scheduler=diffusers.DDIMScheduler.from_pretrained(base / "scheduler"), safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False)
-        pipe.load_lora_weights(root / "straight" / "export" / name)
-        merged = diffusers.UNet2DConditionModel.from_pretrained(root / "straight" / "export" / name / "unet")
-        with torch.no_grad():
-            inputs = (torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx))
-            for what, unet in (("load_lora_weights", pipe.unet), ("merged unet/", merged.eval())):
-                got = unet(*inputs).sample.numpy()
-                err = float(np.abs(got - want).max())
-                print(f"{name} {what}: max |diffusers - jcompose| = {err:.2e}")
-                assert err < 1e-4, (name, what)
+    pipe = diffusers.StableDiffusionInpaintPipeline(
+        vae=diffusers.AutoencoderKL.from_pretrained(base / "vae"),
+        text_encoder=transformers.CLIPTextModel.from_pretrained(base / "text_encoder"),
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(base / "tokenizer"),
+        unet=diffusers.UNet2DConditionModel.from_pretrained(base / "unet"),
+        scheduler=diffusers.DDIMScheduler.from_pretrained(base / "scheduler"), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(root / "straight" / "export" / "Toy_fg1")
+    merged = diffusers.UNet2DConditionModel.from_pretrained(root / "straight" / "export" / "Toy_fg1" / "unet")
+    with torch.no_grad():
+        inputs = (torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx))
+        for what, unet in (("load_lora_weights", pipe.unet), ("merged unet/", merged.eval())):
+            err = float(np.abs(unet(*inputs).sample.numpy() - want).max())
+            print(f"Toy_fg1 {what}: max |diffusers - jcompose| = {err:.2e} (the trained adapters' effect {effect:.2e})")
+            assert err < 1e-4, what
+    assert effect > 1e-3  # the adapters trained away from zero: the comparison sees them
