@@ -229,3 +229,29 @@ def test_a_folder_that_is_no_run_is_named(tmp_path):
 
     with pytest.raises(InputError, match=f"--checkpoint {tmp_path}: neither a training workdir"):
         sources.find(str(tmp_path))
+
+
+def test_a_release_folder_is_anydoor_and_a_damaged_one_is_named(tmp_path):
+    import json
+
+    from jcompose.cli import InputError
+    from jcompose.demo import sources
+    from jcompose.models import ldm_convert
+
+    (tmp_path / "config.json").write_text(json.dumps({"_jcompose": ldm_convert.RELEASE_MARK,
+                                                      "format_version": ldm_convert.RELEASE_FORMAT,
+                                                      "components": {"unet": "unet"}}))
+    with pytest.raises(InputError, match=r"component folder unet/ missing"):
+        sources.find(str(tmp_path))
+    (tmp_path / "unet").mkdir()
+    assert sources.find(str(tmp_path)) == sources.Source("anydoor", "release", str(tmp_path))
+
+
+def test_drawn_strokes_give_the_box_at_the_background_size():
+    from jcompose.demo import common
+
+    layer = np.zeros((24, 32, 4), np.uint8)  # the canvas at half the background's size
+    layer[5:9, 10:21, 3] = 255
+    mask = common.drawn_mask({"layers": [layer]}, (48, 64))
+    assert common.box_text(mask) == "20,10,41,17"  # rows 10..17, columns 20..41: each canvas pixel is 2x2
+    assert common.drawn_mask({"layers": [np.zeros((24, 32, 4), np.uint8)]}, (48, 64)) is None
