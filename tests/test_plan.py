@@ -163,8 +163,8 @@ def test_command_line_writes_the_plan_and_refuses_bad_input(tmp_path, capsys):
     assert "FITS: denoise on cpu" in text and "| params | optimizer | ema | frozen |" in text
     assert "FITS: denoise on cpu" in capsys.readouterr().out
     first = json.loads((out / "plan.json").read_text())["programs"][0]
-    # Model FLOPs (dots and convolutions of the jaxpr) against XLA's own count of the CPU program (measured:
-    # 0.8 % below; XLA adds element-wise work and counts some padded convolutions differently).
+    # Model FLOPs (dots and convolutions of the jaxpr) against XLA's own count of the CPU program (measured
+    # 0.8 % apart: XLA adds element-wise work and counts convolutions its own way).
     assert first["xla_cost_analysis_flops"] == pytest.approx(first["flops_per_chip"], rel=0.05)
     # The same program again (against a smaller memory): not compiled again, the same facts.
     assert plan_cli.main([*args, "--hbm_gib=0.001"]) == plan_cli.NO_FIT
