@@ -227,7 +227,7 @@ def test_a_folder_that_is_no_run_is_named(tmp_path):
     from jcompose.cli import InputError
     from jcompose.demo import sources
 
-    with pytest.raises(InputError, match=f"--checkpoint {tmp_path}: neither a training workdir"):
+    with pytest.raises(InputError, match=f"{tmp_path}: neither a training run .* nor AnyDoor's release"):
         sources.find(str(tmp_path))
 
 

@@ -58,7 +58,11 @@ def find(folder: str) -> Source:
         except (OSError, ValueError) as err:
             raise InputError(str(err)) from None
         return Source("anydoor", "release", str(path))
-    workdir, _ = resolve_checkpoint(folder)  # InputError: not a workdir with checkpoints nor a step folder
+    try:
+        workdir, _ = resolve_checkpoint(folder)
+    except InputError:
+        raise InputError(f"{folder}: neither a training run (a workdir with checkpoints/<step> folders, or one step "
+                         "folder) nor AnyDoor's release converted with `python -m jcompose.convert anydoor-ckpt`") from None
     config = run_record.read_config(workdir)
     if config is None:
         raise InputError(f"{folder}: {workdir} has no {run_record.RECORD} (the config the run was trained with)")
