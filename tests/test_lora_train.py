@@ -54,7 +54,9 @@ def runs(tmp_path_factory, tiny_bases):
     _train(config, root / "straight")
     shutil.copytree(root / "straight", root / "resumed", ignore=shutil.ignore_patterns("export"))
     shutil.rmtree(root / "resumed" / "checkpoints" / str(STEPS))
-    assert Checkpointer(root / "resumed").steps() == [STEPS // 2]
+    checkpoints = Checkpointer(root / "resumed")
+    assert checkpoints.steps() == [STEPS // 2]
+    checkpoints.close()
     _train(config, root / "resumed")
     return root, config
 
