@@ -173,7 +173,7 @@ def test_anyscene_tab_equals_the_cli_and_reuses_its_compiled_sampler(page, input
     _fill(page, "anyscene-steps", 2)
     _fill(page, "anyscene-seed", 3)
     status, command = _compose(page, "anyscene")
-    assert "--seed 3" in command and "--words dog" in command, command
+    assert "--seed 3" in command and "--words=dog" in command, command
     shown = _shown_images(page, "anyscene", 1)[0]
     argv = _cli(command, tmp_path / "cli.png")
     assert argv[argv.index("--foreground") + 1].endswith("foreground.png")
@@ -269,3 +269,12 @@ def test_drawn_strokes_give_the_box_at_the_background_size():
     mask = common.drawn_mask({"layers": [layer]}, (48, 64))
     assert common.box_text(mask) == "20,10,41,17"  # rows 10..17, columns 20..41: each canvas pixel is 2x2
     assert common.drawn_mask({"layers": [np.zeros((24, 32, 4), np.uint8)]}, (48, 64)) is None
+
+
+def test_a_bad_field_is_an_input_error_not_an_exit():
+    from jcompose.cli import InputError
+    from jcompose.demo import common
+
+    with pytest.raises(InputError, match=r"argument --steps: invalid int value: 'many'"):
+        common.parse(["anyscene", "--checkpoint", "run", "--out", "o.png", "--steps", "many"])
+    assert common.parse(["anyscene", "--checkpoint", "run", "--out", "o.png", "--prompt=--dog"]).prompt == "--dog"

@@ -29,7 +29,7 @@ class AnySceneComposer:
         argv = ["anyscene", "--checkpoint", self.checkpoint, "--foreground", foreground]
         if mask:
             argv += ["--mask", mask]
-        argv += ["--prompt", prompt, "--words", words, "--blend", blend, "--steps", str(int(steps)),
+        argv += [f"--prompt={prompt}", f"--words={words}", "--blend", blend, "--steps", str(int(steps)),
                  "--guidance", repr(float(guidance)), "--seed", str(int(seed)), "--out", str(out)]
         return argv + ([] if layout else ["--no-layout"])
 

@@ -39,9 +39,17 @@ def command_line(argv: list[str]) -> str:
 
 def parse(argv: list[str]):
     """compose's arguments -> its argparse namespace (the very parser `python -m jcompose.compose` uses)."""
+    import contextlib
+    import io
+
     from jcompose import compose
 
-    return compose.build_parser().parse_args(argv)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return compose.build_parser().parse_args(argv)
+    except SystemExit:  # argparse's usage error: its last line says which argument
+        raise InputError(stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]) from None
 
 
 def upload_path(value, what: str) -> str:
