@@ -38,7 +38,7 @@ def inputs(tmp_path_factory):
     target = np.zeros((48, 64), np.uint8)
     target[10:30, 20:44] = 255
     files = {"foreground": np.dstack([fg, fg_mask]), "background": demo_runs.photo((48, 64), 1),
-             "reference": np.dstack([ref, ref_mask]), "target": target}
+             "reference": np.dstack([ref, ref_mask]), "target": target, "empty_mask": np.zeros_like(target)}
     paths = {name: root / f"{name}.png" for name in files}
     for name, image in files.items():
         assert cv2.imwrite(str(paths[name]), image)
@@ -206,6 +206,10 @@ def test_dreamcom_tab_draws_the_box_picks_the_object_and_equals_the_cli(page, in
     page.locator("#dreamcom-object input").click()
     page.get_by_role("option", name="Cup_fg1").click()
     _upload(page, "dreamcom-background", inputs["background"])
+    _fill(page, "dreamcom-box", "10,10,64,20")  # x2 = 64 is outside the 64-wide background
+    status, command = _compose(page, "dreamcom")
+    assert status.startswith("error: --box 10,10,64,20: outside the 64x48 background") and command == "", status
+    _fill(page, "dreamcom-box", "")
     _draw_stroke(page, "dreamcom-canvas", "#dreamcom-box textarea")
     x1, y1, x2, y2 = (int(v) for v in page.locator("#dreamcom-box textarea").input_value().split(","))
     assert 0 <= x1 < x2 < 64 and 0 <= y1 < y2 < 48 and x1 <= 32 <= x2 and y1 <= 24 <= y2  # around the centre
@@ -225,9 +229,13 @@ def test_anydoor_tab_equals_the_cli(page, inputs, tmp_path):
     _open_tab(page, "AnyDoor")
     _upload(page, "anydoor-reference", inputs["reference"])  # RGBA: the alpha is the object mask
     _upload(page, "anydoor-background", inputs["background"])
-    _upload(page, "anydoor-target", inputs["target"])
+    _upload(page, "anydoor-target", inputs["empty_mask"])
     _fill(page, "anydoor-steps", 2)
     _fill(page, "anydoor-seed", 6)
+    status, _ = _compose(page, "anydoor")
+    assert status.startswith("error: target mask ") and "empty_mask.png: empty (no pixel > 127)" in status, status
+    page.locator("#anydoor-target button[aria-label='Clear']").first.click()
+    _upload(page, "anydoor-target", inputs["target"])
     _, command = _compose(page, "anydoor")
     assert "--seed 6" in command, command
     shown = _shown_images(page, "anydoor", 1)[0]
