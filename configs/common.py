@@ -79,6 +79,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(t.lora.alpha >= 0, "train.lora.alpha", "a number >= 0 (0: the rank)")
         need(bool(t.lora.targets) and all(isinstance(x, str) and x for x in t.lora.targets), "train.lora.targets",
              "a tuple of diffusers module names or their endings, e.g. ('to_q', 'to_k', 'to_v', 'to_out.0')")
+    if "prior" in t and t.prior.enabled:  # prior preservation (DreamCom: jcompose/methods/dreamcom_prior.py)
+        _validate_prior(t.prior, need)
     need(config.mesh.fsdp >= 1, "mesh.fsdp", "a positive integer")
     need(config.optim.lr > 0, "optim.lr", "a positive float")
     need(config.optim.schedule in ("constant", "cosine"), "optim.schedule", "'constant' or 'cosine'")
@@ -89,6 +91,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(d.image_size > 0 and d.image_size % 8 == 0, "data.image_size", "a positive multiple of 8 (the VAE factor)")
     need(d.worker_count >= 0, "data.worker_count", "a count >= 0 (0: read in the main process)")
     need(d.max_consecutive_skips > 0, "data.max_consecutive_skips", "a positive count")
+
+
+def _validate_prior(p, need) -> None:
+    """config.train.prior's fields (when enabled), each with its expected form."""
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    need(isinstance(p.class_dir, str), "train.prior.class_dir", "a folder path (str; '' = <workdir>/class_images/"
+         "{noun}); '{noun}' stands for the object's class noun")
+    need(count(p.num_class_images), "train.prior.num_class_images", "a positive integer (released recipe: 200)")
+    try:
+        ok = isinstance(p.class_prompt, str) and bool(p.class_prompt.format(noun="dog", token="sks").strip())
+    except (KeyError, IndexError, ValueError):
+        ok = False
+    need(ok, "train.prior.class_prompt", "a non-empty str whose only fields are {noun} (and {token}), e.g. "
+         "'a photo of {noun}'")
+    need(isinstance(p.weight, (int, float)) and p.weight >= 0, "train.prior.weight", "a number >= 0 (released: 1.0)")
+    need(count(p.steps), "train.prior.steps", "a positive number of sampling steps (released: 50)")
+    need(isinstance(p.guidance_scale, (int, float)) and p.guidance_scale >= 0, "train.prior.guidance_scale",
+         "a number >= 0 (released: 7.5)")
+    need(isinstance(p.seed, int), "train.prior.seed", "an integer")
+    need(count(p.batch_size), "train.prior.batch_size", "a positive integer (class images per device per call)")
 
 
 def _get(config, dotted: str):

@@ -73,6 +73,7 @@ class Job:
     params: group -> the parameter tree `sample` gets (group None without `groups`).
     groups: a hashable per item; items of different groups never share a batch (e.g. DreamCom's objects,
       each with its own fine-tuned UNet).
+    encode: uint8 RGB (h, w, 3) -> the bytes of the file (default PNG; e.g. JPEG for a `.jpg` layout).
     """
 
     items: Sequence[str]
@@ -85,6 +86,7 @@ class Job:
     settings: dict
     params: Callable[[Hashable | None], Any]
     groups: Sequence[Hashable] | None = None
+    encode: Callable[[np.ndarray], bytes] = encode_png
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -270,7 +272,7 @@ def _run(job: Job, out: epath.Path, batches: list[Batch], done: np.ndarray, mesh
         if os.fspath(path.parent) not in made_dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
             made_dirs.add(os.fspath(path.parent))
-        write_file(path, encode_png(job.write(generated, context)))
+        write_file(path, job.encode(job.write(generated, context)))
 
     writes: deque[list[concurrent.futures.Future]] = deque()
     group, params, on_mesh = object(), None, {}

@@ -331,6 +331,25 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
     return {"step": current_step(state), **metrics}
 
 
+def prepare_data(config, workdir, *, lock_lease: float = workdir_lock.DEFAULT_LEASE_S) -> None:
+    """`--prepare_only`: builds the run's training sources (the data a method makes before training, such as
+    DreamCom's prior-preservation class images) on every device, and stops before any training step."""
+    validate(config)
+    workdir = prepare_workdir(workdir)
+    lock = workdir_lock.acquire_on_process_zero(workdir, lock_lease)
+    try:
+        with cli.input_errors(f"config.model (base {config.model.base!r}): "):
+            method = methods.build(config)
+            method.init(str(workdir))
+        models = num_models(method)
+        with cli.input_errors("config.data: "):
+            for k in range(models):
+                method.make_source(k) if models > 1 else method.make_source()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def _define_flags(values, argv: list[str]) -> None:
     from absl import flags
     from ml_collections import config_flags
@@ -349,6 +368,8 @@ def _define_flags(values, argv: list[str]) -> None:
     flags.DEFINE_float("lock_lease", workdir_lock.DEFAULT_LEASE_S, "seconds without a heartbeat after which "
                        "another host may take over this run's workdir lock (shared storage such as gs://)",
                        flag_values=values)
+    flags.DEFINE_bool("prepare_only", False, "prepare the run's training data and stop (DreamCom with "
+                      "config.train.prior.enabled: generate the missing class images)", flag_values=values)
     flags.DEFINE_bool("debug", False, f"show the traceback of input errors too (or set {cli.DEBUG_ENV}=1)",
                       flag_values=values)
 
@@ -366,6 +387,10 @@ def main(argv: list[str]) -> int:
         distributed.start(values.coordinator_address, values.num_processes, values.process_id)
     elif any(values[name].present for name in ("coordinator_address", "num_processes", "process_id")):
         raise cli.InputError("--coordinator_address / --num_processes / --process_id need --multihost")
+    if values.prepare_only:
+        prepare_data(values.config, values.workdir, lock_lease=values.lock_lease)
+        print(f"prepared the training data of {values.workdir}")
+        return 0
     result = train(values.config, values.workdir, lock_lease=values.lock_lease)
     print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return 0

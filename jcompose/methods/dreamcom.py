@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from input_pipeline import dreamcom as dreamcom_data
-from input_pipeline import dreamcom_objects
+from input_pipeline import dreamcom_objects, dreamcom_prior
 from jcompose import attention, diffusion, lora
+from jcompose.methods import dreamcom_prior as prior_preservation
 from jcompose.methods.base import base_folder as base_model_folder
 from jcompose.models import loading, lora_files
 
@@ -55,6 +56,19 @@ def masked_mse(pred: jax.Array, target: jax.Array, loss_mask: jax.Array) -> jax.
     m = loss_mask[:, None]
     per_sample = jnp.sum((pred - target) ** 2 * m, axis=(1, 2, 3)) / jnp.maximum(jnp.sum(m, axis=(1, 2, 3)), 1.0)
     return jnp.mean(per_sample)
+
+
+def prior_preservation_loss(pred: jax.Array, target: jax.Array, loss_mask: jax.Array,
+                            weight: float) -> tuple[jax.Array, dict]:
+    """Prior preservation on a (2B, C, h, w) prediction of [B instance rows; B class rows] (diffusers'
+    DreamBooth: `chunk(2)`): loss = masked_mse(instance half) + weight * masked_mse(class half);
+    returns (loss, {"instance_loss", "prior_loss"})."""
+    pred_instance, pred_class = jnp.split(pred, 2, axis=0)
+    target_instance, target_class = jnp.split(target, 2, axis=0)
+    mask_instance, mask_class = jnp.split(loss_mask, 2, axis=0)
+    instance = masked_mse(pred_instance, target_instance, mask_instance)
+    prior = masked_mse(pred_class, target_class, mask_class)
+    return instance + weight * prior, {"instance_loss": instance, "prior_loss": prior}
 
 
 def self_attention_names(unet, params) -> list[str]:
@@ -103,6 +117,7 @@ class DreamComMethod:
                              f"{SELF_ATTENTION_RULES}")
         self.objects = dreamcom_objects.parse_objects(config.data)
         self.lora = lora.spec_from_config(config)  # None: the whole UNet trains
+        self.prior = prior_preservation.spec_from_config(config)  # None: no prior preservation
         self.workdir: Path | None = None
 
     @property
@@ -174,8 +189,17 @@ class DreamComMethod:
         return ref, source
 
     def make_source(self, index: int = 0):
-        """The reference photos (with masks) of object `index`."""
-        return self._resolved(index)[1]
+        """The reference photos (with masks) of object `index`; with prior preservation each paired with a class
+        image of its class folder, whose missing images are generated first (`dreamcom_prior`)."""
+        ref, source = self._resolved(index)
+        if self.prior is None:
+            return source
+        from input_pipeline.sources.class_images import ClassImageSource
+
+        prior_preservation.check_shared_folders(self.prior, [self._resolved(k)[0].class_noun
+                                                             for k in range(self.num_models)], self.workdir)
+        folder = prior_preservation.ensure_class_images(self, self.prior, ref.class_noun)
+        return dreamcom_prior.PairedSource(source, ClassImageSource(folder, self.prior.num_class_images))
 
     def tokenize(self, prompts) -> np.ndarray:
         """Prompts -> (B, L) int32 ids padded with the tokenizer's pad token to its context length."""
@@ -187,13 +211,12 @@ class DreamComMethod:
         m = self.config.model
         return m.template.format(token=m.token, noun=self._resolved(index)[0].class_noun)
 
-    def make_transform(self, index: int = 0):
-        d = self.config.data
-        ref, _ = self._resolved(index)
-        example = dreamcom_data.make_transform(class_noun=ref.class_noun, token=self.config.model.token,
-                                               template=self.config.model.template, size=d.image_size,
+    def _example_transform(self, noun: str, template: str):
+        """(reference record, rng) -> a training example of the released augmentation, prompt `template`."""
+        d, token = self.config.data, self.config.model.token
+        example = dreamcom_data.make_transform(class_noun=noun, token=token, template=template, size=d.image_size,
                                                zoom_prob=d.zoom_prob, fill=d.fill, crop_fallback=d.crop_fallback)
-        ids = self.tokenize([self.prompt(index)])[0]
+        ids = self.tokenize([template.format(token=token, noun=noun)])[0]
         keys = ("image", "mask", "masked_image", "loss_mask", "crop_fallback")
 
         def transform(record: dict, rng: np.random.Generator) -> dict:
@@ -201,6 +224,16 @@ class DreamComMethod:
             return {**{k: out[k] for k in keys}, "input_ids": ids}
 
         return transform
+
+    def make_transform(self, index: int = 0):
+        """Object `index`'s example transform; with prior preservation the paired one (instance keys plus
+        `class_image`, `class_mask`, `class_masked_image`, `class_loss_mask`, `class_input_ids`)."""
+        noun = self._resolved(index)[0].class_noun
+        instance = self._example_transform(noun, self.config.model.template)
+        if self.prior is None:
+            return instance
+        return dreamcom_prior.paired_transform(instance, self._example_transform(noun, self.prior.class_prompt),
+                                               ("image", "mask", "masked_image", "loss_mask", "input_ids"))
 
     # ---------------------------------------------------------------------------------- model
     @property
@@ -248,7 +281,8 @@ class DreamComMethod:
         masked = self._latents(frozen, batch["masked_image"], key)
         return m, jnp.concatenate([m[:, None], masked], axis=1)
 
-    def loss(self, params, frozen, batch, rng):
+    def prediction(self, params, frozen, batch, rng) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The training UNet call on `batch`: (prediction, target) (B, C, h, w) float32 and the loss mask (B, h, w)."""
         k_latent, k_masked, k_noise, k_t = jax.random.split(rng, 4)
         latents = self._latents(frozen, batch["image"], k_latent)
         mask, extra = self.unet_input(frozen, batch, k_masked)
@@ -264,8 +298,16 @@ class DreamComMethod:
         pred = self.pipe.unet.module.apply({"params": self.unet_params(params, frozen)}, x_in, t, context,
                                            attention=ctx).sample
         target = diffusion.training_target(self.schedule, latents, noise, t)
-        loss = masked_mse(pred.astype(jnp.float32), target, latent_mask(batch["loss_mask"]))
-        metrics = {"masked_mse": loss, "mse": jnp.mean((pred.astype(jnp.float32) - target) ** 2)}
+        return pred.astype(jnp.float32), target, latent_mask(batch["loss_mask"])
+
+    def loss(self, params, frozen, batch, rng):
+        """The released loss; a batch with `class_` examples (prior preservation) is one UNet call on both."""
+        prior = "class_image" in batch
+        pred, target, loss_mask = self.prediction(
+            params, frozen, prior_preservation.with_class_examples(batch) if prior else batch, rng)
+        loss, metrics = prior_preservation_loss(pred, target, loss_mask, self.prior.weight) if prior else (
+            masked_mse(pred, target, loss_mask), {})
+        metrics.update(masked_mse=loss, mse=jnp.mean((pred - target) ** 2))
         if "crop_fallback" in batch:  # share of the batch whose crop needed data.crop_fallback
             metrics["crop_fallback"] = jnp.mean(batch["crop_fallback"].astype(jnp.float32))
         return loss, metrics
