@@ -92,6 +92,7 @@ def test_prior_loss_is_the_weighted_sum_of_the_split_prediction(setup):
     assert abs(instance - prior) > 1e-3 * instance  # the halves differ: a swap would show
     np.testing.assert_allclose(float(metrics["instance_loss"]), instance, rtol=1e-5)
     np.testing.assert_allclose(float(metrics["prior_loss"]), prior, rtol=1e-5)
+    loss = np.broadcast_to(loss, (2,))  # a loss that ignores the weight would be a scalar
     np.testing.assert_allclose(float(loss[0]), instance + 0.5 * prior, rtol=1e-5)
     np.testing.assert_allclose(float(loss[1]), instance, rtol=1e-5)  # weight 0: the no-prior loss of the instances
 
@@ -106,13 +107,13 @@ def test_class_images_resume_without_redoing_and_match_a_fresh_run(setup, tmp_pa
     first = [(fresh / f"{i}.jpg").read_bytes() for i in range(3)]
     assert len({hash(b) for b in first}) == 3  # each image its own key
 
-    # A folder whose run stopped after image 0 (as a kill leaves it: 0.jpg only), then completed.
+    # A folder whose run was killed after writing image 0 (no bbox.txt yet), completed.
     partial = tmp_path / "partial"
-    spec = dataclasses.replace(method.prior, class_dir=str(partial), num_class_images=1)
-    dreamcom_prior.ensure_class_images(method, spec, "toy", progress=False)
-    (partial / "bbox.txt").unlink()
+    partial.mkdir()
+    shutil.copy2(fresh / "0.jpg", partial / "0.jpg")
     before = os.stat(partial / "0.jpg")
-    dreamcom_prior.ensure_class_images(method, dataclasses.replace(spec, num_class_images=3), "toy", progress=False)
+    spec = dataclasses.replace(method.prior, class_dir=str(partial))
+    dreamcom_prior.ensure_class_images(method, spec, "toy", progress=False)
     after = os.stat(partial / "0.jpg")
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)  # not written again
     assert [(partial / f"{i}.jpg").read_bytes() for i in range(3)] == first  # the fresh run's pixels
@@ -121,27 +122,34 @@ def test_class_images_resume_without_redoing_and_match_a_fresh_run(setup, tmp_pa
     assert manifest["count"] == 3 and manifest["resumed"] == 1
 
 
-def test_a_released_class_folder_is_used_as_it_is(tmp_path, tiny_bases):
+def test_a_released_class_folder_is_used_as_it_is(tmp_path, tiny_bases, capsys):
     """An existing folder (images of another size, user boxes) is read as is: nothing generated or written;
-    the boxes are inclusive pixel bounds, an exclusive right/bottom edge read as the image edge."""
+    the boxes are inclusive pixel bounds, an exclusive right/bottom edge read as the image edge. A damaged
+    bbox.txt stops `train --prepare_only` with one line naming the file and the line (exit 2)."""
     folder = tmp_path / "released"
     folder.mkdir()
     rng = np.random.default_rng(1)
     for i in range(2):
         _write_jpeg(folder / f"{i}.jpg", rng.integers(0, 255, (60, 80, 3), np.uint8))
     (folder / "bbox.txt").write_text("10,5,29,14\n0,0,80,60\n")
-    workdir = tmp_path / "run"
-    code = cli.run(train.main, ["--config=configs/dreamcom.py:tiny", f"--workdir={workdir}", "--prepare_only",
-                                f"--config.model.base={tiny_bases['sd15-inpaint']}",
-                                "--config.train.prior.enabled=True", f"--config.train.prior.class_dir={folder}",
-                                "--config.train.prior.num_class_images=2"])
-    assert code == 0
+    argv = ["--config=configs/dreamcom.py:tiny", f"--workdir={tmp_path / 'run'}", "--prepare_only",
+            f"--config.model.base={tiny_bases['sd15-inpaint']}", "--config.train.prior.enabled=True",
+            f"--config.train.prior.class_dir={folder}", "--config.train.prior.num_class_images=2"]
+    assert cli.run(train.main, argv) == 0
     assert sorted(os.listdir(folder)) == ["0.jpg", "1.jpg", "bbox.txt"]  # nothing added
     source = ClassImageSource(folder, 2)
     mask = source[0]["mask"]
     assert mask.shape == (60, 80) and mask.sum() == 20 * 10 and mask[5, 10] == 1 and mask[14, 29] == 1
     assert mask[15, 29] == 0 and mask[14, 30] == 0
     assert source[1]["mask"].all()
+
+    (folder / "bbox.txt").write_text("10,5,29,14\n0;0;80;60\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.run(train.main, argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and f"{folder}/bbox.txt: line 2: expected 'x1,y1,x2,y2'" in err[0]
 
 
 @pytest.mark.parametrize("text, line, expected", [

@@ -17,7 +17,7 @@ from input_pipeline.records import RecordError, read_image
 from jcompose import imaging
 
 BBOX_FILE = "bbox.txt"
-FORM = "'x1,y1,x2,y2' (four integers: the box of <line - 1>.jpg in pixels, inclusive)"
+FORM = "'x1,y1,x2,y2' (four integers, inclusive pixel bounds; line i + 1 is the box of <i>.jpg)"
 
 
 def parse_class_bbox_file(path: str | Path) -> list[tuple[int, int, int, int]]:

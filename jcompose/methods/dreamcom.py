@@ -14,6 +14,8 @@ The released recipe (bcmi/DreamCom-Image-Composition; reference/dreamcom.md A.1-
   prompt's ("a photo of sks <class>") and n+1..2n by the background prompt's ("background"), n = (L-1)//2
   (38 of 77); masked cross-attention at every layer, in training and sampling: inside the box only
   tokens 1..n, outside nothing, SOT dropped, no renormalisation;
+* prior preservation (`train.prior`, off as released; `dreamcom_prior.py`): class images of the base model
+  paired with the photos, one UNet call on [instances; class examples], loss = instance + weight * prior;
 * sampling: DDIM (50 steps, CFG 7.5, both halves masked), masked self-attention on the released layers
   (the last 5 decoder self-attention layers, `sample.self_attention = "released"`) or the paper's rule
   (every self-attention layer except the last 6 of the decoder: 10 of SD 1.5's 16, `"paper"`), or none.

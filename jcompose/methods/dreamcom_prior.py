@@ -149,8 +149,9 @@ def ensure_class_images(method, spec: PriorSpec, noun: str, *, progress: bool = 
     kept = {i for i in range(len(lines)) if (folder / f"{i}.jpg").is_file()}  # existing image, existing line
     prompt = class_prompt(spec, noun, method.config.model.token)
     if jax.process_index() == 0:
-        print(f"prior preservation: {folder} lacks {len(missing)} of {spec.num_class_images} class images; generating "
-              f"them with the base model ({prompt!r}, {spec.steps} steps, guidance {spec.guidance_scale})", flush=True)
+        print(f"prior preservation: {folder} lacks {len(missing)} of {spec.num_class_images} class images (or their "
+              f"{class_images.BBOX_FILE} lines); generating the missing ones with the base model ({prompt!r}, "
+              f"{spec.steps} steps, guidance {spec.guidance_scale})", flush=True)
     job = class_image_job(method, spec, prompt, folder)
     generation.generate(job, folder, per_device_batch=spec.batch_size, progress=progress, desc=f"class images ({noun})")
     if jax.process_index() == 0:
