@@ -196,6 +196,8 @@ class DreamComMethod:
         ref, source = self._resolved(index)
         if self.prior is None:
             return source
+        if not prior_preservation.has_weights(self):  # jcompose.plan (shapes only): the photos stand in
+            return dreamcom_prior.PairedSource(source, source)
         from input_pipeline.sources.class_images import ClassImageSource
 
         prior_preservation.check_shared_folders(self.prior, [self._resolved(k)[0].class_noun

@@ -73,6 +73,12 @@ def check_shared_folders(spec: PriorSpec, nouns: list[str], workdir) -> None:
                               f"{noun!r} would share one class folder; put {NOUN} in it (e.g. '/data/class/{NOUN}')")
 
 
+def has_weights(method) -> bool:
+    """Whether `method` holds its loaded base UNet (not the shapes `jcompose.plan` traces with)."""
+    leaf = jax.tree_util.tree_leaves(method.pipe.unet.params)[0]
+    return not isinstance(leaf, (jax.core.Tracer, jax.ShapeDtypeStruct))
+
+
 def class_prompt(spec: PriorSpec, noun: str, token: str) -> str:
     return spec.class_prompt.format(noun=noun, token=token)
 
