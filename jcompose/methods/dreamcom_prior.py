@@ -97,8 +97,8 @@ def encode_jpeg(rgb: np.ndarray) -> bytes:
 def class_image_job(method, spec: PriorSpec, prompt: str, folder: Path):
     """The generation job of class images 0..num_class_images-1 of `prompt` into `folder` (module doc).
 
-    Item i is `<i>.jpg`, S x S (S = data.image_size); an existing decodable `<i>.jpg` counts as done at its
-    own size (a user's folder of another resolution is not regenerated)."""
+    Item i is `<i>.jpg`, S x S (S = data.image_size); an existing `<i>.jpg` that decodes fully as RGB counts as
+    done at its own size (a user's folder of another resolution is not regenerated)."""
     from jcompose import generation, generation_files
 
     size = method.config.data.image_size
@@ -163,7 +163,7 @@ def ensure_class_images(method, spec: PriorSpec, noun: str, *, progress: bool = 
     if jax.process_index() == 0:
         boxes = []
         for i in range(max(spec.num_class_images, len(lines))):
-            if i in kept:
+            if i in kept or i >= spec.num_class_images:  # a line past the images used is left as it is
                 boxes.append(lines[i])
             else:
                 h, w = image_size(folder / f"{i}.jpg")
