@@ -227,6 +227,7 @@ def test_the_class_stream_position_is_in_the_iterator_state():
 # ------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # the tiny DreamCom train step's compile (as any tiny DreamCom training run's)
 def test_training_two_objects_with_lora_and_prior_preservation(setup, tiny_bases, tmp_path):
     """Training makes the missing class images, then trains both objects' adapters on instance + class
     batches; both loss terms are logged and the loss is instance + weight * prior."""
