@@ -28,8 +28,10 @@ class PairedSource:
         if not len(instances) or not len(classes):
             raise ValueError(f"PairedSource: {len(instances)} instance and {len(classes)} class records; both "
                              "need at least one")
+        from input_pipeline.pipeline import source_name
+
         self.instances, self.classes = instances, classes
-        self.root = getattr(classes, "root", None)  # named in the pipeline's messages
+        self.path = f"{source_name(instances)} paired with {source_name(classes)}"  # named in the pipeline's messages
 
     def __len__(self) -> int:
         return max(len(self.instances), len(self.classes))
