@@ -77,8 +77,9 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def check_settings(out: epath.Path, settings: dict) -> None:
-    """Refuses to resume a folder started (or finished) with other settings, naming each difference."""
+def check_settings(out: epath.Path, settings: dict, flag: str = "--out") -> None:
+    """Refuses to resume a folder started (or finished) with other settings, naming each difference and the
+    `flag` (or config field) that chose the folder."""
     settings = jsonable(settings)
     for name in (SETTINGS, MANIFEST):
         path = out / name
@@ -87,10 +88,10 @@ def check_settings(out: epath.Path, settings: dict) -> None:
         try:
             recorded = json.loads(path.read_text())
         except ValueError as err:
-            raise InputError(f"--out {out}: {path} is not JSON ({err}); remove it or choose another --out") from None
+            raise InputError(f"{flag} {out}: {path} is not JSON ({err}); remove it or choose another {flag}") from None
         recorded = recorded.get("settings", recorded)
         differ = [f"{k} {recorded.get(k)!r} (this run: {v!r})" for k, v in settings.items() if recorded.get(k) != v]
         if differ:
-            raise InputError(f"--out {out}: its images were generated with other settings ({'; '.join(differ)}); "
-                             "choose another --out or remove that folder")
+            raise InputError(f"{flag} {out}: its images were generated with other settings ({'; '.join(differ)}); "
+                             f"choose another {flag} or remove that folder")
         return

@@ -121,6 +121,11 @@ def test_class_images_resume_without_redoing_and_match_a_fresh_run(setup, tmp_pa
     manifest = json.loads((partial / "manifest.json").read_text())
     assert manifest["count"] == 3 and manifest["resumed"] == 1
 
+    (partial / "2.jpg").unlink()  # completed again only with the settings it was made with
+    with pytest.raises(cli.InputError, match=r"config.train.prior.class_dir .*partial: its images were generated "
+                                             r"with other settings \(steps 2 \(this run: 3\)\)"):
+        dreamcom_prior.ensure_class_images(method, dataclasses.replace(spec, steps=3), "toy", progress=False)
+
 
 def test_a_released_class_folder_is_used_as_it_is(tmp_path, tiny_bases, capsys):
     """An existing folder (images of another size, user boxes) is read as is: nothing generated or written;

@@ -144,7 +144,7 @@ def ensure_class_images(method, spec: PriorSpec, noun: str, *, progress: bool = 
     written). Otherwise the missing images are generated (module doc) and bbox.txt is rewritten: the lines of
     images that were there are kept, each new image gets its full-image box."""
     from jcompose import generation
-    from jcompose.generation_files import image_size, write_file
+    from jcompose.generation_files import check_settings, image_size, write_file
 
     folder = class_folder(spec, noun, method.workdir)
     missing = class_images.missing_class_images(folder, spec.num_class_images)
@@ -159,6 +159,8 @@ def ensure_class_images(method, spec: PriorSpec, noun: str, *, progress: bool = 
               f"{class_images.BBOX_FILE} lines); generating the missing ones with the base model ({prompt!r}, "
               f"{spec.steps} steps, guidance {spec.guidance_scale})", flush=True)
     job = class_image_job(method, spec, prompt, folder)
+    # the engine checks again; here the message names the config field that chose the folder
+    check_settings(folder, job.settings, flag="config.train.prior.class_dir")
     generation.generate(job, folder, per_device_batch=spec.batch_size, progress=progress, desc=f"class images ({noun})")
     if jax.process_index() == 0:
         boxes = []
