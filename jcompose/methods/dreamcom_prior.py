@@ -80,6 +80,7 @@ def has_weights(method) -> bool:
 
 
 def class_prompt(spec: PriorSpec, noun: str, token: str) -> str:
+    """The class prompt of an object of class `noun` ("a photo of dog")."""
     return spec.class_prompt.format(noun=noun, token=token)
 
 
