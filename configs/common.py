@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
         sample_every=0,        # 0: a sample grid only at the end; -1: no sample grids (sweeps, tests)
         sample_count=4,        # sample-grid images (per model when a run trains several)
         export=False,          # at the end, each trained model exported by its method (<workdir>/export/<name>)
+        # XLA options for compiling the train step alone, written as in XLA_FLAGS ("--xla_name=value ..."),
+        # e.g. "--xla_backend_optimization_level=1"; "" = the process's XLA_FLAGS and XLA's defaults.
+        xla_options="",
     ))
     # LoRA (jcompose/lora.py): rank 0 = off (the method's modules train whole); else only rank-r adapters of
     # the target layers train (PEFT's rule on diffusers module names), the base stays frozen and shared;
@@ -53,6 +56,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
     c.sample = ml_collections.ConfigDict(dict(steps=25, guidance_scale=7.5))
     return c
+
+
+def xla_options(text: str) -> dict:
+    """'--xla_a=1 --xla_b=true' -> {'xla_a': 1, 'xla_b': True}: per-program XLA options (`jax.jit`'s
+    compiler_options) from the XLA_FLAGS spelling. ValueError names the first malformed option."""
+    options = {}
+    for flag in text.split():
+        name, equals, value = flag.removeprefix("--").partition("=")
+        if not flag.startswith("--xla_") or not equals or not value:
+            raise ValueError(f"{flag!r} is not --xla_<name>=<value>")
+        if value.lower() in ("true", "false"):
+            options[name] = value.lower() == "true"
+        else:
+            for kind in (int, float, str):
+                try:
+                    options[name] = kind(value)
+                    break
+                except ValueError:
+                    continue
+    return options
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -74,6 +97,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.ckpt_every > 0 and t.log_every > 0, "train.ckpt_every", "positive (and train.log_every too)")
     need(t.keep > 0 and t.keep_best >= 0, "train.keep", "a positive count (and train.keep_best >= 0)")
     need(t.best_mode in ("min", "max"), "train.best_mode", "'min' or 'max'")
+    try:
+        xla_options(t.get("xla_options", ""))
+    except ValueError as err:
+        need(False, "train.xla_options", f"XLA options as in XLA_FLAGS, '--xla_<name>=<value> ...' ({err})")
     if "lora" in t:
         need(isinstance(t.lora.rank, int) and t.lora.rank >= 0, "train.lora.rank", "an integer >= 0 (0: LoRA off)")
         need(t.lora.alpha >= 0, "train.lora.alpha", "a number >= 0 (0: the rank)")

@@ -4,6 +4,7 @@ from fresh synthetic data, a run's newest checkpoint, and held-out errors per ti
 import jax
 import jax.numpy as jnp
 import numpy as np
+from forced_devices import LONG_RUN_XLA_OPTIONS
 
 from configs.anyscene import get_config
 from input_pipeline.sources.coco import CocoSource
@@ -23,6 +24,7 @@ def run_config():
     config = get_config("tiny")
     config.sample.steps = 2
     config.train.ema_decay = 0.9  # so compose --ema has EMA params to use
+    config.train.xla_options = LONG_RUN_XLA_OPTIONS  # 60-150 steps: the step at -O1 runs 1.5x faster than -O0
     return config
 
 

@@ -12,11 +12,10 @@ import os
 import shutil
 import tempfile
 
+from forced_devices import SUITE_XLA_FLAGS
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The suite compiles far more than it runs: LLVM at -O1 without its expensive passes compiled the tiny
-# AnyScene training step 12% faster and ran it as fast (quick start 50 -> 44 s, same losses). Tests only;
-# users keep XLA's defaults. Subprocesses that set their own XLA_FLAGS (forced device counts) drop it.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true")
+os.environ.setdefault("XLA_FLAGS", SUITE_XLA_FLAGS)  # tests/forced_devices.py says why
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _CACHE = tempfile.mkdtemp(prefix="jcompose-test-xla-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE

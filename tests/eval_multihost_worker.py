@@ -15,12 +15,13 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
-
 # the checkout first: a script's sys.path holds only its own folder (tests/), and an installed jcompose
 # may be another checkout's.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import forced_devices  # noqa: E402
+
+forced_devices.force_here(2)
 
 import jax  # noqa: E402
 

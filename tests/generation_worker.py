@@ -22,12 +22,13 @@ from pathlib import Path
 
 MODE = sys.argv[1]
 DEVICES = {"single": 4, "pair": 2, "toy": 1}[MODE]
-os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={DEVICES} --xla_backend_optimization_level=0 "
-                           "--xla_llvm_disable_expensive_passes=true")
-os.environ["JAX_PLATFORMS"] = "cpu"
 # The checkout this file belongs to (jcompose, configs, input_pipeline) and tests/ (generation_setup) come first:
 # a script's sys.path holds only its own folder, and an installed jcompose may be another checkout's.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+import forced_devices  # noqa: E402
+
+forced_devices.force_here(DEVICES)
 
 import jax  # noqa: E402
 

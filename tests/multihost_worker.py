@@ -14,12 +14,14 @@ GRAD_ACCUM > 1 takes each step in that many micro-batches.
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
 # tests/ and the checkout first: a script's sys.path holds only its own folder, and an installed jcompose
 # may be another checkout's.
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [_TESTS, os.path.dirname(_TESTS)]
+
+import forced_devices  # noqa: E402
+
+forced_devices.force_here(2)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -127,7 +127,7 @@ def test_two_processes_score_like_one(tmp_path, tiny_eval_models):
     for job in jobs:
         job["fields"]["out"] = str(multi / job["name"])
     (tmp_path / "jobs.json").write_text(json.dumps(jobs + [{"name": "stats", "stats": 11}]))
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = dict(os.environ)  # the worker sets its device count (tests/forced_devices.py)
     port = _free_port()
     pair = [subprocess.Popen([sys.executable, str(WORKER), str(port), str(i), str(tmp_path / "jobs.json"), str(multi)],
                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

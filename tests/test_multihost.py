@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 def _start_pair(mode, out, *extra):
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = dict(os.environ)  # the worker sets its device count (tests/forced_devices.py)
     return [subprocess.Popen([sys.executable, str(WORKER), str(port), str(i), mode, str(out), *map(str, extra)],
                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True) for i in range(2)]

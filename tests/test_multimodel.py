@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 
+import forced_devices
 import grain
 import numpy as np
 import pytest
@@ -45,14 +46,13 @@ _SCRIPT = textwrap.dedent(
     for objects in json.loads(sys.argv[2]):
         config = load("configs/dreamcom.py:tiny")
         config.data.objects = tuple(objects)
-        config.train.update(steps=3, log_every=3, ckpt_every=3, export=False)
+        config.train.update(steps=3, log_every=3, ckpt_every=3, export=False, sample_every=-1)  # no grids
         # Adam's first steps move every weight by ~lr * g / (|g| + eps): with eps 1e-8, weights whose
         # gradient is near zero (|g| ~ 1e-8) turn rounding-level differences of g (the vmapped program
         # groups convolutions differently) into updates that differ by a fraction of lr (seen: 3e-5 after
         # one step at lr 1e-4). A large eps keeps the update linear in g, so the comparison sees the
         # computation itself.
         config.optim.eps = 1.0
-        config.sample.steps = 1
         workdir = os.path.join(out, "_".join(o.split("/")[-1] for o in objects))
         result = train.train(config, workdir)
         checkpoints = Checkpointer(workdir)
@@ -68,7 +68,7 @@ _SCRIPT = textwrap.dedent(
 
 
 def _run(tmp_path, devices: int, runs: list[list[str]]) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = forced_devices.env(devices)
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path), json.dumps(runs)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -209,7 +209,7 @@ _TWO_DEVICES = textwrap.dedent(
 def test_models_not_dividing_the_device_count(toy_models_one_device, tmp_path):
     """K = 3 on 2 devices: the state replicated, each model's batch split over the devices; resumed equals
     uninterrupted bit for bit, and both equal the 1-device run."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = forced_devices.env(2)
     proc = subprocess.run([sys.executable, "-c", _TWO_DEVICES, str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import forced_devices
 import grain
 import jax
 import jax.numpy as jnp
@@ -137,7 +138,6 @@ def test_keeps_newest_and_best_checkpoints(tmp_path):
 _DP_SCRIPT = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh
     from configs.denoise import get_config
@@ -182,7 +182,7 @@ _DP_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_data_parallel_and_fsdp_steps_equal_single_device(grad_accum):
     run = subprocess.run([sys.executable, "-c", _DP_SCRIPT, str(grad_accum)], cwd=REPO, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+                         text=True, timeout=300, env=forced_devices.env(4), check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     _, param_diff, loss_diff, devices = run.stdout.strip().splitlines()[-1].split()
     assert int(devices) == 4
@@ -197,6 +197,14 @@ def test_config_errors_name_the_field():
         common.validate(config)
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
         get_config("huge")
+    config = get_config("tiny")
+    config.train.xla_options = "--xla_backend_optimization_level=1 xla_cpu_fast_math"
+    with pytest.raises(ValueError, match=r"config.train.xla_options = .*'xla_cpu_fast_math' is not --xla_<name>=<value>"):
+        common.validate(config)
+    assert common.xla_options("--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=TRUE "
+                              "--xla_dump_to=/tmp/x") == {"xla_backend_optimization_level": 1,
+                                                          "xla_llvm_disable_expensive_passes": True,
+                                                          "xla_dump_to": "/tmp/x"}
 
 
 def test_non_finite_step_is_not_applied():
@@ -227,7 +235,6 @@ def test_non_finite_step_is_not_applied():
 _FSDP_SCRIPT = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     from configs.denoise import get_config
     from jcompose import train
     config = get_config("tiny")
@@ -245,7 +252,7 @@ def test_fsdp_run_resumes_on_another_device_count(tmp_path, capsys):
     """2 steps on 4 devices (data 2 x fsdp 2, params split), then resumed on this 1-device process."""
     workdir = tmp_path / "run"
     run = subprocess.run([sys.executable, "-c", _FSDP_SCRIPT, str(workdir)], cwd=REPO, capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+                         text=True, timeout=600, env=forced_devices.env(4), check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     mesh_line = next(line for line in run.stdout.splitlines() if line.startswith("mesh "))
     total, most = (float(x) for x in re.findall(r"([\d.]+) MiB", mesh_line))

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding
 
+from configs.common import xla_options
 from jcompose import attention_kernels, parallel, train_state
 from jcompose.plan import flops as flop_count, hlo
 
@@ -69,14 +70,14 @@ def facts_of(executable) -> dict:
             "hlo": hlo.summarize(executable.as_text()).to_json()}
 
 
-def _cache_path(cache_dir: str | None, lowered, platform: str, devices: list) -> Path | None:
+def _cache_path(cache_dir: str | None, lowered, platform: str, devices: list, options: str = "") -> Path | None:
     """Where the facts of this exact program for these devices are kept (None: no plan cache). The key is
-    the lowered program's text, the target's devices and the compiler's versions."""
+    the lowered program's text, the target's devices, the compiler's versions and the XLA options."""
     if not cache_dir:
         return None
     versions = f"{jax.__version__} {platform} {devices[0].device_kind} {len(devices)} " + " ".join(
         f"{m}={_version(m)}" for m in ("jaxlib", "libtpu", "jax-cuda12-pjrt"))
-    digest = hashlib.sha256((versions + "\n" + lowered.as_text()).encode()).hexdigest()
+    digest = hashlib.sha256((versions + " " + options + "\n" + lowered.as_text()).encode()).hexdigest()
     return Path(cache_dir) / f"{digest}.json"
 
 
@@ -88,14 +89,14 @@ def _version(distribution: str) -> str:
 
 
 def _compile(name, jitted, args: tuple, arguments: dict, platform: str, images: int, mesh,
-             cache_dir: str | None = None) -> Compiled:
+             cache_dir: str | None = None, options: str = "") -> Compiled:
     start = time.perf_counter()
     with attention_kernels.compiling_for(platform), attention_kernels.recording() as calls, jax.set_mesh(mesh):
         traced = jitted.trace(*args)
         lowered = traced.lower()
     count = flop_count.count(traced.jaxpr)
     lower_s = time.perf_counter() - start
-    cached = _cache_path(cache_dir, lowered, platform, list(mesh.devices.flat))
+    cached = _cache_path(cache_dir, lowered, platform, list(mesh.devices.flat), options)
     start, cpu = time.perf_counter(), cpu_seconds()
     facts, error = None, ""
     hit = cached is not None and cached.is_file()
@@ -126,12 +127,13 @@ def train_step(run, platform: str, cache_dir: str | None = None) -> Compiled:
     state_shardings = jax.tree_util.tree_map(lambda s: s.sharding, run.state)
     metric_sharding = parallel.replicated(run.mesh) if run.models == 1 else NamedSharding(
         run.mesh, parallel.model_axis_spec(run.mesh, run.models))
+    options = run.config.train.get("xla_options", "")
     step = jax.jit(train_state.make_step(run.method, run.tx, run.config, run.mesh), donate_argnums=(0,),
-                   out_shardings=(state_shardings, metric_sharding))
+                   out_shardings=(state_shardings, metric_sharding), compiler_options=xla_options(options) or None)
     images = run.config.train.batch_size * run.models
     return _compile("train", step, (run.state, run.frozen, run.batch),
                     {"state": run.state, "frozen": run.frozen, "batch": run.batch}, platform, images, run.mesh,
-                    cache_dir)
+                    cache_dir, options)
 
 
 def sampler(run, platform: str, cache_dir: str | None = None) -> Compiled:
