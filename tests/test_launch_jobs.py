@@ -1,53 +1,22 @@
-"""launch_tpu.sh's generation and evaluation jobs (`--job compose|evaluate`) and `--stage SRC DST`, against a
-fake `gcloud` on PATH: it records every call, maps gs://BUCKET/... to a local folder (the fake remote
-storage) for `gcloud storage rsync`, and runs the staging commands it is asked to run on the workers here
-(one worker: the stage command's skip-when-present logic is what is under test)."""
+"""launch_tpu.sh's generation and evaluation jobs (`--job compose|evaluate`) and `--stage SRC DST`, against the
+fake `gcloud` of tests/fake_gcloud.py: it records every call, maps gs://BUCKET/... to a local folder (the fake
+remote storage) for `gcloud storage rsync`, and runs the staging commands it is asked to run on the workers
+here (one worker: the stage command's skip-when-present logic is what is under test)."""
 
-import json
-import os
 import shlex
-import subprocess
-from pathlib import Path
 
+import fake_gcloud
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-FAKE_GCLOUD = r"""#!/usr/bin/env python3
-import json, os, shutil, subprocess, sys
-args = sys.argv[1:]
-with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\n")
-words = [a for a in args if not a.startswith("--")]
-if words[:4] == ["compute", "tpus", "tpu-vm", "describe"]:
-    sys.exit(0)  # the VM exists
-if words[:2] == ["storage", "rsync"]:
-    src, dst = words[2:4]
-    assert src.startswith("gs://"), src
-    shutil.copytree(os.path.join(os.environ["FAKE_GCS"], src[len("gs://"):]), dst, dirs_exist_ok=True)
-if words[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
-    command = next(a for a in args if a.startswith("--command="))[len("--command="):]
-    if "jcompose-staged" in command:  # a staging command: run it on this "worker"
-        sys.exit(subprocess.run(["bash", "-c", command]).returncode)
-"""
 
 
 @pytest.fixture
 def launch(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
-    (bin_dir / "gcloud").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_LOG": str(tmp_path / "log"),
-           "FAKE_GCS": str(tmp_path / "gcs")}
-    env.pop("JCOMPOSE_BUCKET", None)
+    env = {**fake_gcloud.install(tmp_path), "FAKE_TPU_EXISTS": "1"}  # the VM exists
 
     def run(*args):
         (tmp_path / "log").unlink(missing_ok=True)
-        result = subprocess.run(["bash", str(REPO / "launch_tpu.sh"), *args], check=False, capture_output=True,
-                                text=True, env=env, timeout=120)
-        log = tmp_path / "log"
-        result.calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        result = fake_gcloud.launch(env, *args)
+        result.calls = fake_gcloud.logged(tmp_path)
         return result
 
     return run

@@ -1,36 +1,14 @@
-"""launch_tpu.sh against a fake `gcloud` on PATH and a fake `jcompose.plan`, both recording their arguments
-in one log (so the order of planning and cloud calls shows)."""
+"""launch_tpu.sh against the fake `gcloud` of tests/fake_gcloud.py and a fake `jcompose.plan`, both recording
+their arguments in one log (so the order of planning and cloud calls shows)."""
 
-import json
-import os
 import re
 import shlex
 import subprocess
 import tarfile
-from pathlib import Path
 
+import fake_gcloud
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-# Records argv as one JSON line; `describe` of the VM fails unless FAKE_TPU_EXISTS=1; a queued
-# resource is WAITING once, then ACTIVE; `scp` keeps a copy of the uploaded archive.
-FAKE_GCLOUD = r"""#!/usr/bin/env python3
-import json, os, shutil, sys
-args = sys.argv[1:]
-with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\n")
-words = [a for a in args if not a.startswith("--")]
-if words[:4] == ["compute", "tpus", "tpu-vm", "describe"]:
-    sys.exit(0 if os.environ.get("FAKE_TPU_EXISTS") == "1" else 1)
-if words[:4] == ["compute", "tpus", "queued-resources", "describe"]:
-    polls = os.path.join(os.environ["FAKE_DIR"], "polls")
-    n = int(open(polls).read()) if os.path.exists(polls) else 0
-    open(polls, "w").write(str(n + 1))
-    print("ACTIVE" if n >= 1 else "WAITING_FOR_RESOURCES")
-if words[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
-    shutil.copy(words[4], os.path.join(os.environ["FAKE_DIR"], "code.tar.gz"))
-"""
 # Stands in for `python -m jcompose.plan`: logs ["PLAN", args...], prints a verdict, exits FAKE_PLAN_STATUS.
 FAKE_PLAN = r"""import json, os, sys
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
@@ -43,23 +21,16 @@ sys.exit(status)
 
 @pytest.fixture
 def fake(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
-    (bin_dir / "gcloud").chmod(0o755)
-    (bin_dir / "fake_plan.py").write_text(FAKE_PLAN)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_LOG": str(tmp_path / "log"),
-           "FAKE_DIR": str(tmp_path), "JCOMPOSE_POLL_SECONDS": "0",
-           "JCOMPOSE_PLAN_CMD": f"python3 {bin_dir / 'fake_plan.py'}"}
-    env.pop("JCOMPOSE_BUCKET", None)
+    env = fake_gcloud.install(tmp_path)
+    plan = tmp_path / "bin" / "fake_plan.py"
+    plan.write_text(FAKE_PLAN)
+    env.update(JCOMPOSE_POLL_SECONDS="0", JCOMPOSE_PLAN_CMD=f"python3 {plan}")
 
     def launch(*args, **extra_env):
-        return subprocess.run(["bash", str(REPO / "launch_tpu.sh"), *args], check=False, capture_output=True, text=True,
-                              env={**env, **extra_env}, timeout=120)
+        return fake_gcloud.launch({**env, **extra_env}, *args)
 
     def logged():
-        log = tmp_path / "log"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return fake_gcloud.logged(tmp_path)
 
     def calls():  # gcloud's
         return [c for c in logged() if c[:1] != ["PLAN"]]
