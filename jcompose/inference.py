@@ -7,7 +7,11 @@ Method-specific inference lives next to each method (`jcompose/methods/<name>_in
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,6 +84,28 @@ def write_image(path: Path, rgb: np.ndarray) -> None:
         raise InputError(f"--out {path}: could not write the image (extension .png/.jpg?)")
 
 
+@dataclasses.dataclass(eq=False)
+class Loaded:
+    """A method's model as compose loads it (`load_<method>(args)`) and runs it (`run_<method>(loaded, ...)`).
+
+    method: the method object; params: its trained tree; frozen: the frozen trees it samples with; step: the
+    checkpoint step (or a release's recorded step). It also keeps the programs compiled for it, one per
+    settings key (`program`), so a caller that composes many times with one model (the demo) traces each
+    sampler once; jit itself keeps one executable per input shape under each."""
+
+    method: Any
+    params: Any
+    frozen: Any
+    step: Any
+    _programs: dict = dataclasses.field(default_factory=dict, repr=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def program(self, key: Hashable, build: Callable[[], Callable]) -> Callable:
+        """The program stored under `key`, built by `build()` (e.g. a jax.jit function) on the first call."""
+        with self._lock:
+            if key not in self._programs:
+                self._programs[key] = build()
+            return self._programs[key]
 
 
 def trained_tree(state: dict, *, ema: bool, step: int, checkpoint: str, needs: str, method: str) -> dict:

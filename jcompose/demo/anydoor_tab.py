@@ -4,24 +4,23 @@ draws (or uploads) the target mask, as `python -m jcompose.compose anydoor` does
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-from jcompose.cli import InputError, require_positive
+from jcompose.cli import InputError
 from jcompose.demo import common, compiles, widgets
 from jcompose.methods import anydoor_cli as cli
 from jcompose.methods import anydoor_inference as inference
 
 
 class AnyDoorComposer:
-    """An AnyDoor model (`kind` "run": --checkpoint, "release": --weights), loaded on the first request. Its
-    compiled sampler is anydoor_inference.sampler's (kept per steps; jit keeps one program per batch size)."""
+    """An AnyDoor model (`kind` "run": --checkpoint, "release": --weights), loaded on the first request;
+    compose's own steps run on it (its compiled sampler is anydoor_inference.sampler's, kept per steps; jit
+    keeps one program per batch size)."""
 
     def __init__(self, path: str, kind: str):
         self.flag = "--weights" if kind == "release" else "--checkpoint"
         self.path = path
-        self._loaded = None
-        self._lock = threading.Lock()
+        self.model = common.LoadedOnce(cli.load_anydoor)
 
     def argv(self, reference: str, reference_mask: str | None, background: str, mask: str, shape_control: bool,
              paste: str, steps: int, guidance: float, seed: int, out: Path) -> list[str]:
@@ -33,26 +32,11 @@ class AnyDoorComposer:
                  "--guidance", repr(float(guidance)), "--seed", str(int(seed)), "--out", str(out)]
         return argv + (["--shape-control"] if shape_control else [])
 
-    def _load(self, args):
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = cli.load(args)
-            return self._loaded
-
     def compose(self, argv: list[str]) -> dict:
-        """compose_anydoor's steps on the loaded model; writes args.out, returns {"image", "step"}."""
+        """`python -m jcompose.compose <argv>` on the loaded model: writes args.out, returns {"image", "step"}."""
         args = common.parse(argv)
-        if args.steps is not None:
-            require_positive(("--steps", args.steps))
-        objects = inference.read_objects(args.reference or [], args.reference_mask or [], args.mask or [])
-        background = inference.read_rgb(args.background, "--background")
-        method, params, frozen, step = self._load(args)
-        result = inference.compose(method, params, frozen, background, objects, seed=args.seed, num_steps=args.steps,
-                                   guidance_scale=args.guidance, shape_control=args.shape_control,
-                                   paste_mode=args.paste, background_name=args.background)
-        out = Path(args.out)
-        cli.write_image(out, result.image)
-        return {"image": str(out), "step": step}
+        request = cli.read_request(args)
+        return cli.run_anydoor(self.model(args), request)
 
 
 def build(source, folders: common.RequestFolders) -> None:

@@ -3,25 +3,21 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-import numpy as np
-
-from jcompose.cli import InputError, require_positive
+from jcompose.cli import InputError
 from jcompose.demo import common, compiles, widgets
 from jcompose.methods import anyscene_inference as inference
 
 
 class AnySceneComposer:
-    """A trained AnyScene run, loaded on the first request, and its compiled samplers (one per layout tokens,
-    steps and guidance; jit keeps one program per canvas shape under each)."""
+    """A trained AnyScene run, loaded on the first request; compose's own steps run on it (its compiled
+    samplers are kept in the loaded model, one per layout tokens, steps and guidance; jit keeps one program
+    per canvas shape under each)."""
 
     def __init__(self, checkpoint: str):
         self.checkpoint = checkpoint
-        self._loaded = None
-        self._samplers: dict = {}
-        self._lock = threading.Lock()
+        self.model = common.LoadedOnce(inference.load_anyscene)
 
     def argv(self, foreground: str, mask: str | None, prompt: str, words: str, layout: bool, blend: str,
              steps: int, guidance: float, seed: int, out: Path) -> list[str]:
@@ -33,47 +29,13 @@ class AnySceneComposer:
                  "--guidance", repr(float(guidance)), "--seed", str(int(seed)), "--out", str(out)]
         return argv + ([] if layout else ["--no-layout"])
 
-    def _load(self, args):
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = inference.load_anyscene(args)
-            return self._loaded
-
     def compose(self, argv: list[str]) -> dict:
-        """compose_anyscene's steps on the loaded run; writes args.out and returns {"image", "step"}."""
-        import jax
-        import jax.numpy as jnp
-
-        from jcompose.tokens import token_positions
-
+        """`python -m jcompose.compose <argv>` on the loaded run: writes args.out, returns {"image", "step", ...}."""
         args = common.parse(argv)
-        if args.blend not in inference.BLENDS:
-            raise InputError(f"--blend {args.blend!r}: expected one of {inference.BLENDS}")
-        require_positive(("--steps", args.steps))
-        composite, mask = inference.read_foregrounds(args.foreground, args.mask or [])
-        if not args.prompt:
+        request = inference.read_request(args)
+        if not args.prompt:  # the page always sends one, maybe empty
             raise InputError("--prompt: describe the scene")
-        words = [w.strip() for w in (args.words or "").split(",") if w.strip()]
-        method, params, frozen, step = self._load(args)
-        try:
-            per_word = [token_positions(method.pipe.tokenizer, args.prompt, [w], method.pipe.tokenizer.model_max_length)
-                        for w in words]
-        except ValueError as err:
-            raise InputError(f"--words: {err}") from None
-        tokens = tuple(sorted({k for positions in per_word for k in positions}))
-        batch = {"foreground": jnp.asarray(composite[None]), "mask": jnp.asarray(mask[None]),
-                 "input_ids": jnp.asarray(method.tokenize([args.prompt]))}
-        key = (tokens, args.layout, args.steps, args.guidance)
-        with self._lock:
-            if key not in self._samplers:
-                self._samplers[key] = inference.generator(method, tokens, args.layout, args.steps, args.guidance)
-            generate = self._samplers[key]
-        generated = generate(params, frozen, batch, jax.random.PRNGKey(args.seed))
-        result = inference.blend_images(args.blend, batch["foreground"], generated, batch["mask"],
-                                        method.config.sample.blend_erode)
-        out = Path(args.out)
-        inference.write_image(out, inference.to_uint8(np.asarray(result[0])))
-        return {"image": str(out), "step": step}
+        return inference.run_anyscene(self.model(args), request)
 
 
 def build(source, folders: common.RequestFolders) -> None:

@@ -1,5 +1,6 @@
-"""What the demo's tabs share: a folder per request, the compose command line (parsed by compose's own
-parser), input errors as page messages, and boxes / masks from what the user drew on an image."""
+"""What the demo's tabs share: a folder per request, the model loaded once, the compose command line (parsed
+by compose's own parser), input errors as page messages, and boxes / masks from what the user drew on an
+image."""
 
 from __future__ import annotations
 
@@ -30,6 +31,23 @@ class RequestFolders:
                 if not folder.exists():
                     folder.mkdir(parents=True)
                     return folder
+
+
+class LoadedOnce:
+    """A tab's model: loaded by its first request with that request's arguments (`load`: a method's
+    `load_<method>(args) -> inference.Loaded`, the compose command's own loader) and served to every later
+    request, with the programs compiled for it. A load that fails (an InputError) is tried again next time."""
+
+    def __init__(self, load):
+        self._load = load
+        self._loaded = None
+        self._lock = threading.Lock()
+
+    def __call__(self, args):
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load(args)
+            return self._loaded
 
 
 def command_line(argv: list[str]) -> str:

@@ -3,7 +3,6 @@ the image (or typed), as `python -m jcompose.compose dreamcom` does (jcompose/me
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from jcompose.cli import InputError
@@ -12,14 +11,13 @@ from jcompose.methods import dreamcom_inference as inference
 
 
 class DreamComComposer:
-    """A DreamCom run (one or several objects), loaded on the first request, and its compiled samplers (one
-    per steps, guidance and attention rules; jit keeps one program per number of images under each)."""
+    """A DreamCom run (one or several objects), loaded on the first request; compose's own steps run on it
+    (its compiled samplers are kept in the loaded model, one per steps, guidance and attention rules; jit
+    keeps one program per number of images under each)."""
 
     def __init__(self, checkpoint: str):
         self.checkpoint = checkpoint
-        self._loaded = None
-        self._samplers: dict = {}
-        self._lock = threading.Lock()
+        self.model = common.LoadedOnce(inference.load_dreamcom)
 
     def argv(self, name: str, background: str, box: str, crop: bool, steps: int, guidance: float, seed: int,
              num: int, out: Path) -> list[str]:
@@ -28,37 +26,12 @@ class DreamComComposer:
                 "--box", box, "--do-crop" if crop else "--no-crop", "--num", str(int(num)), "--steps",
                 str(int(steps)), "--guidance", repr(float(guidance)), "--seed", str(int(seed)), "--out", str(out)]
 
-    def _load(self, args):
-        with self._lock:
-            if self._loaded is None:
-                self._loaded = inference.load_dreamcom(args)
-            return self._loaded
-
     def compose(self, argv: list[str]) -> dict:
-        """compose_dreamcom's steps on the loaded run; writes <args.out>/<i>.png, returns {"images", "step"}."""
-        from input_pipeline import dreamcom as dreamcom_data
-
+        """`python -m jcompose.compose <argv>` on the loaded run: writes <args.out>/<i>.png, returns
+        {"images", "step", ...}."""
         args = common.parse(argv)
-        inference.check_flags(args)
-        background = inference.read_image_file(Path(args.background), "--background")[..., :3][..., ::-1].copy()
-        box = inference.parse_box(args.box, background.shape[:2])
-        method, params_of, frozen, step = self._load(args)
-        if args.object not in method.model_names:
-            raise InputError(f"--object {args.object}: the run trained {', '.join(method.model_names)}")
-        key = (args.steps, args.guidance, args.self_attention, args.cross_attention)
-        with self._lock:
-            if key not in self._samplers:
-                self._samplers[key] = inference._generator(method, args)
-            run = self._samplers[key]
-        index = method.model_names.index(args.object)
-        inputs = inference.inference_inputs(method, index, {"image": background, "box": box, "source": args.background},
-                                            args.do_crop)
-        images = inference._run_batched(run, params_of(args.object), frozen, [inputs] * args.num, args.seed, 0)
-        out, written = Path(args.out), []
-        for i, image in enumerate(images):
-            written.append(out / f"{i}.png")
-            inference.write_image(written[-1], dreamcom_data.paste_region(image, background, inputs["region"]))
-        return {"images": [str(p) for p in written], "step": step}
+        request = inference.read_request(args)
+        return inference.run_dreamcom(self.model(args), request)
 
 
 def build(source, folders: common.RequestFolders) -> None:

@@ -24,10 +24,13 @@ so it equals a single compose with that seed (`jcompose/methods/anydoor_generati
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from jcompose import cli, generation
 from jcompose.cli import InputError
-from jcompose.inference import read_checkpoint, run_config, trained_tree, write_image
+from jcompose.inference import Loaded, read_checkpoint, run_config, trained_tree, write_image
 
 
 def release_config(info: dict, folder: Path, dtype: str):
@@ -88,8 +91,9 @@ def check_release_widths(folder: Path, info: dict, projector_shape: tuple[int, i
                              f"{value}; convert the released checkpoint again into a new folder")
 
 
-def load(args):
-    """(method, params, frozen, step) from --checkpoint (a training run) or --weights (a converted release)."""
+def load_anydoor(args) -> Loaded:
+    """The model of --checkpoint (a training run) or --weights (a converted release): params {"extractor",
+    "unet_decoder", "projector"}, frozen {"unet_encoder", "vae", "dinov2"}."""
     from jcompose.methods import anydoor_inference as inference
 
     if bool(args.checkpoint) == bool(args.weights):
@@ -99,7 +103,7 @@ def load(args):
         if args.base or args.dinov2 or args.ema:
             raise InputError("--base / --dinov2 / --ema belong to --checkpoint runs; a --weights folder holds its "
                              "own UNet, VAE and DINOv2")
-        return load_release(args.weights, args.dtype)
+        return Loaded(*load_release(args.weights, args.dtype))
     workdir, config = run_config(args.checkpoint, "anydoor", base=args.base, dinov2=args.dinov2)
     if args.dtype:
         config.compute_dtype = args.dtype
@@ -107,36 +111,61 @@ def load(args):
     tree = trained_tree(state, ema=args.ema, step=step, checkpoint=args.checkpoint, needs="extractor",
                         method="AnyDoor")
     method, params, frozen = inference.load_trained(config, workdir, tree)
-    return method, params, frozen, step
+    return Loaded(method, params, frozen, step)
+
+
+class Request(NamedTuple):
+    """One compose's checked flags and read inputs (no model needed): the background uint8 (H, W, 3) RGB and
+    the objects (anydoor_inference.read_objects)."""
+
+    args: Any
+    background: np.ndarray
+    objects: list
+
+
+def read_request(args) -> Request:
+    """--steps checked, the references, masks and background read, before any model loads."""
+    from jcompose.methods import anydoor_inference as inference
+
+    if args.steps is not None:
+        cli.require_positive(("--steps", args.steps))
+    objects = inference.read_objects(args.reference or [], args.reference_mask or [], args.mask or [])
+    if not args.background:
+        raise InputError("--background: give the image to put the objects into")
+    return Request(args, inference.read_rgb(args.background, "--background"), objects)
+
+
+def run_anydoor(loaded: Loaded, request: Request) -> dict:
+    """Puts the objects into the background with the loaded model, writes --out (and --show's sheet); returns
+    {"image", "step"[, "attention": the sheet]}. The compiled sampler is anydoor_inference.sampler's (kept
+    per method and steps)."""
+    from jcompose.methods import anydoor_inference as inference
+
+    args = request.args
+    result = inference.compose(loaded.method, loaded.params, loaded.frozen, request.background, request.objects,
+                               seed=args.seed, num_steps=args.steps, guidance_scale=args.guidance,
+                               shape_control=args.shape_control, paste_mode=args.paste,
+                               background_name=args.background)
+    out = Path(args.out)
+    write_image(out, result.image)
+    written = {"image": str(out), "step": loaded.step}
+    if args.show:
+        show = out.with_name(out.stem + "_show.png")
+        write_image(show, inference.side_by_side(request.background, request.objects, result))
+        written["attention"] = str(show)  # printed by compose as "and <path>"
+    return written
 
 
 def compose_anydoor(args) -> dict:
-    from jcompose.methods import anydoor_inference as inference
-
+    """`compose anydoor`: read_request, load_anydoor, run_anydoor (or --benchmark's generation)."""
     if args.benchmark:
         if args.reference or args.background or args.mask:
             raise InputError("--benchmark generates its own pairs; leave out --reference / --background / --mask")
         from jcompose.methods.anydoor_generation import compose_benchmark
 
         return compose_benchmark(args)
-    if args.steps is not None:
-        cli.require_positive(("--steps", args.steps))
-    objects = inference.read_objects(args.reference or [], args.reference_mask or [], args.mask or [])
-    if not args.background:
-        raise InputError("--background: give the image to put the objects into")
-    background = inference.read_rgb(args.background, "--background")
-    method, params, frozen, step = load(args)
-    result = inference.compose(method, params, frozen, background, objects, seed=args.seed, num_steps=args.steps,
-                               guidance_scale=args.guidance, shape_control=args.shape_control,
-                               paste_mode=args.paste, background_name=args.background)
-    out = Path(args.out)
-    write_image(out, result.image)
-    written = {"image": str(out), "step": step}
-    if args.show:
-        show = out.with_name(out.stem + "_show.png")
-        write_image(show, inference.side_by_side(background, objects, result))
-        written["attention"] = str(show)  # printed by compose as "and <path>"
-    return written
+    request = read_request(args)
+    return run_anydoor(load_anydoor(args), request)
 
 
 def add_parser(sub) -> None:

@@ -71,10 +71,11 @@ def compose_benchmark(args) -> dict:
     """`compose anydoor --benchmark BENCH --out GEN` (module doc)."""
     from input_pipeline import anydoor_benchmark
     from jcompose.inference import resolve_checkpoint
-    from jcompose.methods.anydoor_cli import load
+    from jcompose.methods.anydoor_cli import load_anydoor
 
     header, pairs = anydoor_benchmark.read_benchmark(args.benchmark)  # RecordErrors name the file
-    method, params, frozen, step = load(args)
+    loaded = load_anydoor(args)
+    method, params, frozen, step = loaded.method, loaded.params, loaded.frozen, loaded.step
     sc = method.config.sample
     settings = {"benchmark": header.get("name"), "bench": str(args.benchmark), "step": step,
                 "weights": str(args.weights or args.checkpoint), "ema": bool(args.ema),

@@ -100,7 +100,8 @@ def compose_benchmark(args) -> dict:
     from jcompose.methods.anyscene_inference import load_anyscene
 
     bench = Benchmark.read(args.benchmark)
-    method, params, frozen, step = load_anyscene(args)
+    loaded = load_anyscene(args)
+    method, params, frozen, step = loaded.method, loaded.params, loaded.frozen, loaded.step
     settings = {"run": str(resolve_checkpoint(args.checkpoint)[0]), "step": step, "ema": bool(args.ema),
                 "variant": method.config.get("variant", "unrecorded"), "dtype": args.dtype}
     job = benchmark_job(method, params, frozen, bench, seed=args.seed, steps=args.steps, guidance=args.guidance,

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from jcompose import generation
 from jcompose.cli import InputError, require_positive
-from jcompose.inference import read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
+from jcompose.inference import (Loaded, read_checkpoint, read_image_file, run_config, to_uint8, trained_tree,
+                                write_image)
 
 BLENDS = ("poisson", "paste", "none")
 
@@ -95,8 +97,9 @@ def attention_grid(result: np.ndarray, maps: np.ndarray, words: list[str]) -> np
 # ------------------------------------------------------------------------------- compose
 
 
-def load_anyscene(args):
-    """(method, params, frozen, step) from --checkpoint (the run's stored config), --base, --dtype, --ema."""
+def load_anyscene(args) -> Loaded:
+    """The run of --checkpoint (its stored config), with --base, --dtype, --ema: params {"controlnet"},
+    frozen {"unet", "vae", "text_encoder"}."""
     from configs.anyscene import get_config
     from jcompose.methods.anyscene import AnySceneMethod
 
@@ -110,7 +113,7 @@ def load_anyscene(args):
     params = {"controlnet": method.controlnet_params}
     frozen = {"unet": method.pipe.unet.params, "vae": method.pipe.vae.params,
               "text_encoder": method.pipe.text_encoder.params}
-    return method, params, frozen, step
+    return Loaded(method, params, frozen, step)
 
 
 @functools.cache
@@ -147,53 +150,85 @@ def generator(method, tokens: tuple[int, ...], layout: bool, steps: int, guidanc
     return jax.jit(generate)
 
 
-def compose_anyscene(args) -> dict:
-    import jax
-    import jax.numpy as jnp
+class Request(NamedTuple):
+    """One compose's checked flags and read inputs (no model needed): composite float32 (H, W, 3) in [-1, 1],
+    mask float32 (H, W, 1) {0, 1} (`read_foregrounds`), the --words split at commas."""
 
-    from jcompose.tokens import token_positions
+    args: Any
+    composite: np.ndarray
+    mask: np.ndarray
+    words: list[str]
 
+
+def check_flags(args) -> None:
+    """--blend and --steps, checked before anything is read or loaded (InputError naming the flag)."""
     if args.blend not in BLENDS:
         raise InputError(f"--blend {args.blend!r}: expected one of {BLENDS}")
     require_positive(("--steps", args.steps))
-    if args.benchmark:
-        from jcompose.methods.anyscene_generation import compose_benchmark
 
-        return compose_benchmark(args)
+
+def read_request(args) -> Request:
+    """The flags checked and the foregrounds read, before any model loads (InputError naming flag and file)."""
+    check_flags(args)
     if not args.foreground or args.prompt is None:
         raise InputError("give --foreground (with --mask, or RGBA) and --prompt, or --benchmark DIR")
     composite, mask = read_foregrounds(args.foreground, args.mask or [])
     words = [w.strip() for w in (args.words or "").split(",") if w.strip()]
     if args.show_attention and not words:
         raise InputError("--show-attention needs --words (the prompt words whose maps to show)")
-    method, params, frozen, step = load_anyscene(args)
+    return Request(args, composite, mask, words)
+
+
+def run_anyscene(loaded: Loaded, request: Request) -> dict:
+    """Generates one scene with the loaded run, writes --out (and --show-attention's grid); returns
+    {"image", "step", "tokens"[, "attention"]}. Its compiled programs are kept in `loaded` per settings."""
+    import jax
+    import jax.numpy as jnp
+
+    from jcompose.tokens import token_positions
+
+    args, method, params, frozen = request.args, loaded.method, loaded.params, loaded.frozen
     context_length = method.pipe.tokenizer.model_max_length
     try:
-        per_word = [token_positions(method.pipe.tokenizer, args.prompt, [w], context_length) for w in words]
+        per_word = [token_positions(method.pipe.tokenizer, args.prompt, [w], context_length) for w in request.words]
     except ValueError as err:
         raise InputError(f"--words: {err}") from None
     tokens = sorted({k for positions in per_word for k in positions})
-    batch = {"foreground": jnp.asarray(composite[None]), "mask": jnp.asarray(mask[None]),
+    batch = {"foreground": jnp.asarray(request.composite[None]), "mask": jnp.asarray(request.mask[None]),
              "input_ids": jnp.asarray(method.tokenize([args.prompt]))}
 
     rng = jax.random.PRNGKey(args.seed)
-    generated = generator(method, tuple(tokens), args.layout, args.steps, args.guidance)(params, frozen, batch, rng)
+    settings = (tuple(tokens), args.layout, args.steps, args.guidance)
+    generate = loaded.program(("generate", *settings), lambda: generator(method, *settings))
+    generated = generate(params, frozen, batch, rng)
     result = blend_images(args.blend, batch["foreground"], generated, batch["mask"], method.config.sample.blend_erode)
     image = to_uint8(np.asarray(result[0]))
     out = Path(args.out)
     write_image(out, image)
-    written = {"image": str(out), "step": step, "tokens": tokens}
+    written = {"image": str(out), "step": loaded.step, "tokens": tokens}
     if args.show_attention:
         def maps_fn(params, frozen, batch, image, rng):
             controls = method.layout_controls(batch, tokens) if args.layout else ()
             return method.attention_maps(params, frozen, batch, image, rng, controls=controls, factor=1)
 
-        maps = np.asarray(jax.jit(maps_fn)(params, frozen, batch, result, jax.random.fold_in(rng, 1))[0])
+        attention = loaded.program(("attention", tuple(tokens), args.layout), lambda: jax.jit(maps_fn))
+        maps = np.asarray(attention(params, frozen, batch, result, jax.random.fold_in(rng, 1))[0])
         per_word_maps = np.stack([maps[..., p].sum(-1) for p in per_word], axis=-1)
         grid_path = out.with_name(out.stem + "_attention.png")
-        write_image(grid_path, attention_grid(image, per_word_maps, words))
+        write_image(grid_path, attention_grid(image, per_word_maps, request.words))
         written["attention"] = str(grid_path)
     return written
+
+
+def compose_anyscene(args) -> dict:
+    """`compose anyscene`: read_request, load_anyscene, run_anyscene (or --benchmark's generation)."""
+    if args.benchmark:
+        check_flags(args)
+        from jcompose.methods.anyscene_generation import compose_benchmark
+
+        return compose_benchmark(args)
+    request = read_request(args)
+    return run_anyscene(load_anyscene(args), request)
 
 
 def add_parser(sub) -> None:

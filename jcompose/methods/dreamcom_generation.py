@@ -123,10 +123,12 @@ def benchmark_job(method, params_of, frozen, pairs: list[tuple], *, seed: int, s
 def compose_benchmark(args) -> dict:
     """`compose dreamcom --benchmark murecom|dreameditbench ROOT --out GEN` (module doc)."""
     from jcompose.inference import resolve_checkpoint
-    from jcompose.methods.dreamcom_inference import load_dreamcom
+    from jcompose.methods.dreamcom_inference import load_dreamcom, object_params
 
     kind, root = args.benchmark
-    method, params_of, frozen, step = load_dreamcom(args)
+    loaded = load_dreamcom(args)
+    method, frozen, step = loaded.method, loaded.frozen, loaded.step
+    params_of = functools.partial(object_params, loaded)
     pairs = benchmark_pairs(kind, root, method, [args.object] if args.object else None)
     settings = {"benchmark": kind, "root": str(root), "step": step, "run": str(resolve_checkpoint(args.checkpoint)[0]),
                 "ema": bool(args.ema), "dtype": args.dtype}

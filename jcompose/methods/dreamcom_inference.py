@@ -20,12 +20,14 @@ background and the box (`jcompose/methods/dreamcom_generation.py`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from jcompose import generation
 from jcompose.cli import InputError, require_positive
-from jcompose.inference import read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
+from jcompose.inference import (Loaded, read_checkpoint, read_image_file, run_config, to_uint8, trained_tree,
+                                write_image)
 
 
 def parse_box(text: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -56,10 +58,10 @@ def box_of_mask(path: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-def load_dreamcom(args):
-    """(method, params of the chosen object, frozen, step, object name) from --checkpoint and --object."""
-    import jax
-
+def load_dreamcom(args) -> Loaded:
+    """The run of --checkpoint (--base, --dtype, --ema): params = the trained tree (with several objects a
+    leading model axis: `object_params` picks one), frozen = what sampling adds to it. A named --object is
+    checked against the run's objects (`chosen_object`)."""
     from jcompose.methods.dreamcom import DreamComMethod
 
     workdir, config = run_config(args.checkpoint, "dreamcom", base=args.base)
@@ -70,32 +72,42 @@ def load_dreamcom(args):
     step, state = read_checkpoint(args.checkpoint)
     tree = trained_tree(state, ema=args.ema, step=step, checkpoint=args.checkpoint,
                         needs="unet_lora" if method.lora else "unet", method="DreamCom")
+    if args.object or not args.benchmark:
+        chosen_object(method, args)
+    frozen = method.frozen_of(tree)  # with LoRA the base UNet too: sample forms base + adapters
+    return Loaded(method, tree, frozen, step)
+
+
+def chosen_object(method, args) -> str:
+    """--object, or the run's only object; InputError when it is not one of the run's or one must be named."""
     names = method.model_names
     if args.object and args.object not in names:
         raise InputError(f"--object {args.object}: the run trained {', '.join(names)}")
-    if not args.object and len(names) > 1 and not args.benchmark:
+    if not args.object and len(names) > 1:
         raise InputError(f"--object: the run trained {len(names)} objects ({', '.join(names)}); name one")
-    frozen = method.frozen_of(tree)  # with LoRA the base UNet too: sample forms base + adapters
-
-    def params_of(name: str):
-        if len(names) == 1:
-            return tree
-        k = names.index(name)
-        return jax.tree_util.tree_map(lambda x: x[k], tree)
-
-    return method, params_of, frozen, step
+    return args.object or names[0]
 
 
-def _generator(method, args):
+def object_params(loaded: Loaded, name: str):
+    """The trained tree of object `name` (the run's tree itself when it trained one object)."""
+    import jax
+
+    names = loaded.method.model_names
+    if len(names) == 1:
+        return loaded.params
+    k = names.index(name)
+    return jax.tree_util.tree_map(lambda x: x[k], loaded.params)
+
+
+def _generator(method, steps: int, guidance: float, self_attention: str | None, cross_attention: str):
     """jit (params, frozen, batch, key) -> (B, S, S, 3) images: the batch's B inputs, each its own noise."""
     import jax
 
     def generate(params, frozen, batch, keys):
         def one(example, key):
             b = jax.tree_util.tree_map(lambda x: x[None], example)
-            return method.sample(params, frozen, b, key, num_steps=args.steps, guidance_scale=args.guidance,
-                                 self_attention=args.self_attention,
-                                 cross_attention=args.cross_attention == "masked")[0]
+            return method.sample(params, frozen, b, key, num_steps=steps, guidance_scale=guidance,
+                                 self_attention=self_attention, cross_attention=cross_attention == "masked")[0]
 
         return jax.vmap(one)(batch, keys)
 
@@ -132,28 +144,55 @@ def check_flags(args) -> None:
                          "(default: the run's)")
 
 
-def compose_dreamcom(args) -> dict:
-    from input_pipeline import dreamcom as dreamcom_data
+class Request(NamedTuple):
+    """One compose's checked flags and read inputs (no model needed): the background uint8 (H, W, 3) RGB and
+    the box (x0, y0, x1, y1), half-open, inside it."""
 
+    args: Any
+    background: np.ndarray
+    box: tuple[int, int, int, int]
+
+
+def read_request(args) -> Request:
+    """The flags checked, the background read and the box parsed (--box or --mask's), before any model loads."""
     check_flags(args)
-    if args.benchmark:
-        from jcompose.methods.dreamcom_generation import compose_benchmark
-
-        return compose_benchmark(args)
     if not args.background or bool(args.box) == bool(args.mask):
         raise InputError("give --background and one of --box x1,y1,x2,y2 or --mask (or --benchmark NAME ROOT)")
     background = read_image_file(Path(args.background), "--background")[..., :3][..., ::-1].copy()
     shape = background.shape[:2]
     box = parse_box(args.box, shape) if args.box else box_of_mask(args.mask, shape)
-    method, params_of, frozen, step = load_dreamcom(args)
-    name = args.object or method.model_names[0]
-    index = method.model_names.index(name)
-    inputs = inference_inputs(method, index, {"image": background, "box": box, "source": args.background}, args.do_crop)
-    images = _run_batched(_generator(method, args), params_of(name), frozen, [inputs] * args.num, args.seed, 0)
-    out = Path(args.out)
+    return Request(args, background, box)
+
+
+def run_dreamcom(loaded: Loaded, request: Request) -> dict:
+    """--num images of the chosen object in the box (one batched call, keys fold_in(seed, i)), written as
+    <out>/<i>.png; returns {"image": out, "images", "step", "count"}. The compiled sampler is kept in `loaded`
+    per settings."""
+    from input_pipeline import dreamcom as dreamcom_data
+
+    args, method = request.args, loaded.method
+    name = chosen_object(method, args)
+    settings = (args.steps, args.guidance, args.self_attention, args.cross_attention)
+    run = loaded.program(("generate", *settings), lambda: _generator(method, *settings))
+    record = {"image": request.background, "box": request.box, "source": args.background}
+    inputs = inference_inputs(method, method.model_names.index(name), record, args.do_crop)
+    images = _run_batched(run, object_params(loaded, name), loaded.frozen, [inputs] * args.num, args.seed, 0)
+    out, written = Path(args.out), []
     for i, image in enumerate(images):
-        write_image(out / f"{i}.png", dreamcom_data.paste_region(image, background, inputs["region"]))
-    return {"image": str(out), "step": step, "count": len(images)}
+        written.append(out / f"{i}.png")
+        write_image(written[-1], dreamcom_data.paste_region(image, request.background, inputs["region"]))
+    return {"image": str(out), "images": [str(p) for p in written], "step": loaded.step, "count": len(images)}
+
+
+def compose_dreamcom(args) -> dict:
+    """`compose dreamcom`: read_request, load_dreamcom, run_dreamcom (or --benchmark's generation)."""
+    if args.benchmark:
+        check_flags(args)
+        from jcompose.methods.dreamcom_generation import compose_benchmark
+
+        return compose_benchmark(args)
+    request = read_request(args)
+    return run_dreamcom(load_dreamcom(args), request)
 
 
 def add_parser(sub) -> None:
