@@ -109,12 +109,13 @@ def _compose(page, prefix):
     return status.input_value(), page.locator(f"#{prefix}-command textarea").input_value()
 
 
-def _shown_images(page, prefix, count):
-    """The result images as the browser received them (fetched from the gallery's own URLs), RGB uint8."""
+def _shown_images(page, prefix, count, gallery="gallery"):
+    """The images of gallery `<prefix>-<gallery>` as the browser received them (fetched from the gallery's own
+    URLs), RGB uint8."""
     page.wait_for_function("([sel, n]) => document.querySelectorAll(sel).length >= n",
-                           arg=[f"#{prefix}-gallery img", count])
+                           arg=[f"#{prefix}-{gallery} img", count])
     images = []
-    for src in page.locator(f"#{prefix}-gallery img").evaluate_all("els => els.map(e => e.src)")[:count]:
+    for src in page.locator(f"#{prefix}-{gallery} img").evaluate_all("els => els.map(e => e.src)")[:count]:
         data = np.frombuffer(page.request.get(src).body(), np.uint8)
         images.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
     return images
@@ -172,12 +173,16 @@ def test_anyscene_tab_equals_the_cli_and_reuses_its_compiled_sampler(page, input
     _fill(page, "anyscene-words", "dog")
     _fill(page, "anyscene-steps", 2)
     _fill(page, "anyscene-seed", 3)
+    page.locator("#anyscene-attention-on input").check()
     status, command = _compose(page, "anyscene")
-    assert "--seed 3" in command and "--words=dog" in command, command
+    assert "--seed 3" in command and "--words=dog" in command and "--show-attention" in command, command
     shown = _shown_images(page, "anyscene", 1)[0]
+    maps = _shown_images(page, "anyscene", 1, gallery="attention")[0]
     argv = _cli(command, tmp_path / "cli.png")
     assert argv[argv.index("--foreground") + 1].endswith("foreground.png")
     np.testing.assert_array_equal(shown, _read_rgb(tmp_path / "cli.png"))
+    np.testing.assert_array_equal(maps, _read_rgb(tmp_path / "cli_attention.png"))  # the result, then dog's map
+    assert maps.shape == (shown.shape[0], 2 * shown.shape[1], 3)
     status, _ = _compose(page, "anyscene")  # the same request: every program is in the jit caches
     assert _traced(status) == 0, status
     np.testing.assert_array_equal(_shown_images(page, "anyscene", 1)[0], shown)

@@ -20,14 +20,14 @@ class AnySceneComposer:
         self.model = common.LoadedOnce(inference.load_anyscene)
 
     def argv(self, foreground: str, mask: str | None, prompt: str, words: str, layout: bool, blend: str,
-             steps: int, guidance: float, seed: int, out: Path) -> list[str]:
-        """compose's arguments for one image."""
+             steps: int, guidance: float, seed: int, out: Path, attention: bool = False) -> list[str]:
+        """compose's arguments for one image (`attention`: --show-attention, the maps in <out>_attention.png)."""
         argv = ["anyscene", "--checkpoint", self.checkpoint, "--foreground", foreground]
         if mask:
             argv += ["--mask", mask]
         argv += [f"--prompt={prompt}", f"--words={words}", "--blend", blend, "--steps", str(int(steps)),
                  "--guidance", repr(float(guidance)), "--seed", str(int(seed)), "--out", str(out)]
-        return argv + ([] if layout else ["--no-layout"])
+        return argv + ([] if layout else ["--no-layout"]) + (["--show-attention"] if attention else [])
 
     def compose(self, argv: list[str]) -> dict:
         """`python -m jcompose.compose <argv>` on the loaded run: writes args.out, returns {"image", "step", ...}."""
@@ -35,7 +35,7 @@ class AnySceneComposer:
         request = inference.read_request(args)
         if not args.prompt:  # the page always sends one, maybe empty
             raise InputError("--prompt: describe the scene")
-        return inference.run_anyscene(self.model(args), request)
+        return inference.run_anyscene(self.model(args), request)  # "attention": the grid, with --show-attention
 
 
 def build(source, folders: common.RequestFolders) -> None:
@@ -53,27 +53,35 @@ def build(source, folders: common.RequestFolders) -> None:
             words = gr.Textbox(label="layout words (comma-separated prompt words kept inside the mask)",
                                elem_id="anyscene-words")
             layout = gr.Checkbox(value=True, label="layout control")
+            attention = gr.Checkbox(value=False, elem_id="anyscene-attention-on",
+                                    label="attention maps (each layout word's cross-attention over the result)")
             blend = gr.Radio(list(inference.BLENDS), value="poisson", label="blend (the foreground put back)")
             steps, guidance, seed, samples = widgets.sampling_controls("anyscene", steps=25, guidance=7.5, seed=0)
             run = gr.Button("Compose", variant="primary", elem_id="anyscene-run")
         with gr.Column():
             outputs = widgets.result_components("anyscene")
+            maps = gr.Gallery(label="attention maps (the result, then each layout word's map over it)",
+                              elem_id="anyscene-attention", format="png")
 
-    @widgets.reporting_errors
-    def respond(foreground, mask, prompt, words, layout, blend, steps, guidance, seed, samples,
+    @widgets.reporting_errors(extra_outputs=1)
+    def respond(foreground, mask, prompt, words, layout, attention, blend, steps, guidance, seed, samples,
                 progress=gr.Progress()):
         traced_before = compiles.count()
         fg = common.upload_path(foreground, "foreground")
         seeds = common.seeds_of(seed, samples)
         folder = folders.new("anyscene")
-        images, commands = [], []
+        images, grids, commands = [], [], []
         for i, s in enumerate(seeds):
             progress(i / len(seeds), desc=f"image {i + 1} of {len(seeds)} (the first request compiles)")
             argv = composer.argv(fg, mask, prompt or "", words or "", layout, blend, steps, guidance, s,
-                                 folder / f"{i}.png")
-            images.append(composer.compose(argv)["image"])
+                                 folder / f"{i}.png", attention)
+            written = composer.compose(argv)
+            images.append(written["image"])
+            grids += [written["attention"]] if attention else []
             commands.append(common.command_line(argv))
-        return widgets.finish(folder, images, commands, traced_before)
+        gallery, files, command, status = widgets.finish(folder, images, commands, traced_before)
+        return gallery, files + grids, command, status, grids or None
 
-    run.click(respond, [foreground, mask, prompt, words, layout, blend, steps, guidance, seed, samples], outputs)
+    run.click(respond, [foreground, mask, prompt, words, layout, attention, blend, steps, guidance, seed, samples],
+              [*outputs, maps])
 

@@ -65,9 +65,12 @@ def drawn_box(editor_value, background, current: str) -> str:
     return current if mask is None else common.box_text(mask)
 
 
-def reporting_errors(respond):
+def reporting_errors(respond=None, *, extra_outputs: int = 0):
     """Wraps a tab's event handler: an input error (the CLI's `error: ...` line) becomes the status line and a
-    warning toast in the page, with the result fields emptied; the server serves on."""
+    warning toast in the page, with the result fields emptied (and the `extra_outputs` the tab adds after
+    them); the server serves on. Use as `@reporting_errors` or `@reporting_errors(extra_outputs=1)`."""
+    if respond is None:
+        return functools.partial(reporting_errors, extra_outputs=extra_outputs)
     from jcompose.cli import InputError
 
     @functools.wraps(respond)  # keeps the signature: gradio injects gr.Progress by it
@@ -78,6 +81,6 @@ def reporting_errors(respond):
             return respond(*args, **kwargs)
         except InputError as err:
             gr.Warning(f"error: {err}")
-            return None, None, "", f"error: {err}"
+            return None, None, "", f"error: {err}", *([None] * extra_outputs)
 
     return handler
