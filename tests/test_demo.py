@@ -35,10 +35,12 @@ def inputs(tmp_path_factory):
     fg_mask[8:24, 10:26] = 255
     ref, ref_mask = demo_runs.photo((40, 40), 2), np.zeros((40, 40), np.uint8)
     ref_mask[5:35, 8:32] = 255
-    target = np.zeros((48, 64), np.uint8)
+    target, target2 = np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8)
     target[10:30, 20:44] = 255
+    target2[32:46, 2:18] = 255  # apart from `target`: AnyDoor composes the two objects in one batched call
     files = {"foreground": np.dstack([fg, fg_mask]), "background": demo_runs.photo((48, 64), 1),
-             "reference": np.dstack([ref, ref_mask]), "target": target, "empty_mask": np.zeros_like(target)}
+             "reference": np.dstack([ref, ref_mask]), "target": target, "target2": target2,
+             "empty_mask": np.zeros_like(target)}
     paths = {name: root / f"{name}.png" for name in files}
     for name, image in files.items():
         assert cv2.imwrite(str(paths[name]), image)
@@ -230,7 +232,7 @@ def test_dreamcom_tab_draws_the_box_picks_the_object_and_equals_the_cli(page, in
     assert not np.array_equal(shown[0], shown[1])  # each image its own noise
 
 
-def test_anydoor_tab_equals_the_cli(page, inputs, tmp_path):
+def test_anydoor_tab_composes_two_objects_and_equals_the_cli(page, inputs, tmp_path):
     _open_tab(page, "AnyDoor")
     _upload(page, "anydoor-reference", inputs["reference"])  # RGBA: the alpha is the object mask
     _upload(page, "anydoor-background", inputs["background"])
@@ -241,13 +243,19 @@ def test_anydoor_tab_equals_the_cli(page, inputs, tmp_path):
     assert status.startswith("error: target mask ") and "empty_mask.png: empty (no pixel > 127)" in status, status
     page.locator("#anydoor-target button[aria-label='Clear']").first.click()
     _upload(page, "anydoor-target", inputs["target"])
+    _upload(page, "anydoor-reference2", inputs["foreground"])  # the second object (RGBA) and where it goes
+    _upload(page, "anydoor-target2", inputs["target2"])
     _, command = _compose(page, "anydoor")
-    assert "--seed 6" in command, command
+    argv = shlex.split(command)
+    assert "--seed 6" in command and argv.count("--reference") == 2 and "--reference-mask" not in argv, command
+    assert [Path(argv[i + 1]).stem for i, a in enumerate(argv) if a == "--mask"] == ["target", "target2"], command
     shown = _shown_images(page, "anydoor", 1)[0]
     _cli(command, tmp_path / "cli.png")
     np.testing.assert_array_equal(shown, _read_rgb(tmp_path / "cli.png"))
     background = cv2.cvtColor(cv2.imread(str(inputs["background"])), cv2.COLOR_BGR2RGB)
-    assert not np.array_equal(shown, background)
+    for name in ("target", "target2"):  # each object changed its own region
+        region = cv2.imread(str(inputs[name]), cv2.IMREAD_GRAYSCALE) > 127
+        assert not np.array_equal(shown[region], background[region]), name
 
 
 def test_a_folder_that_is_no_run_is_named(tmp_path):
