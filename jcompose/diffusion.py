@@ -12,7 +12,9 @@ integer indices into the training schedule (0 .. T-1); `alphas_cumprod[t]` is al
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -213,6 +215,40 @@ def _dpm_tables(schedule: NoiseSchedule, config: SchedulerConfig, num_steps: int
     }
 
 
+_step_report = threading.local()  # .fn: the hook `sample` bakes into programs traced on this thread, or unset
+
+
+@contextlib.contextmanager
+def reporting_steps(report: Callable[[int, int], None]):
+    """Programs that trace `sample` on this thread inside this block call `report(steps_done, num_steps)` from
+    their compiled loop after each step (a `jax.debug.callback`, so the loop stays one compiled call): the
+    demo's per-step progress. Traced outside (compose, training, benchmarks), `sample` is unchanged and has
+    no callback. The hook is baked in at trace time: a program reused later keeps calling `report`."""
+    previous = getattr(_step_report, "fn", None)
+    _step_report.fn = report
+    try:
+        yield
+    finally:
+        _step_report.fn = previous
+
+
+def _with_step_report(step, xs, num_steps: int):
+    """A `lax.scan` body and its xs -> the same two when no reporting_steps hook is set; else a body that also
+    reports each finished step (the callback takes a value of the new carry, so it runs after the step)."""
+    report = getattr(_step_report, "fn", None)
+    if report is None:
+        return step, xs
+
+    def reported_step(carry, inputs):
+        inputs, index = inputs
+        carry, out = step(carry, inputs)
+        after = jax.tree.leaves(carry)[0].reshape(-1)[0]
+        jax.debug.callback(lambda done, _: report(int(done), num_steps), index + 1, after)
+        return carry, out
+
+    return reported_step, (xs, jnp.arange(num_steps))
+
+
 def sample(
     denoiser: Denoiser,
     latents: Array,
@@ -255,7 +291,8 @@ def sample(
                 x = x + sigma * jax.random.normal(key, x.shape, x.dtype)
             return x, None
 
-        x, _ = jax.lax.scan(ddim_step, x, (tables, keys))
+        body, xs = _with_step_report(ddim_step, (tables, keys), num_steps)
+        x, _ = jax.lax.scan(body, x, xs)
         return x
     if method == "dpm++2m":
         tables = {k: jnp.asarray(v) for k, v in _dpm_tables(schedule, config, num_steps).items()}
@@ -267,7 +304,8 @@ def sample(
             x = row["ratio"] * x - row["alpha_next"] * row["expm1"] * d
             return (x, x0), None
 
-        (x, _), _ = jax.lax.scan(dpm_step, (x, jnp.zeros_like(x)), tables)
+        body, xs = _with_step_report(dpm_step, tables, num_steps)
+        (x, _), _ = jax.lax.scan(body, (x, jnp.zeros_like(x)), xs)
         return x
     raise ValueError(f"unknown sampling method {method!r}; use 'ddim' or 'dpm++2m'")
 

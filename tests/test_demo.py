@@ -58,7 +58,9 @@ def server(tmp_path_factory):
             demo_runs.write_run(root / "dreamcom", "configs/dreamcom.py:tiny", seed=2,
                                 objects=("murecom:Toy/fg1", "murecom:Cup/fg1")),
             demo_runs.write_run(root / "anydoor", "configs/anydoor.py:tiny", seed=3)]
-    demo = app.build([str(r) for r in runs], root / "requests")
+    # without the per-step callback the tabs compile compose's very programs, so the in-process CLI runs
+    # below reuse them from the compilation cache (test_step_progress_... checks the callback's path)
+    demo = app.build([str(r) for r in runs], root / "requests", step_progress=False)
     port = _free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                         allowed_paths=[str(demo.requests_root)])
@@ -299,3 +301,40 @@ def test_a_bad_field_is_an_input_error_not_an_exit():
     with pytest.raises(InputError, match=r"argument --steps: invalid int value: 'many'"):
         common.parse(["anyscene", "--checkpoint", "run", "--out", "o.png", "--steps", "many"])
     assert common.parse(["anyscene", "--checkpoint", "run", "--out", "o.png", "--prompt=--dog"]).prompt == "--dog"
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++2m"])
+def test_step_progress_reaches_the_request_and_compose_programs_have_no_callback(sampler):
+    import contextvars
+
+    import jax
+
+    from jcompose import diffusion
+    from jcompose.demo import common
+    from jcompose.models.loading import SchedulerConfig
+
+    config = SchedulerConfig()
+    schedule = diffusion.make_schedule(config)
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 8, 8))
+
+    def program():  # a fresh jit function, as each loaded model builds its own: its first trace decides
+        return jax.jit(lambda x: diffusion.sample(lambda x, t: 0.1 * x, x, schedule, config, 3, method=sampler))
+
+    compose_program = program()
+    assert "callback" not in compose_program.lower(x).as_text()
+    request = contextvars.ContextVar("request")  # gr.Progress finds its request the same way
+    request.set("this request")
+    shown = []
+    denoising = common.StepProgress()
+    demo_program = program()
+    def progress(value, desc, unit):  # gr.Progress's call
+        shown.append((value, desc, unit, request.get(None)))
+
+    with denoising.steps(progress, "image 1"):
+        # the callback may run on another thread (GPU, TPU) or this one (CPU): run the program outside the
+        # request's context either way, so the progress must come from the context steps() captured
+        demo = contextvars.Context().run(demo_program, x).block_until_ready()
+    assert shown == [((k, 3), "image 1", "steps", "this request") for k in (1, 2, 3)]
+    np.testing.assert_array_equal(demo, compose_program(x))  # the callback changes no pixel
+    demo_program(x).block_until_ready()  # the program reused outside a request: nothing shown
+    assert len(shown) == 3

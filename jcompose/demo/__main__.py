@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--no-step-progress", dest="step_progress", action="store_false",
+                        help="progress per image, not per denoising step: the compiled samplers are then "
+                             "compose's own programs (shared through JAX's compilation cache)")
     parser.add_argument("--out", default="", help="folder for results and drawn masks (default: a temporary one)")
     return parser
 
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     with cli.guard():
         from jcompose.demo import app
 
-        demo = app.build(args.folders, args.out or None)
+        demo = app.build(args.folders, args.out or None, args.step_progress)
     demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
                         allowed_paths=[str(demo.requests_root)])
 

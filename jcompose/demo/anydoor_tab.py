@@ -46,10 +46,12 @@ class AnyDoorComposer:
         return cli.run_anydoor(self.model(args), request)
 
 
-def build(source, folders: common.RequestFolders) -> None:
-    """The tab's components and its events, inside the caller's gr.Blocks / gr.Tab."""
+def build(source, folders: common.RequestFolders, step_progress: bool = True) -> None:
+    """The tab's components and its events, inside the caller's gr.Blocks / gr.Tab; `step_progress`: a progress
+    bar per denoising step (common.StepProgress)."""
     import gradio as gr
 
+    denoising = common.StepProgress(step_progress)
     composer = AnyDoorComposer(source.path, source.kind)
     with gr.Row():
         with gr.Column():
@@ -101,7 +103,8 @@ def build(source, folders: common.RequestFolders) -> None:
         for i, s in enumerate(seeds):
             progress(i / len(seeds), desc=f"image {i + 1} of {len(seeds)} (the first request compiles)")
             argv = composer.argv(objects, bg, shape_control, paste, steps, guidance, s, folder / f"{i}.png")
-            images.append(composer.compose(argv)["image"])
+            with denoising.steps(progress, f"image {i + 1} of {len(seeds)}"):
+                images.append(composer.compose(argv)["image"])
             commands.append(common.command_line(argv))
         return widgets.finish(folder, images, commands, traced_before)
 

@@ -38,10 +38,12 @@ class AnySceneComposer:
         return inference.run_anyscene(self.model(args), request)  # "attention": the grid, with --show-attention
 
 
-def build(source, folders: common.RequestFolders) -> None:
-    """The tab's components and its event, inside the caller's gr.Blocks / gr.Tab."""
+def build(source, folders: common.RequestFolders, step_progress: bool = True) -> None:
+    """The tab's components and its event, inside the caller's gr.Blocks / gr.Tab; `step_progress`: a progress
+    bar per denoising step (common.StepProgress)."""
     import gradio as gr
 
+    denoising = common.StepProgress(step_progress)
     composer = AnySceneComposer(source.path)
     with gr.Row():
         with gr.Column():
@@ -75,7 +77,8 @@ def build(source, folders: common.RequestFolders) -> None:
             progress(i / len(seeds), desc=f"image {i + 1} of {len(seeds)} (the first request compiles)")
             argv = composer.argv(fg, mask, prompt or "", words or "", layout, blend, steps, guidance, s,
                                  folder / f"{i}.png", attention)
-            written = composer.compose(argv)
+            with denoising.steps(progress, f"image {i + 1} of {len(seeds)}"):
+                written = composer.compose(argv)
             images.append(written["image"])
             grids += [written["attention"]] if attention else []
             commands.append(common.command_line(argv))

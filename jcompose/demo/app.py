@@ -17,9 +17,10 @@ INTRO = ("Put objects into images with jcompose. Each tab serves one model; the 
          "that writes the same pixels.")
 
 
-def build(folders: list[str], out: str | Path | None = None):
+def build(folders: list[str], out: str | Path | None = None, step_progress: bool = True):
     """gr.Blocks serving every folder (InputError naming a folder that is neither a run nor a release).
-    Results and drawn masks go to `out` (default: a new temporary folder)."""
+    Results and drawn masks go to `out` (default: a new temporary folder). `step_progress`: a progress bar
+    per denoising step (a callback in the compiled samplers; without it they are compose's very programs)."""
     import gradio as gr
 
     found = [sources.find(folder) for folder in folders]
@@ -30,6 +31,6 @@ def build(folders: list[str], out: str | Path | None = None):
         with gr.Tabs():
             for source in found:
                 with gr.Tab(source.title, elem_id=f"tab-{source.method}"):
-                    importlib.import_module(TABS[source.method]).build(source, requests)
+                    importlib.import_module(TABS[source.method]).build(source, requests, step_progress)
     demo.requests_root = requests.root
     return demo

@@ -4,6 +4,8 @@ image."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import shlex
 import threading
@@ -48,6 +50,39 @@ class LoadedOnce:
             if self._loaded is None:
                 self._loaded = self._load(args)
             return self._loaded
+
+
+class StepProgress:
+    """A tab's progress per denoising step: the tab's samplers, compiled on their first run inside `steps()`,
+    report each finished step (`diffusion.reporting_steps`: a callback in the compiled loop, which compose's
+    own programs do not have) to the gr.Progress of the request running them. Gradio runs one request per
+    tab at a time (the queue's default concurrency), so one reporter per tab suffices. Disabled
+    (`enabled=False`), the tab's programs are compose's own, which JAX's compilation cache then shares."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._show = None
+
+    def _report(self, done: int, total: int) -> None:  # called on JAX's callback thread
+        show = self._show
+        if show is not None:
+            show(done, total)
+
+    @contextlib.contextmanager
+    def steps(self, progress, desc: str):
+        """Within: the steps go to `progress` (a gr.Progress) with `desc`, e.g. "image 1 of 2"."""
+        from jcompose import diffusion
+
+        if not self.enabled:
+            yield
+            return
+        request = contextvars.copy_context()  # gr.Progress finds its request through context variables
+        self._show = lambda done, total: request.run(progress, (done, total), desc=desc, unit="steps")
+        try:
+            with diffusion.reporting_steps(self._report):
+                yield
+        finally:
+            self._show = None
 
 
 def command_line(argv: list[str]) -> str:

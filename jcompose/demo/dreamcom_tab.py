@@ -34,10 +34,12 @@ class DreamComComposer:
         return inference.run_dreamcom(self.model(args), request)
 
 
-def build(source, folders: common.RequestFolders) -> None:
-    """The tab's components and its events, inside the caller's gr.Blocks / gr.Tab."""
+def build(source, folders: common.RequestFolders, step_progress: bool = True) -> None:
+    """The tab's components and its events, inside the caller's gr.Blocks / gr.Tab; `step_progress`: a progress
+    bar per denoising step (common.StepProgress)."""
     import gradio as gr
 
+    denoising = common.StepProgress(step_progress)
     composer = DreamComComposer(source.path)
     with gr.Row():
         with gr.Column():
@@ -68,7 +70,8 @@ def build(source, folders: common.RequestFolders) -> None:
         folder = folders.new("dreamcom")
         progress(0, desc=f"{num} image(s) in one batched call (the first request compiles)")
         argv = composer.argv(name, path, box.strip(), crop, steps, guidance, seed, num, folder)
-        images = composer.compose(argv)["images"]
+        with denoising.steps(progress, f"{num} image(s)"):
+            images = composer.compose(argv)["images"]
         return widgets.finish(folder, images, [common.command_line(argv)], traced_before)
 
     run.click(respond, [name, background, box, crop, steps, guidance, seed, samples], outputs)
