@@ -1,4 +1,4 @@
-"""`evaluate` and the DreamCom protocol on two hosts: two local CPU processes (2 devices each) joined by a
+"""`evaluate`, the DreamCom protocol and the AnyDoor protocol on two hosts: two local CPU processes (2 devices each) joined by a
 localhost `jax.distributed` coordinator (tests/eval_multihost_worker.py), against one process here.
 
 Each host reads its share of the files (images of two sizes at native size, so batches are grouped by
@@ -72,8 +72,16 @@ def _jobs(root: Path, models: Path) -> list[dict]:
     folder = {**shared, "generated": str(root / "gen"), "reference": str(root / "ref"), "background": str(root / "bg"),
               "pair_size": 0, "metrics": ["clip_i", "dino", "lpips", "ssim"]}
     dreamcom = {**shared, "manifest": str(root / "dc" / "manifest.json"), "pair_size": 0}
+    # AnyDoor manifest (compose anydoor --benchmark's form): the same images, each its box and reference object
+    (root / "ad").mkdir()
+    Image.fromarray(rng.integers(0, 255, (36, 28, 4), np.uint8)).save(root / "ad" / "ref.png")  # RGBA cut-out
+    (root / "ad" / "manifest.json").write_text(json.dumps({"benchmark": "t", "step": 3, "images": [
+        {"image": str(root / "dc" / e["image"]), "object": e["object"], "reference": str(root / "ad" / "ref.png"),
+         "box": e["box"]} for e in entries]}))
+    anydoor = {**shared, "manifest": str(root / "ad" / "manifest.json")}
     return [{"name": "folder", "config": "configs/eval/dreamcom.py", "fields": folder},
-            {"name": "dreamcom", "config": "configs/eval/dreamcom.py", "fields": dreamcom}]
+            {"name": "dreamcom", "config": "configs/eval/dreamcom.py", "fields": dreamcom},
+            {"name": "anydoor", "config": "configs/eval/anydoor.py", "fields": anydoor}]
 
 
 def _configured(job: dict, out: Path):
