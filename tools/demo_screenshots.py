@@ -46,10 +46,11 @@ def main() -> None:
     mask[16:48, 20:52] = 255
     ref, ref_mask = demo_runs.photo((64, 64), 2), np.zeros((64, 64), np.uint8)
     ref_mask[8:56, 12:52] = 255
-    target = np.zeros((64, 96), np.uint8)
+    target, target2 = np.zeros((64, 96), np.uint8), np.zeros((64, 96), np.uint8)
     target[16:48, 30:66] = 255
+    target2[40:62, 70:94] = 255
     files = {"foreground": np.dstack([fg, mask]), "background": demo_runs.photo((64, 96), 1),
-             "reference": np.dstack([ref, ref_mask]), "target": target}
+             "reference": np.dstack([ref, ref_mask]), "target": target, "target2": target2}
     for name, image in files.items():
         cv2.imwrite(str(root / f"{name}.png"), image)
     demo = app.build([str(r) for r in runs], root / "requests")
@@ -80,6 +81,7 @@ def main() -> None:
         fill("anyscene-prompt", "a photo of a dog on a beach")
         fill("anyscene-words", "dog")
         fill("anyscene-steps", 4)
+        page.locator("#anyscene-attention-on input").check()
         compose("anyscene")
 
         page.get_by_role("tab", name="DreamCom:").click()
@@ -102,6 +104,8 @@ def main() -> None:
         upload("anydoor-reference", "reference")
         upload("anydoor-background", "background")
         upload("anydoor-target", "target")
+        upload("anydoor-reference2", "foreground")
+        upload("anydoor-target2", "target2")
         fill("anydoor-steps", 4)
         compose("anydoor")
         browser.close()
