@@ -218,9 +218,8 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
 
     metric_sharding = parallel.replicated(mesh) if models == 1 else jax.sharding.NamedSharding(
         mesh, parallel.model_axis_spec(mesh, models))
-    train_step = jax.jit(make_step(method, tx, config, mesh), donate_argnums=(0,),
-                         out_shardings=(state_shardings, metric_sharding),
-                         compiler_options=xla_options(config.train.get("xla_options", "")) or None)
+    train_step = jax.jit(make_step(method, tx, config, mesh), donate_argnums=(0,), out_shardings=(
+        state_shardings, metric_sharding), compiler_options=xla_options(config.train.get("xla_options", "")) or None)
     sample_fn = jax.jit(make_sampler(method, mesh))
     writer = SummaryWriter(str(workdir / "tb")) if chief else _NullWriter()
     writer.add_text("config", run_record.summary(config), start)

@@ -25,7 +25,6 @@ from jcompose.checkpoint import CheckpointError, Checkpointer, abstract_like
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 def _small(steps, **train):
     config = get_config("tiny")
     config.data.image_size = 32
