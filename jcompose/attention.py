@@ -366,7 +366,7 @@ def attend(q: Array, k: Array, v: Array, *, scale: float, module: Any, path: Seq
         if context.on_call is not None:
             context.on_call(call)
         controls = [c for c in context.controls if c.applies(call)]
-    implementation, reason = attention_kernels.choose(q, controlled=bool(controls))
+    implementation, reason = attention_kernels.choose(q, controlled=bool(controls), kv_len=k.shape[1])
     attention_kernels.record(path, is_cross, q, k, implementation, reason)
     if implementation != "xla":
         return attention_kernels.fused_attention(q, k, v, scale=scale, kind=implementation)

@@ -108,17 +108,23 @@ def recording() -> Iterator[list[Choice]]:
         _records.reset(token)
 
 
-def _cudnn_supported(dtype: Any, head_dim: int) -> str:
-    """'' when cuDNN's fused attention takes these inputs, else why not."""
+def _cudnn_supported(dtype: Any, head_dim: int, q_len: int, kv_len: int) -> str:
+    """'' when cuDNN's fused attention takes these inputs, in training too, else why not."""
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return f"cuDNN fused attention needs bf16/fp16 inputs, not {jnp.dtype(dtype).name}"
     if head_dim % 8 or head_dim > 128:
         return f"cuDNN fused attention needs a head dim that is a multiple of 8 up to 128, not {head_dim}"
+    # jax's cuDNN gradient refuses odd lengths ("Unsupported sequence length Q 4096, KV 77": its training
+    # check takes the unused-bias placeholder for a bias), so SD's 77-token cross-attention cannot train
+    # through it; such layers (small: 77 keys) take the XLA path, in sampling too, so both run one program.
+    if q_len % 2 or kv_len % 2:
+        return f"cuDNN fused attention trains only even sequence lengths in jax, not {q_len} queries x {kv_len} keys"
     return ""
 
 
-def choose(q: Array, *, controlled: bool) -> tuple[str, str]:
-    """(implementation, reason) for queries `q` (B, Nq, heads, head_dim) of a layer with or without controls."""
+def choose(q: Array, *, controlled: bool, kv_len: int | None = None) -> tuple[str, str]:
+    """(implementation, reason) for queries `q` (B, Nq, heads, head_dim) attending to `kv_len` keys (default
+    Nq: self-attention) in a layer with or without controls."""
     setting = implementation()
     if controlled:
         return "xla", "attention control: exact probabilities"
@@ -129,7 +135,7 @@ def choose(q: Array, *, controlled: bool) -> tuple[str, str]:
         blocked = _mesh_blocks_kernel(q)
         return ("xla", blocked) if blocked else ("pallas", "")
     if platform == "gpu":
-        why = _cudnn_supported(q.dtype, q.shape[-1])
+        why = _cudnn_supported(q.dtype, q.shape[-1], q.shape[1], q.shape[1] if kv_len is None else kv_len)
         if why and setting == "fused":
             raise ValueError(f"config.model.attention = 'fused': {why} (use 'auto' to fall back to XLA there)")
         return ("xla", why) if why else ("cudnn", "")

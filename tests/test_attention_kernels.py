@@ -90,16 +90,33 @@ def test_model_attention_through_the_kernel(cross):
     np.testing.assert_allclose(controlled, exact, atol=1e-6)  # an all-ones mask changes nothing
 
 
+def test_gpu_training_traces_through_text_cross_attention():
+    """For NVIDIA, the gradient of the UNet's attention with SD's 77 text tokens traces (jax's cuDNN kernel
+    refuses odd lengths in training: such a layer takes XLA); self-attention over 64 queries keeps cuDNN."""
+    for cross, expected in ((True, "xla"), (False, "cudnn")):
+        module, params, hidden, context = _layer(cross)
+        module = module.clone(dtype=jnp.bfloat16)  # bf16 compute, as the paper configs run
+
+        def loss(p, h, c):
+            return module.apply({"params": p}, h, c, (8, 8), None).astype(jnp.float32).sum()
+
+        with attention_kernels.compiling_for("gpu"), attention_kernels.using("auto"), \
+                attention_kernels.recording() as calls:
+            jax.make_jaxpr(jax.grad(loss))(params, hidden, context)
+        assert [(c.implementation, c.kv_len) for c in calls] == [(expected, 77 if cross else 64)], cross
+
+
 def test_choice_per_platform_and_setting():
-    def chosen(platform, setting, dtype=jnp.bfloat16, head_dim=40, controlled=False):
+    def chosen(platform, setting, dtype=jnp.bfloat16, head_dim=40, controlled=False, kv_len=None):
         q = jnp.zeros((2, 64, 8, head_dim), dtype)
         with attention_kernels.compiling_for(platform), attention_kernels.using(setting):
-            return attention_kernels.choose(q, controlled=controlled)[0]
+            return attention_kernels.choose(q, controlled=controlled, kv_len=kv_len)[0]
 
     assert chosen("tpu", "auto") == "pallas" and chosen("tpu", "auto", jnp.float32, 160) == "pallas"
     assert chosen("tpu", "auto", controlled=True) == "xla" and chosen("tpu", "xla") == "xla"
     assert chosen("cuda", "auto") == "cudnn" and chosen("gpu", "auto", head_dim=160) == "xla"
     assert chosen("gpu", "auto", jnp.float32) == "xla"
+    assert chosen("gpu", "auto", kv_len=77) == "xla" and chosen("gpu", "auto", kv_len=78) == "cudnn"
     with pytest.raises(ValueError, match="bf16/fp16"):
         chosen("gpu", "fused", jnp.float32)
     assert chosen("cpu", "auto") == "xla" and chosen("cpu", "fused") == "pallas-interpret"
