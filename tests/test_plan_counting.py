@@ -108,6 +108,29 @@ def test_hlo_kernels_and_collectives_are_counted_per_loop_trip():
     assert summary.attention_kernel_layers == {"UNet2DConditionModel/up_blocks_1/attentions_0/transformer_blocks_0/attn2"}
 
 
+# Two cuBLAS GEMMs as a deviceless H100 compile with Triton GEMMs off writes them (trimmed): a padded 2-D dot and a
+# batched one.
+CUBLAS_HLO = """
+HloModule jit_f, entry_computation_layout={()->()}
+
+ENTRY %main () -> () {
+  %a = bf16[1032,1536]{1,0} parameter(0)
+  %b = bf16[1536,1536]{1,0} parameter(1)
+  %custom-call.2 = (bf16[1032,1536]{1,0}, s8[4194304]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(<lambda>)/dot_general"}, backend_config={"operation_queue_id":"0","gemm_backend_config":{"selected_algorithm":"0","alpha_real":1,"beta":0,"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}
+  %c = bf16[4,64,32]{2,1,0} parameter(2)
+  %d = bf16[4,32,48]{2,1,0} parameter(3)
+  %custom-call.3 = (bf16[4,64,48]{2,1,0}, s8[4194304]{0}) custom-call(%c, %d), custom_call_target="__cublas$lt$matmul", backend_config={"operation_queue_id":"0","gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["2"],"rhs_contracting_dimensions":["1"],"lhs_batch_dimensions":["0"],"rhs_batch_dimensions":["0"]},"epilogue":"DEFAULT"}}
+  ROOT %r = () tuple()
+}
+"""
+
+
+def test_cublas_gemms_are_counted():
+    summary = hlo.summarize(CUBLAS_HLO)
+    assert summary.kernels == {"__cublas$lt$matmul": 2}
+    assert summary.flops == 2 * 1032 * 1536 * 1536 + 2 * 4 * 64 * 48 * 32
+
+
 def test_targets_parse_cloud_names_and_refuse_others():
     v5p = targets.parse("v5p-8")
     assert (v5p.platform, v5p.chips, v5p.topology, v5p.chip.hbm_bytes) == ("tpu", 4, "v5p:2x2x1", 95 * 2**30)

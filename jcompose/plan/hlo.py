@@ -172,6 +172,11 @@ def kernel_flops(ins: Instruction, shapes: dict[str, str]) -> tuple[str, float, 
         else:
             output, kernel = result, operand_shapes[1]
         return target, _conv_flops(output, kernel, labels.group(1)) if labels else 0.0, False
+    if target.startswith("__cublas$"):  # GEMMs XLA hands to cuBLAS (lt$matmul, gemm): 2 x output x contracted
+        contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', ins.attributes)
+        lhs = operand_shapes[0] if operand_shapes else ()
+        size = math.prod(lhs[int(i)] for i in re.findall(r"\d+", contracting.group(1))) if contracting and lhs else 0
+        return target, 2.0 * math.prod(_dims(ins.shape)) * size, False
     if target == "tpu_custom_call":
         estimate = re.search(r'"cost_estimate":\{"flops":"(\d+)"', ins.attributes)
         name = re.sub(r"_block_.*$|[._]\d+$", "", ins.name)  # flash_mha_bwd_dq_block_q_major_128... -> flash_mha_bwd_dq
