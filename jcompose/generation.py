@@ -74,6 +74,8 @@ class Job:
     groups: a hashable per item; items of different groups never share a batch (e.g. DreamCom's objects,
       each with its own fine-tuned UNet).
     encode: uint8 RGB (h, w, 3) -> the bytes of the file (default PNG; e.g. JPEG for a `.jpg` layout).
+    done_modes: the PIL modes a file already there may have to count as done (the engine writes RGB; a user's
+      folder of class photos may hold greyscale ones, which their reader converts).
     """
 
     items: Sequence[str]
@@ -87,6 +89,7 @@ class Job:
     params: Callable[[Hashable | None], Any]
     groups: Sequence[Hashable] | None = None
     encode: Callable[[np.ndarray], bytes] = encode_png
+    done_modes: tuple[str, ...] = ("RGB",)
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -143,7 +146,7 @@ def done_items(job: Job, out: epath.Path, workers: int) -> np.ndarray:
     process, processes = jax.process_index(), jax.process_count()
     mine = range(process, len(job.items), processes)
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
-        valid = list(pool.map(lambda i: is_valid_image(out / job.items[i], job.size(i)), mine))  # missing: False
+        valid = list(pool.map(lambda i: is_valid_image(out / job.items[i], job.size(i), job.done_modes), mine))  # missing: False
     done = np.zeros(len(job.items), np.uint8)
     done[list(mine)] = valid
     if processes > 1:

@@ -49,15 +49,15 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def is_valid_image(path: epath.Path, size: tuple[int, int]) -> bool:
-    """Whether `path` is an image file that decodes completely, is RGB and (H, W) = `size`."""
+def is_valid_image(path: epath.Path, size: tuple[int, int], modes: tuple[str, ...] = ("RGB",)) -> bool:
+    """Whether `path` is an image file that decodes completely, has one of the PIL `modes` and (H, W) = `size`."""
     from PIL import Image
 
     try:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # a truncated file fails here, not at open
-            return image.mode == "RGB" and image.size == (size[1], size[0])
+            return image.mode in modes and image.size == (size[1], size[0])
     except (OSError, ValueError, SyntaxError):  # missing, unreadable, not an image, truncated
         return False
 

@@ -127,6 +127,28 @@ def test_class_images_resume_without_redoing_and_match_a_fresh_run(setup, tmp_pa
         dreamcom_prior.ensure_class_images(method, dataclasses.replace(spec, steps=3), "toy", progress=False)
 
 
+def test_a_users_greyscale_photo_is_kept_when_the_folder_is_completed(setup, tmp_path):
+    """A user's class folder with one greyscale photo (another size, its own box) and too few images: the two
+    missing images are generated, the photo and its box line are kept as they are."""
+    import cv2
+
+    method, _, _, fresh = setup
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    grey = np.random.default_rng(3).integers(0, 255, (50, 70), np.uint8)
+    ok, data = cv2.imencode(".jpg", grey)
+    (folder / "0.jpg").write_bytes(data.tobytes())
+    (folder / "bbox.txt").write_text("3,4,20,30\n")
+    before = (folder / "0.jpg").read_bytes()
+    dreamcom_prior.ensure_class_images(method, dataclasses.replace(method.prior, class_dir=str(folder)), "toy",
+                                       progress=False)
+    assert (folder / "0.jpg").read_bytes() == before  # not overwritten by a generated image
+    assert (folder / "bbox.txt").read_text() == "3,4,20,30\n0,0,63,63\n0,0,63,63\n"
+    assert [(folder / f"{i}.jpg").read_bytes() for i in (1, 2)] == [(fresh / f"{i}.jpg").read_bytes() for i in (1, 2)]
+    image = ClassImageSource(folder, 3)[0]["image"]  # read as RGB, three equal channels
+    assert image.shape == (50, 70, 3) and (image[..., 0] == image[..., 2]).all()
+
+
 def test_a_released_class_folder_is_used_as_it_is(tmp_path, tiny_bases, capsys):
     """An existing folder (images of another size, user boxes) is read as is: nothing generated or written;
     the boxes are inclusive pixel bounds, an exclusive right/bottom edge read as the image edge. A damaged

@@ -233,6 +233,9 @@ MUTATIONS: tuple[Mutation, ...] = (
        "folder = prior_preservation.ensure_class_images(self, self.prior, ref.class_noun)",
        "folder = prior_preservation.class_folder(self.prior, ref.class_noun, self.workdir)",
        "tests/test_dreamcom_prior.py -k two_objects", "training does not make the missing class images"),
+    _m("prior_grey_photo_overwritten", "methods/dreamcom", "jcompose/methods/dreamcom_prior.py",
+       'encode=encode_jpeg, done_modes=("RGB", "L"))', "encode=encode_jpeg)",
+       "tests/test_dreamcom_prior.py -k greyscale", "a user's greyscale class photo regenerated over"),
     # ---------------------------------------------------------------- 2026-12-07: found by planning for H100
     _m("cudnn_odd_lengths", "attention_kernels", "jcompose/attention_kernels.py",
        "if q_len % 2 or kv_len % 2:", "if False:",

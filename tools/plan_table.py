@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -61,6 +62,15 @@ def run_missing(out: Path, methods, targets) -> None:
                 log.write(json.dumps(record) + "\n")
 
 
+def refusal(error: str) -> str:
+    """A compiler's refusal in the table's memory column: libtpu names the temporaries it needed and the HBM it
+    had ("... HLO temporaries (19.12G) exceeds available HBM (15.75G)"); other errors are shortened."""
+    found = re.search(r"temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", error)
+    if found:
+        return f"refused: > {float(found[1]):.1f} ({float(found[2]):.0f}), activations alone"
+    return "refused: " + error[:80]
+
+
 def table(out: Path, methods, targets) -> str:
     rows = ["| method (paper settings) | target | per-chip batch | GiB per chip (of HBM) | fits | TFLOP per image "
             "(train step) | attention | compile CPU s | host GiB |", "|---|---|---|---|---|---|---|---|---|"]
@@ -73,8 +83,11 @@ def table(out: Path, methods, targets) -> str:
             plan = json.loads(path.read_text())
             step = plan["programs"][0]
             if "memory_bytes" not in step:
-                rows.append(f"| {method} | {target} | {plan['per_chip_batch']:g} | refused: {step.get('error', '')[:80]} "
-                            "| no | | | | |")
+                # plans written before refusals recorded CPU seconds give the compile's wall seconds
+                seconds = (f"{step['compile_cpu_s']:.0f}" if "compile_cpu_s" in step else f"{step['compile_s']:.0f} wall")
+                rows.append(f"| {method} | {target} | {plan['per_chip_batch']:g}"
+                            + (f" ({plan['models']} models)" if plan["models"] > 1 else "")
+                            + f" | {refusal(step.get('error', ''))} | **no** | | | {seconds} | {plan['host_peak_gib']:.1f} |")
                 continue
             kinds: dict[str, int] = {}
             for layer in step["attention"].values():

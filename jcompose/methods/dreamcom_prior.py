@@ -98,8 +98,8 @@ def encode_jpeg(rgb: np.ndarray) -> bytes:
 def class_image_job(method, spec: PriorSpec, prompt: str, folder: Path):
     """The generation job of class images 0..num_class_images-1 of `prompt` into `folder` (module doc).
 
-    Item i is `<i>.jpg`, S x S (S = data.image_size); an existing `<i>.jpg` that decodes fully as RGB counts as
-    done at its own size (a user's folder of another resolution is not regenerated)."""
+    Item i is `<i>.jpg`, S x S (S = data.image_size); an existing `<i>.jpg` that decodes fully as RGB or greyscale
+    counts as done at its own size (a user's photos of another resolution, or in grey, are not regenerated)."""
     from jcompose import generation, generation_files
 
     size = method.config.data.image_size
@@ -135,7 +135,7 @@ def class_image_job(method, spec: PriorSpec, prompt: str, folder: Path):
         settings={"method": "dreamcom", "purpose": "prior-preservation class images", "base": str(c.model.base),
                   "prompt": prompt, "steps": spec.steps, "guidance": spec.guidance_scale, "seed": spec.seed,
                   "sampler": c.sample.sampler, "size": size, "mask": "full image"},
-        params=lambda _: trees, encode=encode_jpeg)
+        params=lambda _: trees, encode=encode_jpeg, done_modes=("RGB", "L"))  # read_image converts grey
 
 
 def ensure_class_images(method, spec: PriorSpec, noun: str, *, progress: bool = True) -> Path:

@@ -62,7 +62,8 @@ def compile_reports(run: build.Run, target: targets.Target, names=programs.PROGR
         compiled = programs.BUILDERS[name](run, target.platform, cache_dir)
         if compiled.error:
             reports.append({"program": name, "fits": False, "error": compiled.error, "lower_s": compiled.lower_s,
-                            "compile_s": compiled.compile_s, "host_peak_gib": compiled.host_peak_gib})
+                            "compile_s": compiled.compile_s, "compile_cpu_s": compiled.compile_cpu_s,
+                            "host_peak_gib": compiled.host_peak_gib})
             log(f"  {name}: the compiler refused it: {compiled.error}")
             continue
         one = report.program_report(compiled, target, compiled.flops, margin, hbm_bytes)
