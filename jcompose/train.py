@@ -171,8 +171,17 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
         method = methods.build(config) if method is None else method
     models = num_models(method)
     check_layout(config, models)
+    streams = []
+
+    def make_sources():
+        # Built after the models are loaded and before the train state is on the devices: a method that makes
+        # its data with its models (DreamCom's prior-preservation class images) has the devices to itself.
+        with cli.input_errors("config.data: "):
+            streams.extend((method.make_source(k), method.make_transform(k)) if models > 1 else
+                           (method.make_source(), method.make_transform()) for k in range(models))
+
     with cli.input_errors(f"config.model (base {config.model.base!r}): "):
-        state, frozen, tx, lr_schedule = init_state(config, method, mesh, str(workdir))
+        state, frozen, tx, lr_schedule = init_state(config, method, mesh, str(workdir), before_placement=make_sources)
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     total, most = parallel.bytes_per_device((state, frozen))
     if chief:
@@ -181,10 +190,6 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
 
     data_options = dict(strict=config.data.get("strict", False),
                         max_consecutive_skips=config.data.get("max_consecutive_skips", 1000))
-    with cli.input_errors("config.data: "):
-        streams = [(method.make_source(k), method.make_transform(k)) if models > 1 else
-                   (method.make_source(), method.make_transform()) for k in range(models)]
-
     # Each model's data seed (a packed sweep's models may each have their own), else config.data.seed.
     data_seeds = getattr(method, "data_seeds", None) or [config.data.seed] * models
 

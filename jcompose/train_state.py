@@ -123,15 +123,19 @@ def _fresh(params, tx, config) -> dict:
     return state
 
 
-def init_state(config, method, mesh, workdir: str):
+def init_state(config, method, mesh, workdir: str, before_placement=None):
     """The method's models as a fresh train state and frozen tree, placed on the mesh.
 
     Returns (state, frozen, tx, lr_schedule). One model: params, optimizer moments, EMA and frozen
     modules replicated, or split over 'fsdp'. K models: K copies of the initial params (each model
     starts from the same weights and seed, so model k trains as it would alone), the model axis split
     over the devices when K divides their number (else replicated); frozen modules as for one model.
+    `before_placement()`, if given, runs once the method's models are loaded and before any copy,
+    optimizer moment or EMA exists (data a method makes with its models gets the devices' memory).
     """
     params, frozen = method.init(workdir)
+    if before_placement is not None:
+        before_placement()
     # The step donates the state's buffers: params and EMA get their own copies, so none aliases
     # another state leaf or a frozen module (a method may hand out views of loaded weights).
     params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)

@@ -12,13 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy_method import ToyMethod, light_prefetch, toy_config
 
 from configs.common import ConfigError, load, validate
 from input_pipeline.dreamcom_prior import PairedSource, paired_transform
 from input_pipeline.pipeline import make_iterator
 from input_pipeline.records import RecordError
 from input_pipeline.sources.class_images import ClassImageSource
-from jcompose import cli, methods, train
+from jcompose import cli, methods, train, train_state
 from jcompose.methods import dreamcom_prior
 
 SIZE = 64  # the tiny config's image size
@@ -273,3 +274,26 @@ def test_training_two_objects_with_lora_and_prior_preservation(setup, tiny_bases
     assert {"instance_loss", "prior_loss", "loss/Toy_fg1", "loss/Toy_fg2"} <= set(result)
     np.testing.assert_allclose(result["loss"], result["instance_loss"] + 0.7 * result["prior_loss"], rtol=1e-5)
     assert result["step"] == 2 and np.isfinite(result["loss"])
+
+
+def test_training_makes_its_data_before_the_train_state_exists(tmp_path, monkeypatch):
+    """`train` builds the data sources (where DreamCom makes its class images with the base model) once the
+    models are loaded and before the params' copy, the optimizer moments and EMA are made and placed: the
+    generation has the devices' memory to itself (on a 16 GiB chip the state alone fills most of it)."""
+    events = []
+
+    class Recording(ToyMethod):
+        def init(self, workdir):
+            events.append("models loaded")
+            return super().init(workdir)
+
+        def make_source(self):
+            events.append("sources")
+            return super().make_source()
+
+    fresh = train_state._fresh
+    monkeypatch.setattr(train_state, "_fresh", lambda *a: events.append("state made") or fresh(*a))
+    config = toy_config(steps=1, sample_every=-1)
+    with light_prefetch():
+        train.train(config, tmp_path / "run", method=Recording(config))
+    assert events == ["models loaded", "sources", "state made"]

@@ -236,6 +236,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("prior_grey_photo_overwritten", "methods/dreamcom", "jcompose/methods/dreamcom_prior.py",
        'encode=encode_jpeg, done_modes=("RGB", "L"))', "encode=encode_jpeg)",
        "tests/test_dreamcom_prior.py -k greyscale", "a user's greyscale class photo regenerated over"),
+    _m("sources_after_state", "train", "jcompose/train.py",
+       "init_state(config, method, mesh, str(workdir), before_placement=make_sources)",
+       "init_state(config, method, mesh, str(workdir)); make_sources()",
+       "tests/test_dreamcom_prior.py -k before_the_train_state", "class images made with the train state on the devices"),
     # ---------------------------------------------------------------- 2026-12-07: found by planning for H100
     _m("cudnn_odd_lengths", "attention_kernels", "jcompose/attention_kernels.py",
        "if q_len % 2 or kv_len % 2:", "if False:",
