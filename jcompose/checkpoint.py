@@ -33,7 +33,6 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 
 from jcompose import cli, storage
 
-
 DAMAGED = "damaged"  # sub-folder of the checkpoints directory holding the damaged steps
 
 

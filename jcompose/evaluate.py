@@ -31,8 +31,20 @@ import numpy as np
 
 from jcompose import cli, eval_report, parallel, sharded_map
 from jcompose.cli import InputError
-from jcompose.eval_inputs import (crop_to_mask, folder_inputs, pair_image, pair_mask, pair_rule, pair_shape,
-                                  pixel_resizes, read_image, read_mask, run_of, scan_folder, write_scores)
+from jcompose.eval_inputs import (
+    crop_to_mask,
+    folder_inputs,
+    pair_image,
+    pair_mask,
+    pair_rule,
+    pair_shape,
+    pixel_resizes,
+    read_image,
+    read_mask,
+    run_of,
+    scan_folder,
+    write_scores,
+)
 from jcompose.metrics import aesthetic, clip_score, fid, inception, ssim
 from jcompose.metrics.extractors import METRICS, build_extractors, check_config  # noqa: F401 (public here)
 

@@ -55,7 +55,7 @@ def read_checkpoint(path: str) -> tuple[int, dict]:
     """(step, saved state as host arrays) of `--checkpoint`: a step folder as it is, or a workdir's
     newest readable step (a damaged newer one is skipped with a warning naming it, as training does).
     Raises InputError naming the path when there is no readable checkpoint."""
-    from jcompose.checkpoint import CheckpointError, Checkpointer
+    from jcompose.checkpoint import Checkpointer, CheckpointError
 
     workdir, step = resolve_checkpoint(path)
     checkpointer = Checkpointer(workdir)

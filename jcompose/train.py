@@ -25,9 +25,8 @@ from configs.common import ConfigError, validate, xla_options
 from input_pipeline.pipeline import make_iterator
 from input_pipeline.stacked import StackedIterator
 from jcompose import atomic, cli, distributed, methods, parallel, run_record, storage, workdir_lock
-from jcompose.checkpoint import CheckpointMismatch, Checkpointer, CheckpointWriteError, abstract_like
-from jcompose.train_state import (init_state, make_optimizer, make_sampler, make_step,  # noqa: F401 (public)
-                                  make_train_step, num_models)
+from jcompose.checkpoint import Checkpointer, CheckpointMismatch, CheckpointWriteError, abstract_like
+from jcompose.train_state import init_state, make_optimizer, make_sampler, make_step, make_train_step, num_models  # noqa: F401 (public)
 
 
 class NonFiniteLoss(FloatingPointError):

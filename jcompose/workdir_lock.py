@@ -198,7 +198,7 @@ def acquire(workdir: str | epath.PathLike, *, lease: float = DEFAULT_LEASE_S, co
     path = epath.Path(workdir) / LOCK_NAME
     now = clock()
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
-              "started": datetime.datetime.fromtimestamp(now, datetime.timezone.utc).isoformat(timespec="seconds"),
+              "started": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(timespec="seconds"),
               "heartbeat": now, "command": list(sys.argv if command is None else command),
               "token": uuid.uuid4().hex}
     for _ in range(5):  # a few rounds: another run may take over or release between our steps

@@ -14,7 +14,6 @@ processes into OUT/2/<job>. `toy` writes what it generated to OUT/result.json.
 """
 
 import json
-import os
 import shutil
 import sys
 import time

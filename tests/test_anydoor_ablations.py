@@ -16,11 +16,11 @@ from configs.anydoor import get_config
 from input_pipeline import anydoor as anydoor_data
 from input_pipeline.anydoor_collage import COLLAGE_KINDS
 from jcompose import sweep
-from jcompose.sweeps.spec import resolved_config
 from jcompose.methods import anydoor, anydoor_id
 from jcompose.methods import anydoor_inference as inference
 from jcompose.models import tiny
 from jcompose.models.diffusers_config import ConfigError
+from jcompose.sweeps.spec import resolved_config
 
 # The hand-built record: no resize anywhere, so every pixel the transform writes is checkable.
 # Reference object: an ellipse in the 40 x 32 box [60, 100) x [64, 96) of a 240-px photo; the released 1.2x

@@ -4,10 +4,10 @@ CLIP-I / DINO x 100 protocol (jcompose/metrics/anydoor_protocol.py) on construct
 import json
 
 import cv2
+import ldm_fixtures as fx
 import numpy as np
 import pytest
 
-import ldm_fixtures as fx
 from configs.eval.anydoor import get_config
 from input_pipeline import anydoor_benchmark as bench
 from input_pipeline.records import RecordError

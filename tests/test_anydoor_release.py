@@ -18,10 +18,10 @@ import sys
 import tracemalloc
 import types
 
+import ldm_fixtures as fx
 import numpy as np
 import pytest
 
-import ldm_fixtures as fx
 from jcompose import convert
 from jcompose.metrics.torch_files import UnsafePickleError
 from jcompose.models import encoders, ldm_convert, ldm_names, loading

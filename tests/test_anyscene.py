@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from anyscene_runs import heldout_batch, heldout_errors, latest_state, run_config
+
 from configs.anyscene import get_config
 from input_pipeline import anyscene_benchmark
 from input_pipeline.sources.synthetic import write_synthetic
@@ -20,7 +20,6 @@ from jcompose import attention, methods
 from jcompose.methods import anyscene_inference
 from jcompose.methods.anyscene import AnySceneMethod
 from jcompose.tokens import token_positions
-
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ while the other runs test_anyscene.py)."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from anyscene_runs import heldout_batch, heldout_errors, latest_state, run_config
+
 from configs.anyscene import get_config
 from jcompose import methods
 from jcompose.methods.anyscene import AnySceneMethod

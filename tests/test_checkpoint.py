@@ -14,8 +14,8 @@ import pytest
 from toy_method import light_prefetch, toy_config, use_toy_method
 
 from jcompose import inference, train
+from jcompose.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch, abstract_like
 from jcompose.cli import InputError
-from jcompose.checkpoint import CheckpointError, CheckpointMismatch, Checkpointer, abstract_like
 
 
 def _tree_bytes(folder):

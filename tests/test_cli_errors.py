@@ -342,9 +342,9 @@ def test_anydoor_weights_whose_parts_do_not_fit_are_named(tmp_path, capsys):
     """A converted release whose dinov2/ was swapped for a DINOv2 of another width than the projector's input."""
     import dataclasses
 
+    import ldm_fixtures as fx
     from safetensors.numpy import save_file
 
-    import ldm_fixtures as fx
     from jcompose.models import encoders, tiny, vit
 
     save_file(fx.anydoor_state_dict(7), str(tmp_path / "anydoor_pruned.safetensors"))

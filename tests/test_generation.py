@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import cv2
+import generation_setup as setup
 import numpy as np
 import pytest
 from etils import epath
-
-import generation_setup as setup
 from fake_gcs import fake_gcs  # noqa: F401 (fixture)
 
 from jcompose import generation, generation_files

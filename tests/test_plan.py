@@ -10,7 +10,8 @@ import pytest
 
 from configs.common import load
 from jcompose import cli, methods, parallel, train
-from jcompose.plan import __main__ as plan_cli, build, flops, planner, targets
+from jcompose.plan import __main__ as plan_cli
+from jcompose.plan import build, flops, planner, targets
 
 CONFIG = "configs/denoise.py"
 GiB = 2**30

@@ -1,6 +1,5 @@
 """Training engine reliability: exact resume, SIGTERM, damaged checkpoints, data-parallel equivalence."""
 
-import os
 import re
 import shutil
 import signal
@@ -21,7 +20,7 @@ from flax.traverse_util import flatten_dict
 from configs import common
 from configs.denoise import get_config
 from jcompose import train
-from jcompose.checkpoint import CheckpointError, Checkpointer, abstract_like
+from jcompose.checkpoint import Checkpointer, CheckpointError, abstract_like
 
 REPO = Path(__file__).resolve().parents[1]
 

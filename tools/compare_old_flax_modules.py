@@ -108,10 +108,10 @@ def main():
     parser.add_argument("--full-size", action="store_true", help="also SD 1.5's UNet and VAE decoder at 512 px")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    import diffusers
+
     from jcompose.bench.weights import SD15_UNET, SD15_VAE
     from jcompose.models import tiny
-
-    import diffusers
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; diffusers {diffusers.__version__} (Flax classes)")
     print("| module | compile s jcompose | compile s diffusers | ratio | call ms jcompose | call ms diffusers | "
           "ratio | max abs diff |\n| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
     from configs import common
-    from jcompose.bench import torch_train, train as bench_train, weights
+    from jcompose.bench import torch_train, weights
+    from jcompose.bench import train as bench_train
     from jcompose.plan import planner, targets
 
     start = time.perf_counter()

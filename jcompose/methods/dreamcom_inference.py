@@ -26,8 +26,7 @@ import numpy as np
 
 from jcompose import generation
 from jcompose.cli import InputError, require_positive
-from jcompose.inference import (Loaded, read_checkpoint, read_image_file, run_config, to_uint8, trained_tree,
-                                write_image)
+from jcompose.inference import Loaded, read_checkpoint, read_image_file, run_config, to_uint8, trained_tree, write_image
 
 
 def parse_box(text: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:

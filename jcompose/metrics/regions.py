@@ -20,7 +20,6 @@ import numpy as np
 
 from jcompose.metrics import ssim as ssim_lib
 
-
 BLANK = 127.5  # mid grey: 0 in [-1, 1]
 
 

@@ -74,14 +74,14 @@ def init_conditioning_embedding(embedding: ConditioningEmbedding, rng: jax.Array
     if style == "flax":
         return params
     out = {}
-    for i, (name, conv) in enumerate(sorted(params.items())):
+    for i, (name, layer) in enumerate(sorted(params.items())):
         if name == "conv_out":
-            out[name] = conv
+            out[name] = layer
             continue
-        bound = 1.0 / math.sqrt(math.prod(conv["kernel"].shape[:3]))
+        bound = 1.0 / math.sqrt(math.prod(layer["kernel"].shape[:3]))
         k_kernel, k_bias = jax.random.split(jax.random.fold_in(rng, i))
-        out[name] = {"kernel": jax.random.uniform(k_kernel, conv["kernel"].shape, conv["kernel"].dtype, -bound, bound),
-                     "bias": jax.random.uniform(k_bias, conv["bias"].shape, conv["bias"].dtype, -bound, bound)}
+        out[name] = {"kernel": jax.random.uniform(k_kernel, layer["kernel"].shape, layer["kernel"].dtype, -bound, bound),
+                     "bias": jax.random.uniform(k_bias, layer["bias"].shape, layer["bias"].dtype, -bound, bound)}
     return out
 
 

@@ -31,8 +31,6 @@ import numpy as np
 from flax import serialization
 
 from jcompose.models import encoders, pt_layout
-from jcompose.models.files import (DIFFUSERS_FLAX_WEIGHTS, DIFFUSERS_PT_WEIGHTS, Loaded, cast_params, check_tree, find_weights,
-                                   read_msgpack, read_safetensors, reading_abstract, require_dir, zeros_of)
 from jcompose.models.controlnet import ConditioningEmbedding, ControlNetModel
 from jcompose.models.diffusers_config import (
     CONTROLNET,
@@ -44,6 +42,19 @@ from jcompose.models.diffusers_config import (
     module_kwargs,
     pytorch_config,
     read_config,
+)
+from jcompose.models.files import (
+    DIFFUSERS_FLAX_WEIGHTS,
+    DIFFUSERS_PT_WEIGHTS,
+    Loaded,
+    cast_params,
+    check_tree,
+    find_weights,
+    read_msgpack,
+    read_safetensors,
+    reading_abstract,
+    require_dir,
+    zeros_of,
 )
 
 PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")

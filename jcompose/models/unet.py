@@ -24,8 +24,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax import struct
 
-from jcompose.models.layers import (DType, Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, conv,
-                                    group_norm, timestep_embedding)
+from jcompose.models.layers import (
+    Downsample2D,
+    DType,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Upsample2D,
+    conv,
+    group_norm,
+    timestep_embedding,
+)
 from jcompose.models.transformer import Transformer2D
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jcompose.models.layers import DType, Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
+from jcompose.models.layers import Downsample2D, DType, ResnetBlock2D, Upsample2D, conv, group_norm
 
 VAE_EPS = 1e-6
 

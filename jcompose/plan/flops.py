@@ -19,7 +19,6 @@ import math
 import re
 from typing import Any
 
-
 _LOGICAL = re.compile(r"attention_q(\d+)_k(\d+)_d(\d+)")
 
 
@@ -29,7 +28,7 @@ class Count:
     attention_kernel_flops: float = 0.0
     unknown_loops: int = 0  # while loops without a static trip count (counted once)
 
-    def add(self, other: "Count", times: float = 1.0) -> None:
+    def add(self, other: Count, times: float = 1.0) -> None:
         self.flops += times * other.flops
         self.attention_kernel_flops += times * other.attention_kernel_flops
         self.unknown_loops += other.unknown_loops

@@ -16,14 +16,14 @@ import json
 import resource
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 from jax.sharding import NamedSharding
 
 from configs.common import xla_options
 from jcompose import attention_kernels, parallel, train_state
-from jcompose.plan import flops as flop_count, hlo
+from jcompose.plan import flops as flop_count
+from jcompose.plan import hlo
 
 PROGRAMS = ("train", "sample")
 

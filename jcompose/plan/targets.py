@@ -111,9 +111,9 @@ def parse(name: str, slices: int = 1) -> Target:
         platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
         return Target("local", platform, chip, jax.device_count(), "local", 1)
     if text == "cpu":
-        import jax
-
         import os
+
+        import jax
 
         host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # the host's memory stands for HBM
         return Target("cpu", "cpu", Chip("cpu", host, 0.0, 0.0, 0.0), jax.device_count("cpu"), "", 1)

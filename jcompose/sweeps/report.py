@@ -25,7 +25,7 @@ from jcompose.sweeps.trial import Layout
 def read_scalars(folder: str | Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of one scalar tag over every TensorBoard event file in `folder` (TFRecord framing:
     length, CRC, an Event protobuf, CRC; parsed as data with tensorboardX's generated protobuf classes).
-    The tag as the writer stored it: tensorboardX turns characters other than [-/\w.] into "_"
+    The tag as the writer stored it: tensorboardX turns characters other than [-/\\w.] into "_"
     ("train/loss/lr=0.0001" -> "train/loss/lr_0.0001")."""
     from tensorboardX.proto import event_pb2
 
