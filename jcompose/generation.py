@@ -146,7 +146,8 @@ def done_items(job: Job, out: epath.Path, workers: int) -> np.ndarray:
     process, processes = jax.process_index(), jax.process_count()
     mine = range(process, len(job.items), processes)
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
-        valid = list(pool.map(lambda i: is_valid_image(out / job.items[i], job.size(i), job.done_modes), mine))  # missing: False
+        valid = list(pool.map(lambda i: is_valid_image(out / job.items[i], job.size(i), job.done_modes),
+                              mine))  # missing: False
     done = np.zeros(len(job.items), np.uint8)
     done[list(mine)] = valid
     if processes > 1:

@@ -84,7 +84,7 @@ def table(out: Path, methods, targets) -> str:
             step = plan["programs"][0]
             if "memory_bytes" not in step:
                 # plans written before refusals recorded CPU seconds give the compile's wall seconds
-                seconds = (f"{step['compile_cpu_s']:.0f}" if "compile_cpu_s" in step else f"{step['compile_s']:.0f} wall")
+                seconds = (f"{step['compile_cpu_s']:.0f}" if "compile_cpu_s" in step else f"{step['compile_s']:.0f} (wall)")
                 rows.append(f"| {method} | {target} | {plan['per_chip_batch']:g}"
                             + (f" ({plan['models']} models)" if plan["models"] > 1 else "")
                             + f" | {refusal(step.get('error', ''))} | **no** | | | {seconds} | {plan['host_peak_gib']:.1f} |")
