@@ -25,6 +25,8 @@ def get_config(arg: str = ""):
         controlnet="",            # ControlNet folder; "base" = <model.base>/controlnet; "" = copy of the UNet encoder
         cond_format="inpaint",    # "inpaint": [0,1] with the area to generate at -1 (ControlNet-Inpaint); "signed"
         conditioning_scale=1.0,
+        remat=False,              # recompute F_c's and the UNet's block activations in the backward (less memory,
+                                  # ~1/3 more compute; the paper says nothing: off). v5e-8 needs it at batch 16
     )
     # Training data (input_pipeline/anyscene_sources.py): each dataset with a root and a weight > 0 is
     # used; several are mixed by weight. Paths are relative to their root unless absolute.

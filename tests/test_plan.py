@@ -153,6 +153,43 @@ def test_largest_batch_search_with_few_compiles(monkeypatch, budget):
     assert len(set(probes)) <= 5
 
 
+def test_largest_batch_remat_is_the_methods_block_remat_and_keeps_the_configured_batch(monkeypatch):
+    """AnyScene has per-block remat (`model.remat`): the search's remat variant turns that on (the whole-loss
+    checkpoint of `train.remat` would keep the peak) on a run built anew; every result also gives the
+    accumulation that keeps the configured global batch (16 on 8 chips) in micro-batches that fit."""
+    built = []
+
+    def fake_prepare(config, config_path, target, workdir):
+        built.append(config)
+        return type("Run", (), {"config": config})()
+
+    def fake_with_train(run, **train):
+        config = run.config.copy_and_resolve_references()
+        config.train.update(train)
+        return type("Run", (), {"config": config})()
+
+    def fake_reports(run, target, names, margin, hbm_bytes, log, cache_dir=None):
+        n = run.config.train.batch_size // 8
+        total = 100 + (10 if run.config.model.remat else 30) * n  # bytes per micro-batch per chip: 30, 10 remat
+        return [{"fits": total <= hbm_bytes, "memory_bytes": {"total": total}}]
+
+    monkeypatch.setattr(planner, "prepare", fake_prepare)
+    monkeypatch.setattr(build, "with_train", fake_with_train)
+    monkeypatch.setattr(planner, "compile_reports", fake_reports)
+    config = load("configs/anyscene.py:tiny")
+    config.train.batch_size = 16
+    run = type("Run", (), {"config": config})()
+    target = targets.Target("fake", "tpu", targets.TPU_CHIPS["v5e"], 8, "v5e:2x4")
+    plain, remat = planner.max_batch(run, "configs/anyscene.py", target, variants=("as configured", "remat"),
+                                     margin=0.0, hbm_bytes=135, log=lambda *_: None)
+    assert [c.model.remat for c in built] == [True] and not built[0].train.remat
+    assert plain["per_chip_batch"] == 1 and plain["overrides"] == "--config.train.batch_size=8"
+    assert plain["keeping_batch_overrides"] == "--config.train.grad_accum=2"  # 2 micro-batches of 1 per chip
+    assert remat["per_chip_batch"] == 3 and remat["overrides"] == "--config.train.batch_size=24 --config.model.remat=True"
+    assert remat["keeping_batch_overrides"] == "--config.train.grad_accum=1 --config.model.remat=True"  # 2 fit
+    assert planner.keeping_batch(12, 8, 4) is None  # no whole split of 12 over 8 chips
+
+
 @pytest.mark.slow
 def test_command_line_writes_the_plan_and_refuses_bad_input(tmp_path, capsys):
     out, cache = tmp_path / "plan", f"--cache_dir={tmp_path / 'cache'}"

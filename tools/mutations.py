@@ -240,6 +240,17 @@ MUTATIONS: tuple[Mutation, ...] = (
        "init_state(config, method, mesh, str(workdir), before_placement=make_sources)",
        "init_state(config, method, mesh, str(workdir)); make_sources()",
        "tests/test_dreamcom_prior.py -k before_the_train_state", "class images made with the train state on the devices"),
+    # ---------------------------------------------------------------- 2026-12-07: what fits v5e-8
+    _m("anyscene_remat_skips_unet", "anyscene", "jcompose/methods/anyscene.py",
+       "self.unet = self.pipe.unet.module.clone(remat=remat)", "self.unet = self.pipe.unet.module",
+       "tests/test_anyscene_memory.py", "model.remat recomputes F_c's blocks but keeps the UNet's activations"),
+    _m("plan_remat_whole_loss", "plan/planner", "jcompose/plan/planner.py",
+       'remat = {"model.remat": True} if "remat" in config.model else {"train.remat": True}',
+       'remat = {"train.remat": True}',
+       "tests/test_plan.py -k block_remat", "the search's remat variant is the whole-loss checkpoint on AnyScene"),
+    _m("plan_keeping_batch_too_big", "plan/planner", "jcompose/plan/planner.py",
+       "global_batch // (accum * chips) <= micro_per_chip:", "global_batch // (accum * chips) <= 2 * micro_per_chip:",
+       "tests/test_plan.py -k block_remat", "the configured batch kept with micro-batches larger than fit"),
     # ---------------------------------------------------------------- 2026-12-07: found by planning for H100
     _m("cudnn_odd_lengths", "attention_kernels", "jcompose/attention_kernels.py",
        "if q_len % 2 or kv_len % 2:", "if False:",

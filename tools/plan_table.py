@@ -35,31 +35,46 @@ CHIPS = {"v5e-8": 8, "v5p-8": 4, "v6e-8": 8, "h100x8": 8}
 # 1028 x 1536 bf16 projections in the deviceless H100 compile ("Couldn't find output tile sizes that satisfy
 # hlo"); with Triton GEMMs off those dots go to cuBLAS and the step compiles (2026-12-07, jax 0.10.2).
 WORKAROUNDS = {("anydoor", "h100x8"): ["--config.train.xla_options=--xla_gpu_enable_triton_gemm=false"]}
+# (method, target) -> {name: overrides}: where the paper's settings do not fit, the same global batch with
+# the memory cuts that make it fit, each its own row `<method>-<target>+<name>` under the paper's row.
+FITTING = {("anyscene", "v5e-8"): {"remat": ["--config.model.remat=True"]}}
 
 
-def command(method: str, target: str, out: Path) -> list[str]:
+def rows(method: str, target: str) -> list[tuple[str, list[str]]]:
+    """The table's rows for a method on a target: (folder name, overrides beyond the paper settings)."""
+    return [(f"{method}-{target}", []), *((f"{method}-{target}+{name}", extra)
+                                         for name, extra in FITTING.get((method, target), {}).items())]
+
+
+def command(method: str, target: str, out: Path, name: str | None = None, extra=()) -> list[str]:
     config, overrides = METHODS[method]
     return [sys.executable, "-m", "jcompose.plan", f"--config={config}", f"--target={target}", "--programs=train",
-            f"--out={out / f'{method}-{target}'}", *overrides(CHIPS[target]), *WORKAROUNDS.get((method, target), [])]
+            f"--out={out / (name or f'{method}-{target}')}", *overrides(CHIPS[target]),
+            *WORKAROUNDS.get((method, target), []), *extra]
 
 
 def run_missing(out: Path, methods, targets) -> None:
     for method in methods:
         for target in targets:
-            folder = out / f"{method}-{target}"
-            if (folder / "plan.json").is_file():
-                continue
-            argv = command(method, target, out)
-            print("+", " ".join(argv), flush=True)
-            start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            done = subprocess.run(argv, check=False)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            record = {"method": method, "target": target, "command": argv[1:], "status": done.returncode,
-                      "wall_s": time.perf_counter() - start,
-                      "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-                      "max_rss_gib": after.ru_maxrss / 2**20}
-            with open(out / "runs.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
+            for name, extra in rows(method, target):
+                _run_one(out, method, target, name, extra)
+
+
+def _run_one(out: Path, method: str, target: str, name: str, extra: list[str]) -> None:
+        folder = out / name
+        if (folder / "plan.json").is_file():
+            return
+        argv = command(method, target, out, name, extra)
+        print("+", " ".join(argv), flush=True)
+        start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run(argv, check=False)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        record = {"method": method, "target": target, "row": name, "command": argv[1:], "status": done.returncode,
+                  "wall_s": time.perf_counter() - start,
+                  "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+                  "max_rss_gib": after.ru_maxrss / 2**20}
+        with open(out / "runs.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
 
 
 def refusal(error: str) -> str:
@@ -72,33 +87,35 @@ def refusal(error: str) -> str:
 
 
 def table(out: Path, methods, targets) -> str:
-    rows = ["| method (paper settings) | target | per-chip batch | GiB per chip (of HBM) | fits | TFLOP per image "
+    lines = ["| method (paper settings) | target | per-chip batch | GiB per chip (of HBM) | fits | TFLOP per image "
             "(train step) | attention | compile CPU s | host GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for method in methods:
         for target in targets:
-            path = out / f"{method}-{target}" / "plan.json"
-            if not path.is_file():
-                rows.append(f"| {method} | {target} | not planned yet | | | | | | |")
-                continue
-            plan = json.loads(path.read_text())
-            step = plan["programs"][0]
-            if "memory_bytes" not in step:
-                # plans written before refusals recorded CPU seconds give the compile's wall seconds
-                seconds = (f"{step['compile_cpu_s']:.0f}" if "compile_cpu_s" in step else f"{step['compile_s']:.0f} (wall)")
-                rows.append(f"| {method} | {target} | {plan['per_chip_batch']:g}"
-                            + (f" ({plan['models']} models)" if plan["models"] > 1 else "")
-                            + f" | {refusal(step.get('error', ''))} | **no** | | | {seconds} | {plan['host_peak_gib']:.1f} |")
-                continue
-            kinds: dict[str, int] = {}
-            for layer in step["attention"].values():
-                kinds[layer["implementation"]] = kinds.get(layer["implementation"], 0) + layer["calls"]
-            attention = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-            rows.append(f"| {method} | {target} | {plan['per_chip_batch']:g}"
-                        + (f" ({plan['models']} models)" if plan["models"] > 1 else "")
-                        + f" | {step['memory_bytes']['total'] / 2**30:.1f} ({step['hbm_bytes'] / 2**30:.0f}) | "
-                        f"{'yes' if step['fits'] else '**no**'} | {step['flops_per_image'] / 1e12:.2f} | {attention} | "
-                        f"{step['compile_cpu_s']:.0f} | {plan['host_peak_gib']:.1f} |")
-    return "\n".join(rows)
+            for name, _ in rows(method, target):
+                lines.append(_row(out / name / "plan.json", method + name.removeprefix(f"{method}-{target}")
+                                  .replace("+", " + "), target))
+    return "\n".join(lines)
+
+
+def _row(path: Path, method: str, target: str) -> str:
+    if not path.is_file():
+        return f"| {method} | {target} | not planned yet | | | | | | |"
+    plan = json.loads(path.read_text())
+    step = plan["programs"][0]
+    batch = f"{plan['per_chip_batch']:g}" + (f" ({plan['models']} models)" if plan["models"] > 1 else "")
+    if "memory_bytes" not in step:
+        # plans written before refusals recorded CPU seconds give the compile's wall seconds
+        seconds = f"{step['compile_cpu_s']:.0f}" if "compile_cpu_s" in step else f"{step['compile_s']:.0f} (wall)"
+        return (f"| {method} | {target} | {batch} | {refusal(step.get('error', ''))} | **no** | | | {seconds} | "
+                f"{plan['host_peak_gib']:.1f} |")
+    kinds: dict[str, int] = {}
+    for layer in step["attention"].values():
+        kinds[layer["implementation"]] = kinds.get(layer["implementation"], 0) + layer["calls"]
+    attention = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    return (f"| {method} | {target} | {batch} | {step['memory_bytes']['total'] / 2**30:.1f} "
+            f"({step['hbm_bytes'] / 2**30:.0f}) | {'yes' if step['fits'] else '**no**'} | "
+            f"{step['flops_per_image'] / 1e12:.2f} | {attention} | {step['compile_cpu_s']:.0f} | "
+            f"{plan['host_peak_gib']:.1f} |")
 
 
 def main(argv=None) -> int:

@@ -112,7 +112,9 @@ class AnySceneMethod:
             params = loading.controlnet_from_unet(self.pipe.unet, rng=jax.random.PRNGKey(self.config.seed)).params
             # Own buffers: the copied encoder must not alias the frozen UNet's (the trainer donates params).
             params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
-        self.controlnet = controlnet_module(self.pipe.unet.module, params).clone(dtype=self.dtype)
+        remat = self.config.model.remat  # per-block jax.checkpoint in training (same values, less memory)
+        self.controlnet = controlnet_module(self.pipe.unet.module, params).clone(dtype=self.dtype, remat=remat)
+        self.unet = self.pipe.unet.module.clone(remat=remat)
         self.controlnet_params = params
 
     def init(self, workdir: str) -> tuple[Any, Any]:
@@ -171,8 +173,7 @@ class AnySceneMethod:
     def predict(self, params, frozen, x, t, context, cond):
         """The UNet's output with F_c's residuals: (B, 4, h, w) float32."""
         down, mid = self.residuals(params, x, t, context, cond)
-        unet = self.pipe.unet.module
-        return unet.apply({"params": frozen["unet"]}, x.astype(self.dtype), t, context,
+        return self.unet.apply({"params": frozen["unet"]}, x.astype(self.dtype), t, context,
                           down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid
                           ).sample.astype(jnp.float32)
 

@@ -87,11 +87,13 @@ def markdown(plan: dict, max_batches: list[dict] | None = None) -> str:
                     + ", ".join(r["attention_kernel_layers_in_program"]) + "."]
         out.append("")
     if max_batches:
-        out += ["## Largest per-chip batch (train step)", "", "| variant | per-chip batch | GiB per chip | one more | compiles | overrides |",
-                "|---|---|---|---|---|---|"]
+        out += ["## Largest per-chip batch (train step)", "", "| variant | per-chip batch | GiB per chip | one more | compiles | overrides | the configured batch, accumulated |",
+                "|---|---|---|---|---|---|---|"]
         out += [f"| {b['variant']} | {b['per_chip_batch']} | {_gib(b.get('memory_bytes'))} | "
                 + (f"{b['next_per_chip_batch']}: {_gib(b.get('next_memory_bytes'))}" if b.get("next_per_chip_batch") else "-")
-                + f" | {b['compiles']} | `{b.get('overrides', b.get('note', ''))}` |" for b in max_batches]
+                + f" | {b['compiles']} | `{b.get('overrides', b.get('note', ''))}` | "
+                + (f"`{b['keeping_batch_overrides']}`" if b.get("keeping_batch_overrides") else "-") + " |"
+                for b in max_batches]
         out.append("")
     return "\n".join(out)
 

@@ -18,8 +18,17 @@ from configs.common import ConfigError, validate
 from jcompose import parallel
 from jcompose.plan import build, programs, report, targets
 
-VARIANTS = {"as configured": {}, "remat": {"train.remat": True}, "fsdp": {"mesh.fsdp": -1},
-            "remat+fsdp": {"train.remat": True, "mesh.fsdp": -1}}  # -1: every chip
+VARIANTS = ("as configured", "remat", "fsdp", "remat+fsdp")
+
+
+def variant_changes(config, variant: str) -> dict:
+    """The config fields a `max_batch` variant sets (-1: every chip). Remat is the method's per-block
+    remat (`model.remat`: UNet / ControlNet blocks recomputed in the backward) where its config has one,
+    else `train.remat` (the whole loss under jax.checkpoint, which saves the activations of the loss's
+    inputs only: a step's peak still holds one block's worth of the whole forward)."""
+    remat = {"model.remat": True} if "remat" in config.model else {"train.remat": True}
+    return {"as configured": {}, "remat": remat, "fsdp": {"mesh.fsdp": -1},
+            "remat+fsdp": {**remat, "mesh.fsdp": -1}}[variant]
 
 
 def make_mesh(config, devices: list) -> jax.sharding.Mesh:
@@ -105,24 +114,36 @@ def _variant_config(config, changes: dict, chips: int):
     return config
 
 
+def keeping_batch(global_batch: int, chips: int, micro_per_chip: int) -> tuple[int, int] | None:
+    """(grad_accum, micro-batch per chip) that keeps `global_batch` with micro-batches of at most
+    `micro_per_chip` per chip (the fewest accumulation steps), or None when no whole split exists."""
+    for accum in range(1, global_batch + 1):
+        if global_batch % (accum * chips) == 0 and global_batch // (accum * chips) <= micro_per_chip:
+            return accum, global_batch // (accum * chips)
+    return None
+
+
 def max_batch(run: build.Run, config_path: str, target: targets.Target, *, variants=tuple(VARIANTS),
               margin: float = 0.05, hbm_bytes: float | None = None, workdir: str | Path = ".", limit: int = 4096,
               log=print, cache_dir: str | None = None) -> list[dict[str, Any]]:
     """The largest per-chip batch whose train step fits, per variant (remat; FSDP over every chip): the
     memory at 1 and 2 micro-batches per chip gives a line, its crossing with the budget a guess, and compiles
     at the guess and next to it settle the boundary (memory grows with the batch). Returns per variant the
-    batch, the memory there and one micro-batch above, and the overrides that run it."""
+    batch, the memory there and one micro-batch above, the overrides that run it, and the overrides that keep
+    the configured global batch by accumulating gradients over micro-batches that fit."""
     chips = target.devices_count
     step = run.config.train.grad_accum  # the per-chip batch moves in whole micro-batches
     budget = float(hbm_bytes or target.chip.hbm_bytes) * (1 - margin)
     results, seen = [], set()
     for variant in variants:
-        config = _variant_config(run.config, VARIANTS[variant], chips)
-        key = (bool(config.train.remat), config.mesh.fsdp)
+        changes = variant_changes(run.config, variant)
+        config = _variant_config(run.config, changes, chips)
+        key = (bool(config.train.remat), bool(config.model.get("remat")), config.mesh.fsdp)
         if key in seen:  # e.g. FSDP on one chip, or remat already on
             continue
         seen.add(key)
-        base = run if config.mesh.fsdp == run.config.mesh.fsdp else prepare(config, config_path, target, workdir)
+        same_build = config.mesh.fsdp == run.config.mesh.fsdp and config.model == run.config.model
+        base = run if same_build else prepare(config, config_path, target, workdir)  # a new mesh or model
         log(f"largest per-chip batch, {variant}:")
         known: dict[int, tuple[bool, float | None]] = {}
 
@@ -156,12 +177,18 @@ def max_batch(run: build.Run, config_path: str, target: targets.Target, *, varia
                 n -= 1
         else:
             n = 1
-        overrides = [f"--config.train.batch_size={n * step * chips}"] + [
-            f"--config.{f}={chips if v == -1 else v}" for f, v in VARIANTS[variant].items()]
+        changed = [f"--config.{f}={chips if v == -1 else v}" for f, v in changes.items()]
+        overrides = [f"--config.train.batch_size={n * step * chips}", *changed]
         above = known.get(n + 1)
-        results.append({"variant": variant, "per_chip_batch": n * step, "global_batch": n * step * chips,
-                        "memory_bytes": known[n][1], "next_per_chip_batch": (n + 1) * step if above else None,
-                        "next_memory_bytes": above[1] if above else None, "compiles": len(known),
-                        "overrides": " ".join(overrides)})
-        log(f"  -> per-chip batch {n * step}: {' '.join(overrides)}")
+        result = {"variant": variant, "per_chip_batch": n * step, "global_batch": n * step * chips,
+                  "memory_bytes": known[n][1], "next_per_chip_batch": (n + 1) * step if above else None,
+                  "next_memory_bytes": above[1] if above else None, "compiles": len(known),
+                  "overrides": " ".join(overrides)}
+        kept = keeping_batch(run.config.train.batch_size, chips, n)
+        if kept:  # the configured batch as micro-batches of a size that fits (its memory: at most known[n])
+            result["keeping_batch_overrides"] = " ".join([f"--config.train.grad_accum={kept[0]}", *changed])
+        results.append(result)
+        log(f"  -> per-chip batch {n * step}: {' '.join(overrides)}"
+            + (f"; the configured batch {run.config.train.batch_size}: {result['keeping_batch_overrides']}"
+               if kept else ""))
     return results
