@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcompose import attention
-from jcompose.models.loading import SchedulerConfig
+from jcompose.models.scheduler_config import SchedulerConfig
 
 Array = jax.Array
 Denoiser = Callable[[Array, Array], Array]  # (x_t (B, C, H, W), t scalar int) -> model output

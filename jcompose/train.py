@@ -26,50 +26,12 @@ from input_pipeline.pipeline import make_iterator
 from input_pipeline.stacked import StackedIterator
 from jcompose import atomic, cli, distributed, methods, parallel, run_record, storage, workdir_lock
 from jcompose.checkpoint import Checkpointer, CheckpointMismatch, CheckpointWriteError, abstract_like
+from jcompose.train_outputs import NullWriter, export_models, mean_metrics, to_host, write_grid
 from jcompose.train_state import init_state, make_optimizer, make_sampler, make_step, make_train_step, num_models  # noqa: F401 (public)
 
 
 class NonFiniteLoss(FloatingPointError):
     """The loss or the gradients became NaN/Inf."""
-
-
-def _write_grid(images: np.ndarray, path: epath.Path) -> np.ndarray:
-    """(N, H, W, 3) (or (K, N, H, W, 3): a row per model) in [-1, 1] -> uint8 tiles saved as PNG; returns
-    the grid (K*H, N*W, 3)."""
-    from PIL import Image
-
-    tiles = ((np.asarray(images) + 1) * 127.5).clip(0, 255).astype(np.uint8)
-    rows = tiles if tiles.ndim == 5 else tiles[None]
-    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        Image.fromarray(grid).save(f, format="PNG")
-    return grid
-
-
-class _NullWriter:
-    """Stands in for the TensorBoard writer on hosts other than process 0."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-def to_host(x: Any) -> np.ndarray:
-    """A replicated (or fully addressable) array as numpy, also when it spans several processes."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-
-
-def _mean_metrics(window: list[dict], model_names: list[str] | None = None) -> dict[str, float]:
-    """Per-key means of the step metrics since the last log (over models too); with several models also
-    each one's loss as `loss/<name>`."""
-    host = [{k: to_host(v) for k, v in m.items()} for m in window]
-    means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    if model_names and np.ndim(host[0]["loss"]) == 1:
-        per_model = np.mean([m["loss"] for m in host], axis=0)
-        means.update({f"loss/{name}": float(v) for name, v in zip(model_names, per_model)})
-    return means
 
 
 def check_layout(config, models: int) -> None:
@@ -88,16 +50,6 @@ def check_layout(config, models: int) -> None:
         raise ConfigError(f"config.train.batch_size = {config.train.batch_size}: must divide into {devices} devices x "
                           f"{accum} micro-batches" + (f" (or use a number of models, {models} now, that the "
                                                       f"devices divide)" if models > 1 else ""))
-
-
-def export_models(method, params, folder: epath.Path, models: int) -> None:
-    """Each trained model exported by the method to `folder/<name>` (diffusers layout for DreamCom)."""
-    names = getattr(method, "model_names", None) or [f"model_{k}" for k in range(models)]
-    for k, name in enumerate(names if models > 1 else names[:1]):
-        one = params if models == 1 else jax.tree_util.tree_map(lambda x, k=k: to_host(x)[k], params)
-        with atomic.folder(folder / name) as partial:  # a killed export leaves no half model folder
-            method.export(jax.tree_util.tree_map(to_host, one), partial)
-        print(f"exported {name} to {folder / name}", flush=True)
 
 
 def current_step(state) -> int:
@@ -225,7 +177,7 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
     train_step = jax.jit(make_step(method, tx, config, mesh), donate_argnums=(0,), out_shardings=(
         state_shardings, metric_sharding), compiler_options=xla_options(config.train.get("xla_options", "")) or None)
     sample_fn = jax.jit(make_sampler(method, mesh))
-    writer = SummaryWriter(str(workdir / "tb")) if chief else _NullWriter()
+    writer = SummaryWriter(str(workdir / "tb")) if chief else NullWriter()
     writer.add_text("config", run_record.summary(config), start)
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
@@ -264,7 +216,7 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
         images = sample_fn(state["params"], frozen, sample_batch, jax.random.PRNGKey(step))
         if not chief:
             return
-        grid = _write_grid(to_host(images), workdir / "samples" / f"step_{step:07d}.png")  # a row per model
+        grid = write_grid(to_host(images), workdir / "samples" / f"step_{step:07d}.png")  # a row per model
         writer.add_image("samples", grid, step, dataformats="HWC")
 
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
@@ -285,7 +237,7 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
             done = step + 1
             if done % config.train.log_every == 0 or done == config.train.steps:
                 check_finite(done)
-                metrics, window = _mean_metrics(window, getattr(method, "model_names", None)), []
+                metrics, window = mean_metrics(window, getattr(method, "model_names", None)), []
                 elapsed = time.perf_counter() - tick
                 metrics["img_per_s"] = (done - tick_step) * config.train.batch_size * models / max(elapsed, 1e-9)
                 metrics["lr"] = float(lr_schedule(done))
