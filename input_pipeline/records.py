@@ -50,7 +50,13 @@ def read_image(path: str | Path) -> np.ndarray:
     import cv2  # imported here so workers that never decode do not pay for it
 
     try:
-        data = np.fromfile(str(path), np.uint8) if Path(path).is_file() else None
+        if "://" in str(path):  # an object store (gs://): read through etils
+            from etils import epath
+
+            remote = epath.Path(path)
+            data = np.frombuffer(remote.read_bytes(), np.uint8) if remote.is_file() else None
+        else:
+            data = np.fromfile(str(path), np.uint8) if Path(path).is_file() else None
     except OSError as err:
         raise RecordError(path, f"image file not readable ({err})") from None
     if data is None:

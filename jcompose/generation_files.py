@@ -67,7 +67,7 @@ def image_size(path) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with epath.Path(path).open("rb") as f, Image.open(f) as image:  # a bucket's file too
             return image.size[1], image.size[0]
     except (OSError, UnidentifiedImageError) as err:
         raise InputError(f"{path}: not a readable image ({cli.message(err)})") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jcompose import run_record
+from jcompose import run_record, storage
 from jcompose.cli import InputError
 
 
@@ -36,11 +36,9 @@ def read_image_file(path: Path, what: str) -> np.ndarray:
 def resolve_checkpoint(path: str) -> tuple[Path, int]:
     """A training workdir (-> newest step) or `<workdir>/checkpoints/<step>` -> (workdir, step). A gs:// run
     (where `launch_tpu.sh` trains) is read in place: its workdir comes back as an etils path."""
-    from etils import epath
-
     from jcompose.checkpoint import Checkpointer
 
-    p = epath.Path(path) if "://" in str(path) else Path(path)
+    p = storage.as_path(path)
     if p.name.isdigit() and p.parent.name == "checkpoints" and p.is_dir():
         return p.parent.parent, int(p.name)
     if (p / "checkpoints").is_dir():

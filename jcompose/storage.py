@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import uuid
+from pathlib import Path
 
 from etils import epath
 
@@ -93,6 +94,12 @@ def check_writable(folder: epath.Path) -> None:
     probe = folder / f".write_test_{uuid.uuid4().hex}"
     probe.write_text("")
     probe.unlink()
+
+
+def as_path(path) -> epath.Path | Path:
+    """A local `pathlib.Path`, or an etils path for a URL (gs://...): pathlib folds 'gs://b/run' into the
+    local 'gs:/b/run', so a path that may be a bucket's must not go through it."""
+    return epath.Path(path) if "://" in str(path) else Path(path)
 
 
 def free_bytes(folder: epath.Path) -> int | None:

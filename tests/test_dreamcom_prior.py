@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
+from fake_gcs import fake_gcs  # noqa: F401 (fixture)
 from toy_method import ToyMethod, light_prefetch, toy_config
 
 from configs.common import ConfigError, load, validate
@@ -148,6 +150,25 @@ def test_a_users_greyscale_photo_is_kept_when_the_folder_is_completed(setup, tmp
     assert [(folder / f"{i}.jpg").read_bytes() for i in (1, 2)] == [(fresh / f"{i}.jpg").read_bytes() for i in (1, 2)]
     image = ClassImageSource(folder, 3)[0]["image"]  # read as RGB, three equal channels
     assert image.shape == (50, 70, 3) and (image[..., 0] == image[..., 2]).all()
+
+
+def test_a_bucket_workdir_keeps_its_class_images_in_the_bucket(setup, tiny_bases, fake_gcs):  # noqa: F811
+    """A pod run's workdir is a bucket (`--workdir gs://...`): the default class folder is
+    gs://.../class_images/<noun> (not a local 'gs:' folder on each host), generated there by the engine and
+    read back from there, the same pixels and boxes as a local folder made with the same settings."""
+    _, _, _, fresh = setup
+    method = methods.build(_config(tiny_bases))  # class_dir "": under the workdir
+    method.init("gs://bucket/run")
+    folder = dreamcom_prior.ensure_class_images(method, method.prior, "toy", progress=False)
+    assert str(folder) == "gs://bucket/run/class_images/toy" and not os.path.exists("gs:")
+    stored = {k.removeprefix("gs://") for k in fake_gcs.store}
+    assert {f"bucket/run/class_images/toy/{name}" for name in ("0.jpg", "1.jpg", "2.jpg", "bbox.txt")} <= stored
+    assert epath.Path("gs://bucket/run/class_images/toy/bbox.txt").read_text() == "0,0,63,63\n" * 3
+    remote, local = ClassImageSource(folder, 3), ClassImageSource(fresh, 3)
+    for i in range(3):
+        np.testing.assert_array_equal(remote[i]["image"], local[i]["image"])
+        np.testing.assert_array_equal(remote[i]["mask"], local[i]["mask"])
+    assert dreamcom_prior.ensure_class_images(method, method.prior, "toy", progress=False) == folder  # complete now
 
 
 def test_a_released_class_folder_is_used_as_it_is(tmp_path, tiny_bases, capsys):

@@ -251,6 +251,13 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("plan_keeping_batch_too_big", "plan/planner", "jcompose/plan/planner.py",
        "global_batch // (accum * chips) <= micro_per_chip:", "global_batch // (accum * chips) <= 2 * micro_per_chip:",
        "tests/test_plan.py -k block_remat", "the configured batch kept with micro-batches larger than fit"),
+    _m("prior_bucket_folder_local", "dreamcom", "jcompose/methods/dreamcom_prior.py",
+       'return storage.as_path(template.replace(NOUN, noun.replace(" ", "_")))',
+       'return Path(template.replace(NOUN, noun.replace(" ", "_")))',
+       "tests/test_dreamcom_prior.py -k bucket", "a gs:// workdir's class images written to a local 'gs:/' folder"),
+    _m("read_image_local_only", "input_pipeline", "input_pipeline/records.py",
+       'if "://" in str(path):  # an object store', 'if False:  # an object store',
+       "tests/test_dreamcom_prior.py -k bucket", "class images in a bucket not readable (image file not found)"),
     # ---------------------------------------------------------------- 2026-12-07: found by planning for H100
     _m("cudnn_odd_lengths", "attention_kernels", "jcompose/attention_kernels.py",
        "if q_len % 2 or kv_len % 2:", "if False:",

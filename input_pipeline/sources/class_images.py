@@ -6,7 +6,8 @@
 
 bcmi/DreamCom-Image-Composition's `train.py --with_prior_preservation` reads this layout
 (reference/dreamcom.md A.3), so a class folder made for the released code is used as it is. A right or
-bottom edge equal to the width or height (an exclusive bound) is read as the image's edge.
+bottom edge equal to the width or height (an exclusive bound) is read as the image's edge. The folder
+may be a bucket's (gs://...), where a pod run's default class folder (under its workdir) lives.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from input_pipeline.records import RecordError, read_image
-from jcompose import imaging
+from jcompose import imaging, storage
 
 BBOX_FILE = "bbox.txt"
 FORM = "'x1,y1,x2,y2' (four integers, inclusive pixel bounds; line i + 1 is the box of <i>.jpg)"
@@ -23,7 +24,7 @@ FORM = "'x1,y1,x2,y2' (four integers, inclusive pixel bounds; line i + 1 is the 
 def parse_class_bbox_file(path: str | Path) -> list[tuple[int, int, int, int]]:
     """bbox.txt -> [(x1, y1, x2, y2)] as written (inclusive), line i for <i>.jpg; trailing blank lines are
     ignored. RecordError naming the file and the line for a missing file or a line of another form."""
-    path = Path(path)
+    path = storage.as_path(path)
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
@@ -52,7 +53,7 @@ def format_class_bbox_file(boxes) -> str:
 def missing_class_images(folder: str | Path, count: int) -> list[int]:
     """Indices i < `count` whose <i>.jpg is missing, plus every i past the lines of bbox.txt (all of them
     when it is absent): what a folder lacks to serve `count` class images."""
-    folder = Path(folder)
+    folder = storage.as_path(folder)
     lines = len(parse_class_bbox_file(folder / BBOX_FILE)) if (folder / BBOX_FILE).is_file() else 0
     return [i for i in range(count) if i >= lines or not (folder / f"{i}.jpg").is_file()]
 
@@ -65,7 +66,7 @@ class ClassImageSource:
     an image that does not decode or a box outside its image is a bad record (skipped and counted)."""
 
     def __init__(self, folder: str | Path, count: int):
-        self.root = Path(folder)
+        self.root = storage.as_path(folder)  # a bucket's (gs://) too
         boxes = parse_class_bbox_file(self.root / BBOX_FILE)
         if len(boxes) < count:
             raise RecordError(self.root / BBOX_FILE, f"has {len(boxes)} lines, {count} class images are needed "

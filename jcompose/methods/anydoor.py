@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from input_pipeline import anydoor as anydoor_data
 from input_pipeline import anydoor_collage
-from jcompose import diffusion, lora
+from jcompose import diffusion, lora, storage
 from jcompose.methods import anydoor_id
 from jcompose.methods.anydoor_id import write_tiny_dinov2  # noqa: F401 (its old home; bench imports it here)
 from jcompose.methods.base import base_folder as base_model_folder
@@ -172,7 +172,7 @@ class AnyDoorMethod:
     def init(self, workdir: str) -> tuple[Any, Any]:
         """Loads the models and builds (params, frozen) as the module doc lists them; the projector's init is
         seeded (config.seed + 7), so a run with `train_projector` False rebuilds the same one."""
-        self.workdir = Path(workdir)
+        self.workdir = storage.as_path(workdir)  # gs:// stays a bucket path
         self.load_models(self.base_folder(workdir), self.id_encoder_folder(workdir))
         encoder, decoder = split_unet(self.pipe.unet.params)
         params = {"extractor": self.init_extractor(self.pipe.unet.params, jax.random.PRNGKey(self.config.seed))}

@@ -33,7 +33,7 @@ import numpy as np
 
 from input_pipeline import anyscene as anyscene_data
 from input_pipeline.anyscene_sources import make_anyscene_source
-from jcompose import attention, diffusion, losses
+from jcompose import attention, diffusion, losses, storage
 from jcompose.methods.base import base_folder as base_model_folder
 from jcompose.models import loading
 
@@ -118,7 +118,7 @@ class AnySceneMethod:
         self.controlnet_params = params
 
     def init(self, workdir: str) -> tuple[Any, Any]:
-        self.workdir = Path(workdir)
+        self.workdir = storage.as_path(workdir)  # gs:// stays a bucket path
         self.load_models(self._base_folder(workdir))
         frozen = {"unet": self.pipe.unet.params, "vae": self.pipe.vae.params,
                   "text_encoder": self.pipe.text_encoder.params}

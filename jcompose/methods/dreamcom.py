@@ -36,7 +36,7 @@ import numpy as np
 
 from input_pipeline import dreamcom as dreamcom_data
 from input_pipeline import dreamcom_objects, dreamcom_prior
-from jcompose import attention, diffusion, lora
+from jcompose import attention, diffusion, lora, storage
 from jcompose.methods import dreamcom_prior as prior_preservation
 from jcompose.methods.base import base_folder as base_model_folder
 from jcompose.models import loading, lora_files
@@ -158,7 +158,7 @@ class DreamComMethod:
         self.schedule = diffusion.make_schedule(self.pipe.scheduler)
 
     def init(self, workdir: str) -> tuple[Any, Any]:
-        self.workdir = Path(workdir)
+        self.workdir = storage.as_path(workdir)  # gs:// stays a bucket path
         self.load_models(self.base_folder(workdir))
         unet = self.pipe.unet.params
         params = {"unet_lora": lora.init(unet, self.lora, jax.random.PRNGKey(self.config.seed))} if self.lora else {

@@ -29,6 +29,7 @@ import numpy as np
 from configs.common import ConfigError
 from input_pipeline.dreamcom_prior import CLASS_PREFIX
 from input_pipeline.sources import class_images
+from jcompose import storage
 
 JPEG_QUALITY = 95
 NOUN = "{noun}"
@@ -59,8 +60,8 @@ def spec_from_config(config) -> PriorSpec | None:
 def class_folder(spec: PriorSpec, noun: str, workdir) -> Path:
     """The class folder of an object of class `noun`: `class_dir` with {noun} filled in ("" = the run's
     `class_images/{noun}`; spaces in the noun become '_')."""
-    template = spec.class_dir or str(Path(workdir) / "class_images" / NOUN)
-    return Path(template.replace(NOUN, noun.replace(" ", "_")))
+    template = spec.class_dir or f"{workdir}/class_images/{NOUN}"
+    return storage.as_path(template.replace(NOUN, noun.replace(" ", "_")))  # a bucket's (gs://) too
 
 
 def check_shared_folders(spec: PriorSpec, nouns: list[str], workdir) -> None:
