@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcompose.models.clip import Block, EncoderOutput, activation, attend, check_common, parse_config
 from jcompose.models.diffusers_config import ConfigError
+from jcompose.models.encoder_parts import Block, EncoderOutput, activation, attend, check_common, parse_config
 
 _PYTORCH_CUBIC_A = -0.75
 INTERPOLATIONS = ("transformers", "dinov2_hub")
