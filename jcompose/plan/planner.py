@@ -24,8 +24,8 @@ VARIANTS = ("as configured", "remat", "fsdp", "remat+fsdp")
 def variant_changes(config, variant: str) -> dict:
     """The config fields a `max_batch` variant sets (-1: every chip). Remat is the method's per-block
     remat (`model.remat`: UNet / ControlNet blocks recomputed in the backward) where its config has one,
-    else `train.remat` (the whole loss under jax.checkpoint, which saves the activations of the loss's
-    inputs only: a step's peak still holds one block's worth of the whole forward)."""
+    else `train.remat` (the whole loss under one jax.checkpoint: the backward reruns the forward and then
+    holds all of its activations at once, so the step's peak barely moves)."""
     remat = {"model.remat": True} if "remat" in config.model else {"train.remat": True}
     return {"as configured": {}, "remat": remat, "fsdp": {"mesh.fsdp": -1},
             "remat+fsdp": {**remat, "mesh.fsdp": -1}}[variant]
