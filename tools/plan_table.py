@@ -83,7 +83,7 @@ def refusal(error: str) -> str:
     had ("... HLO temporaries (19.12G) exceeds available HBM (15.75G)"); other errors are shortened."""
     found = re.search(r"temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", error)
     if found:
-        return f"refused: > {float(found[1]):.1f} ({float(found[2]):.0f}), activations alone"
+        return f"refused: HLO temporaries {float(found[1]):.1f} > {float(found[2]):.1f} available"
     return "refused: " + error[:80]
 
 
