@@ -258,6 +258,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("read_image_local_only", "input_pipeline", "input_pipeline/records.py",
        'if "://" in str(path):  # an object store', 'if False:  # an object store',
        "tests/test_dreamcom_prior.py -k bucket", "class images in a bucket not readable (image file not found)"),
+    _m("anydoor_lora_ignored", "methods/anydoor", "jcompose/methods/anydoor.py",
+       'return lora.merge(frozen["unet_decoder"], params["unet_decoder_lora"], self.lora.scale)',
+       'return frozen["unet_decoder"]',
+       "tests/test_anydoor_run.py -k lora", "a LoRA run composed with the base decoder, its adapters dropped"),
     # ---------------------------------------------------------------- 2026-12-07: found by planning for H100
     _m("cudnn_odd_lengths", "attention_kernels", "jcompose/attention_kernels.py",
        "if q_len % 2 or kv_len % 2:", "if False:",
