@@ -272,7 +272,7 @@ def _train(config, workdir: epath.Path, method) -> dict[str, Any]:
         else:
             if config.train.sample_every >= 0 and (config.train.steps > start or not (workdir / "samples").exists()):
                 write_samples(config.train.steps)
-            if chief and config.train.get("export", False) and hasattr(method, "export"):
+            if chief and config.train.get("export", False):  # methods.build refused it where there is no export
                 export_models(method, state["params"], workdir / "export", models)
         finished = True
     except OSError as err:  # a full or read-only disk met by a log, metrics.json or a sample grid

@@ -1,5 +1,6 @@
 """AnyDoor's configs (configs/anydoor.py): the released settings and the paper variant (what differs,
-by field), the registration, and the bases the method refuses, each named by its file and field.
+by field), the registration, the bases the method refuses, each named by its file and field, and an export
+it cannot make (AnyScene's too).
 """
 
 from pathlib import Path
@@ -65,3 +66,19 @@ def test_a_base_that_is_not_sd2_is_refused_by_file(tmp_path):
     scheduler.write_text(json.dumps({**json.loads(scheduler.read_text()), "prediction_type": "v_prediction"}))
     with pytest.raises(ConfigError, match=r"scheduler_config.json: prediction_type = 'v_prediction'"):
         method.load_models(v_base, Path(workdir) / "dinov2")
+
+
+@pytest.mark.parametrize("spec", ["configs/anydoor.py:tiny", "configs/anyscene.py:tiny"])
+def test_an_export_a_method_cannot_make_is_refused(spec):
+    """AnyDoor and AnyScene have no export (their checkpoints are the models): `train.export=True` is refused
+    when the method is built, before anything trains, not skipped at the end without a word."""
+    from configs.common import ConfigError as ConfigFieldError
+    from configs.common import load
+    from jcompose import methods
+
+    config = load(spec)
+    config.train.export = True
+    with pytest.raises(ConfigFieldError, match=r"config.train.export = True: any\w+ has no export"):
+        methods.build(config)
+    config.train.export = False
+    methods.build(config)

@@ -262,6 +262,9 @@ MUTATIONS: tuple[Mutation, ...] = (
        'return lora.merge(frozen["unet_decoder"], params["unet_decoder_lora"], self.lora.scale)',
        'return frozen["unet_decoder"]',
        "tests/test_anydoor_run.py -k lora", "a LoRA run composed with the base decoder, its adapters dropped"),
+    _m("export_unasked_skip", "methods", "jcompose/methods/__init__.py",
+       "    _check_export(config, method)\n", "",
+       "tests/test_anydoor_config.py -k export", "train.export on a method without export skipped silently"),
     # ---------------------------------------------------------------- 2026-12-07: found by planning for H100
     _m("cudnn_odd_lengths", "attention_kernels", "jcompose/attention_kernels.py",
        "if q_len % 2 or kv_len % 2:", "if False:",

@@ -23,7 +23,18 @@ def build(config) -> Method:
     attention_kernels.set_implementation(config.model.get("attention", "auto"))
     method = getattr(importlib.import_module(module), cls)(config)
     _check_lora(config, method)
+    _check_export(config, method)
     return method
+
+
+def _check_export(config, method) -> None:
+    """`train.export` needs a method that exports (`export`), else ConfigError: a run must not end without
+    the export it was asked for and without a word."""
+    from configs.common import ConfigError
+
+    if config.train.get("export", False) and not hasattr(method, "export"):
+        raise ConfigError(f"config.train.export = True: {config.method} has no export (its checkpoint is the "
+                          "trained model: compose and evaluate read the run folder); set config.train.export = False")
 
 
 def _check_lora(config, method) -> None:
