@@ -9,7 +9,10 @@ own loaders are strict, so a layout mistake here fails the oracle side of a test
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
+import pytest
 
 # Tiny SD 2.1-base-like sizes: the same as jcompose.models.tiny's sd21-base UNet / VAE (LDM spelling).
 UNET = dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(0, 1), context_dim=64,
@@ -215,3 +218,22 @@ def sd_state_dict(seed: int = 0, text_tensors: int = 3) -> dict[str, np.ndarray]
                              seed + 5, "cond_stage_model."))
     sd["betas"] = sd_betas().astype(np.float32)
     return sd
+
+
+# ----------------------------------------------------------------------------- .ckpt files (torch)
+
+
+def torch_or_skip():
+    torch = pytest.importorskip("torch", reason="writing .ckpt fixtures needs torch (the parity extra)")
+    torch.set_num_threads(2)
+    return torch
+
+
+def save_ckpt(path, state, extra=None, zipped=True):
+    """A Lightning-style checkpoint: state_dict next to an optimizer state and Lightning's bookkeeping."""
+    torch = torch_or_skip()
+    ckpt = {"state_dict": collections.OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v)))
+                                                  for k, v in state.items()),
+            "epoch": 1, "global_step": 8687, "pytorch-lightning_version": "1.5.0", **(extra or {})}
+    torch.save(ckpt, path, _use_new_zipfile_serialization=zipped)
+    return path
