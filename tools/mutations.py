@@ -265,6 +265,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("export_unasked_skip", "methods", "jcompose/methods/__init__.py",
        "    _check_export(config, method)\n", "",
        "tests/test_anydoor_config.py -k export", "train.export on a method without export skipped silently"),
+    _m("grad_accum_contiguous_micro", "train_state", "jcompose/train_state.py",
+       "x.reshape((-1, accum) + x.shape[1:]).swapaxes(0, 1)", "x.reshape((accum, -1) + x.shape[1:])",
+       "tests/test_train.py -k data_parallel_and_fsdp", "micro-batches that lie on half the devices: the batch gathered"),
     # ---------------------------------------------------------------- 2026-12-07: found by planning for H100
     _m("cudnn_odd_lengths", "attention_kernels", "jcompose/attention_kernels.py",
        "if q_len % 2 or kv_len % 2:", "if False:",
