@@ -37,8 +37,8 @@ CHIPS = {"v5e-8": 8, "v5p-8": 4, "v6e-8": 8, "h100x8": 8}
 WORKAROUNDS = {("anydoor", "h100x8"): ["--config.train.xla_options=--xla_gpu_enable_triton_gemm=false"]}
 # (method, target) -> {name: overrides}: where the paper's settings do not fit, the same global batch with
 # the memory cuts that make it fit, each its own row `<method>-<target>+<name>` under the paper's row.
-# AnyDoor's state alone (15.5 GiB per chip) needs FSDP on v5e; planning that step took more than this 24 GiB
-# machine (OOM-killed at 23.1 GiB host after 19 min, 2026-12-07): the row stays unplanned here.
+# AnyDoor's state alone (15.5 GiB per chip) needs FSDP on v5e. Planning the FSDP steps (AnyDoor; AnyScene with
+# remat) took more than this 24 GiB machine: OOM-killed at 23.1 GiB host after 19 and 21 min (2026-12-07).
 # AnyScene + remat on v5e: 8.05 GiB of state and 7.4 GiB of temporaries that barely depend on the batch (2
 # micro-batches: 7.7), so only FSDP brings it under 15.2 GiB.
 FITTING = {("anyscene", "v5e-8"): {"remat": ["--config.model.remat=True"],
