@@ -26,7 +26,7 @@ def get_config(arg: str = ""):
         cond_format="inpaint",    # "inpaint": [0,1] with the area to generate at -1 (ControlNet-Inpaint); "signed"
         conditioning_scale=1.0,
         remat=False,              # recompute F_c's and the UNet's block activations in the backward (less memory,
-                                  # ~1/3 more compute; the paper says nothing: off). v5e-8 needs it at batch 16
+                                  # ~1/3 more compute; the paper says nothing: off). v5e-8 at batch 16: with FSDP
     )
     # Training data (input_pipeline/anyscene_sources.py): each dataset with a root and a weight > 0 is
     # used; several are mixed by weight. Paths are relative to their root unless absolute.
