@@ -36,7 +36,7 @@ CHIPS = {"v5e-8": 8, "v5p-8": 4, "v6e-8": 8, "h100x8": 8}
 # hlo"); with Triton GEMMs off those dots go to cuBLAS and the step compiles (2026-12-07, jax 0.10.2).
 WORKAROUNDS = {("anydoor", "h100x8"): ["--config.train.xla_options=--xla_gpu_enable_triton_gemm=false"]}
 # (method, target) -> {name: overrides}: where the paper's settings do not fit, the same global batch with
-# the memory cuts that make it fit, each its own row `<method>-<target>+<name>` under the paper's row.
+# memory cuts tried in turn, each its own row `<method>-<target>+<name>` under the paper's row.
 # AnyDoor's state alone (15.5 GiB per chip) needs FSDP on v5e. Planning the FSDP steps (AnyDoor; AnyScene with
 # remat) took more than this 24 GiB machine: OOM-killed at 23.1 GiB host after 19 and 21 min (2026-12-07).
 # AnyScene + remat on v5e: 8.05 GiB of state and 7.4 GiB of temporaries that barely depend on the batch (2
@@ -68,20 +68,20 @@ def run_missing(out: Path, methods, targets) -> None:
 
 
 def _run_one(out: Path, method: str, target: str, name: str, extra: list[str]) -> None:
-        folder = out / name
-        if (folder / "plan.json").is_file():
-            return
-        argv = command(method, target, out, name, extra)
-        print("+", " ".join(argv), flush=True)
-        start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        done = subprocess.run(argv, check=False)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        record = {"method": method, "target": target, "row": name, "command": argv[1:], "status": done.returncode,
-                  "wall_s": time.perf_counter() - start,
-                  "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-                  "max_rss_gib": after.ru_maxrss / 2**20}
-        with open(out / "runs.jsonl", "a") as log:
-            log.write(json.dumps(record) + "\n")
+    folder = out / name
+    if (folder / "plan.json").is_file():
+        return
+    argv = command(method, target, out, name, extra)
+    print("+", " ".join(argv), flush=True)
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(argv, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    record = {"method": method, "target": target, "row": name, "command": argv[1:], "status": done.returncode,
+              "wall_s": time.perf_counter() - start,
+              "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+              "max_rss_gib": after.ru_maxrss / 2**20}
+    with open(out / "runs.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
 
 
 def refusal(error: str) -> str:
