@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
+from jax.sharding import PartitionSpec as P
 
 from jcompose import cli, parallel, sharded_map
 from jcompose.cli import InputError
@@ -310,19 +311,30 @@ _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compiled_step(job: Job, mesh):
-    """The jitted step of `job` on `mesh`, kept with the job: generating again (a resume in the same process,
-    another mesh) reuses its trace and programs."""
+    """The jitted step of `job` on `mesh`, kept with the job: generating again (a resume in the same process)
+    reuses its trace and programs."""
     steps = _STEPS.setdefault(job, {})
-    if mesh not in steps:
-        sample, key = job.sample, job.key  # not `job`: the cache must not keep its key alive
-
-        def step(params, batch, index):
-            return to_uint8(sample(params, batch, jax.vmap(key)(index)))
-
-        step = steps.get("step", step)  # one Python function per job: its jaxpr is traced once
-        steps["step"] = step
-        steps[mesh] = jax.jit(step, out_shardings=parallel.batch_sharding(mesh))
+    if mesh not in steps:  # not `job` in the closure: the cache must not keep its key alive
+        steps[mesh] = jax.jit(step_function(job.sample, job.key, mesh), out_shardings=parallel.batch_sharding(mesh))
     return steps[mesh]
+
+
+def step_function(sample: Callable, key: Callable, mesh=None) -> Callable:
+    """What every batch of a job runs (jitted by `compiled_step`; `jcompose.plan` compiles it for a target):
+    (params, batch of stacked inputs (B, ...), item indices int32 (B,)) -> uint8 images (B, h, w, 3).
+
+    On a mesh of several devices each device samples its own rows (`shard_map` over the batch axes, the
+    params replicated): inside, an item's sampler sees its own small batch (e.g. 2 rows with CFG) on one
+    device, so the fused attention kernels run per device (under XLA's partitioning of the vmapped items a
+    TPU's Pallas kernel saw that per-item batch, which does not divide over the devices, and fell back to
+    XLA attention)."""
+    def local(params, batch, index):
+        return to_uint8(sample(params, batch, jax.vmap(key)(index)))
+
+    if mesh is None or mesh.size == 1:
+        return local
+    rows = P(parallel.BATCH_AXES)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows), out_specs=rows, check_vma=False)
 
 
 def _replicate(tree: Any, mesh, on_mesh: dict) -> Any:

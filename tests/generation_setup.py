@@ -32,7 +32,8 @@ def models(root: Path) -> dict:
     return json.loads((root / "models.json").read_text())
 
 
-def _configs(root: Path) -> dict:
+def method_configs(root: Path) -> dict:
+    """{method: the tiny config its job is built with} (the model folders of `write_inputs`)."""
     from configs.anydoor import get_config as anydoor_config
     from configs.anyscene import get_config as anyscene_config
     from configs.dreamcom import get_config as dreamcom_config
@@ -61,7 +62,7 @@ def write_inputs(root: Path, bases: dict, dinov2: Path) -> None:
                              str(coco / "annotations/instances.json"), "--captions_json",
                              str(coco / "annotations/captions.json"), "--num", "5", "--size", str(SIZE),
                              "--out", str(root / "anyscene_bench")])
-    dreamcom_objects.murecom_root(_configs(root)["dreamcom"].data, root / "dreamcom")
+    dreamcom_objects.murecom_root(method_configs(root)["dreamcom"].data, root / "dreamcom")
     # AnyDoor: 2 RGBA objects x 3 backgrounds of two sizes, each with a target box.
     rng = np.random.default_rng(7)
     bench = root / "anydoor_bench"
@@ -135,7 +136,7 @@ def jobs(root: Path, only=None) -> dict:
     from jcompose.methods.anyscene import AnySceneMethod
     from jcompose.methods.dreamcom import DreamComMethod
 
-    configs, out = _configs(root), {}
+    configs, out = method_configs(root), {}
     if only in (None, "anyscene"):
         method = AnySceneMethod(configs["anyscene"])
         method.load_models(configs["anyscene"].model.base)

@@ -45,6 +45,10 @@ def test_attention_kernel_flops_count_the_unpadded_sizes():
     assert forward.attention_kernel_flops == forward.flops == 4 * b * h * nq * nk * d
     both = flops.count(_jaxpr(jax.value_and_grad(attend, argnums=(0, 1)), q, k))
     assert both.attention_kernel_flops == 3 * 4 * b * h * nq * nk * d
+    # Vmapped (a benchmark job's items, each sampled as a single compose): the kernel gets a leading axis.
+    items = 5
+    batched = flops.count(_jaxpr(jax.vmap(attend), jnp.ones((items, *q.shape)), jnp.ones((items, *k.shape))))
+    assert batched.attention_kernel_flops == items * 4 * b * h * nq * nk * d
 
 
 def test_compiled_program_counts_loop_bodies_by_trip_count():

@@ -244,4 +244,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("cublas_uncounted", "plan/hlo", "jcompose/plan/hlo.py",
        'if target.startswith("__cublas$"):', 'if target.startswith("__cublas_never$"):',
        "tests/test_plan_counting.py", "cuBLAS GEMM custom calls left out of the compiled program's FLOPs"),
+    # ---------------------------------------------------------------- 2026-12-07: found by planning generation
+    _m("generation_items_not_per_device", "generation", "jcompose/generation.py",
+       "    if mesh is None or mesh.size == 1:\n        return local", "    if True:\n        return local",
+       "tests/test_plan_generate.py", "a job's items left to XLA's partitioning: the TPU attention kernel unused"),
+    _m("vmapped_kernel_heads_uncounted", "plan/flops", "jcompose/plan/flops.py",
+       "return 4.0 * math.prod(q[:-2]) * q_len * kv_len * dim", "return 4.0 * q[0] * q[1] * q_len * kv_len * dim",
+       "tests/test_plan_counting.py -k attention", "a vmapped Pallas kernel's FLOPs counted without its heads"),
 )

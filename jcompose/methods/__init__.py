@@ -12,6 +12,14 @@ METHODS = {
     "dreamcom": ("jcompose.methods.dreamcom", "DreamComMethod"),
     "anydoor": ("jcompose.methods.anydoor", "AnyDoorMethod"),
 }
+# config.method -> the module of its benchmark-generation job (`compose <method> --benchmark`), whose
+# `plan_sampler(method)` gives (the job's `sample` at compose's defaults, the names of an item's inputs: fields
+# of the training example, of the same shapes). Kept apart from METHODS: training never imports them.
+GENERATION = {
+    "anyscene": "jcompose.methods.anyscene_generation",
+    "dreamcom": "jcompose.methods.dreamcom_generation",
+    "anydoor": "jcompose.methods.anydoor_generation",
+}
 
 
 def build(config) -> Method:
@@ -25,6 +33,13 @@ def build(config) -> Method:
     _check_lora(config, method)
     _check_export(config, method)
     return method
+
+
+def benchmark_sampler(config, method):
+    """(sample, input names) of the method's benchmark-generation job (GENERATION), or None: it has none."""
+    if config.method not in GENERATION:
+        return None
+    return importlib.import_module(GENERATION[config.method]).plan_sampler(method)
 
 
 def _check_export(config, method) -> None:

@@ -15,23 +15,13 @@ import jax
 
 from jcompose import generation, generation_files
 
+MODEL_INPUTS = ("reference", "collage")  # what `sample` reads of an item (names of the training example's)
 
-def benchmark_job(method, params, frozen, pairs: list[dict], *, seed: int, steps: int, guidance: float,
-                  shape_control: bool, paste: str, settings: dict) -> generation.Job:
-    """The job of `pairs` (`anydoor_benchmark.read_benchmark`) for a loaded AnyDoor method."""
-    from jcompose.methods import anydoor_inference as inference
 
-    sc = method.config.sample
-    transform = inference.inference_transform(method, shape_control)
+def make_sample(method, *, steps: int, guidance: float):
+    """The job's `sample`: ((params, frozen), inputs (B, ...), keys (B, 2)) -> images (B, H, W, 3) in [-1, 1],
+    each item as a single compose with its key (its initial noise drawn from the key)."""
     size = method.config.data.image_size
-
-    def read(k: int):
-        pair = pairs[k]
-        obj = inference.read_object(str(pair["reference"]), None, str(pair["mask"]))
-        background = inference.read_rgb(pair["background"], "background")
-        inference.check_object(obj, background.shape, str(pair["background"]))
-        example = inference.prepare_example(transform, obj, background, seed + k)
-        return {"reference": example["reference"], "collage": example["collage"]}, (background, example)
 
     def sample(trees, batch, keys):
         params, frozen = trees
@@ -43,6 +33,31 @@ def benchmark_job(method, params, frozen, pairs: list[dict], *, seed: int, steps
                                  noise=noise)[0]
 
         return jax.vmap(one)(batch, keys)
+
+    return sample
+
+
+def plan_sampler(method):
+    """(`make_sample` at the config's steps and guidance, MODEL_INPUTS): the program `jcompose.plan` compiles."""
+    return make_sample(method, steps=int(method.config.sample.steps),
+                       guidance=float(method.config.sample.guidance_scale)), MODEL_INPUTS
+
+
+def benchmark_job(method, params, frozen, pairs: list[dict], *, seed: int, steps: int, guidance: float,
+                  shape_control: bool, paste: str, settings: dict) -> generation.Job:
+    """The job of `pairs` (`anydoor_benchmark.read_benchmark`) for a loaded AnyDoor method."""
+    from jcompose.methods import anydoor_inference as inference
+
+    sc = method.config.sample
+    transform = inference.inference_transform(method, shape_control)
+
+    def read(k: int):
+        pair = pairs[k]
+        obj = inference.read_object(str(pair["reference"]), None, str(pair["mask"]))
+        background = inference.read_rgb(pair["background"], "background")
+        inference.check_object(obj, background.shape, str(pair["background"]))
+        example = inference.prepare_example(transform, obj, background, seed + k)
+        return {name: example[name] for name in MODEL_INPUTS}, (background, example)
 
     def write(generated, context):
         background, example = context
@@ -60,7 +75,7 @@ def benchmark_job(method, params, frozen, pairs: list[dict], *, seed: int, steps
                                           "margin")}}
     return generation.Job(
         items=[f"{p['concept']}/{Path(p['background']).stem.removesuffix('_GT')}.png" for p in pairs],
-        read=read, sample=sample, key=lambda k: jax.random.PRNGKey(seed + k), write=write,
+        read=read, sample=make_sample(method, steps=steps, guidance=guidance), key=lambda k: jax.random.PRNGKey(seed + k), write=write,
         size=lambda k: generation_files.image_size(pairs[k]["background"]), entry=entry,
         settings={"method": "anydoor", **variant, "steps": steps, "guidance": guidance,
                   "shape_control": bool(shape_control), "paste": paste, "seed": seed, **settings},

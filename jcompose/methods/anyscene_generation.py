@@ -64,16 +64,14 @@ class Benchmark:
         return generation_files.image_size(self.files(i)[0])
 
 
-def benchmark_job(method, params, frozen, bench: Benchmark, *, seed: int, steps: int, guidance: float, blend: str,
-                  settings: dict) -> generation.Job:
-    """The job of `bench` for a loaded AnyScene method (`load_anyscene`): images blended as `blend` says."""
+MODEL_INPUTS = ("foreground", "mask", "input_ids")  # what `sample` reads of an item (training example names)
+STEPS, GUIDANCE, BLEND = 25, 7.5, "poisson"  # `compose anyscene`'s defaults
+
+
+def make_sample(method, *, steps: int, guidance: float, blend: str):
+    """The job's `sample`: ((params, frozen), inputs (B, ...), keys (B, 2)) -> images (B, H, W, 3) in [-1, 1],
+    each item sampled as a single compose with its key, then blended back as `blend` says."""
     from jcompose.methods.anyscene_inference import blend_images
-
-    input_ids = method.tokenize([bench.prompts[n] for n in bench.names])
-
-    def read(i: int):
-        composite, mask = bench.read_pair(i)
-        return {"foreground": composite, "mask": mask, "input_ids": input_ids[i]}, None
 
     def sample(trees, batch, keys):
         params, frozen = trees
@@ -85,8 +83,26 @@ def benchmark_job(method, params, frozen, bench: Benchmark, *, seed: int, steps:
         images = jax.vmap(one)(batch, keys)
         return blend_images(blend, batch["foreground"], images, batch["mask"], method.config.sample.blend_erode)
 
+    return sample
+
+
+def plan_sampler(method):
+    """(`make_sample` at `compose anyscene`'s defaults, MODEL_INPUTS): the program `jcompose.plan` compiles."""
+    return make_sample(method, steps=STEPS, guidance=GUIDANCE, blend=BLEND), MODEL_INPUTS
+
+
+def benchmark_job(method, params, frozen, bench: Benchmark, *, seed: int, steps: int, guidance: float, blend: str,
+                  settings: dict) -> generation.Job:
+    """The job of `bench` for a loaded AnyScene method (`load_anyscene`): images blended as `blend` says."""
+    input_ids = method.tokenize([bench.prompts[n] for n in bench.names])
+
+    def read(i: int):
+        composite, mask = bench.read_pair(i)
+        return {"foreground": composite, "mask": mask, "input_ids": input_ids[i]}, None
+
     return generation.Job(
-        items=[f"{n}.png" for n in bench.names], read=read, sample=sample,
+        items=[f"{n}.png" for n in bench.names], read=read,
+        sample=make_sample(method, steps=steps, guidance=guidance, blend=blend),
         key=lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i), write=lambda image, _: image,
         size=bench.output_size, entry=bench.entry,
         settings={"method": "anyscene", "benchmark": str(bench.root), "seed": seed, "steps": steps,

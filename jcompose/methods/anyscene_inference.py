@@ -232,6 +232,8 @@ def compose_anyscene(args) -> dict:
 
 def add_parser(sub) -> None:
     """Registers `anyscene` on the compose command line's subparsers."""
+    from jcompose.methods import anyscene_generation as defaults  # the benchmark job's defaults are the command's
+
     p = sub.add_parser("anyscene", help="generate a scene around composited foregrounds (AnyScene)")
     p.set_defaults(run=compose_anyscene)
     p.add_argument("--base", default="", help="SD 1.5 base-model folder (diffusers layout; default: the run's)")
@@ -243,9 +245,9 @@ def add_parser(sub) -> None:
                    "generate every pair into the --out folder instead")
     p.add_argument("--words", default="", help="comma-separated prompt words for layout control, e.g. 'dog,cat'")
     p.add_argument("--no-layout", dest="layout", action="store_false", help="no layout control even with --words")
-    p.add_argument("--blend", default="poisson", help="poisson (default), paste or none")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--blend", default=defaults.BLEND, help=f"poisson, paste or none (default {defaults.BLEND})")
+    p.add_argument("--steps", type=int, default=defaults.STEPS)
+    p.add_argument("--guidance", type=float, default=defaults.GUIDANCE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA params (trained with EMA)")

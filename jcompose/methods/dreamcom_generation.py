@@ -23,6 +23,31 @@ BENCHMARKS = ("murecom", "dreameditbench")
 MODEL_INPUTS = ("image", "mask", "masked_image", "input_ids")
 
 
+STEPS, GUIDANCE, CROSS_ATTENTION = 50, 7.5, "masked"  # `compose dreamcom`'s defaults
+
+
+def make_sample(method, *, steps: int, guidance: float, self_attention: str | None, cross_attention: str):
+    """The job's `sample`: ((one object's params, frozen), inputs (B, ...), keys (B, 2)) -> images (B, H, W, 3)
+    in [-1, 1], each item sampled as a single compose with its key."""
+    def sample(trees, batch, keys):
+        params, frozen = trees
+
+        def one(example, key):
+            single = jax.tree_util.tree_map(lambda x: x[None], example)
+            return method.sample(params, frozen, single, key, num_steps=steps, guidance_scale=guidance,
+                                 self_attention=self_attention, cross_attention=cross_attention == "masked")[0]
+
+        return jax.vmap(one)(batch, keys)
+
+    return sample
+
+
+def plan_sampler(method):
+    """(`make_sample` at `compose dreamcom`'s defaults, MODEL_INPUTS): the program `jcompose.plan` compiles."""
+    return make_sample(method, steps=STEPS, guidance=GUIDANCE, self_attention=None,
+                       cross_attention=CROSS_ATTENTION), MODEL_INPUTS
+
+
 def benchmark_pairs(kind: str, root: str, method, objects: list[str] | None = None) -> list[tuple]:
     """(object index, backgrounds source, background index, reference source) for every (object of the run, or
     of `objects`, background) pair: MureCom pairs an object with its category's backgrounds, DreamEditBench
@@ -88,16 +113,6 @@ def benchmark_job(method, params_of, frozen, pairs: list[tuple], *, seed: int, s
         p = pair_of[i]
         return {k: inputs(p)[k] for k in MODEL_INPUTS}, (record(p)["image"], inputs(p)["region"])
 
-    def sample(trees, batch, keys):
-        params, frozen = trees
-
-        def one(example, key):
-            single = jax.tree_util.tree_map(lambda x: x[None], example)
-            return method.sample(params, frozen, single, key, num_steps=steps, guidance_scale=guidance,
-                                 self_attention=self_attention, cross_attention=cross_attention == "masked")[0]
-
-        return jax.vmap(one)(batch, keys)
-
     def entry(i: int) -> dict:
         index, _, _, references = pairs[pair_of[i]]
         found = record(pair_of[i])
@@ -110,7 +125,9 @@ def benchmark_job(method, params_of, frozen, pairs: list[tuple], *, seed: int, s
 
     c = method.config
     return generation.Job(
-        items=items, read=read, sample=sample, key=lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i),
+        items=items, read=read,
+        sample=make_sample(method, steps=steps, guidance=guidance, self_attention=self_attention,
+                           cross_attention=cross_attention), key=lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i),
         write=lambda image, context: dreamcom_data.paste_region(image, *context), size=size, entry=entry,
         settings={"method": "dreamcom", "variant": c.get("variant", "unrecorded"),
                   "self_attention": self_attention or c.sample.self_attention,

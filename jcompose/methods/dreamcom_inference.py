@@ -196,6 +196,8 @@ def compose_dreamcom(args) -> dict:
 
 def add_parser(sub) -> None:
     """Registers `dreamcom` on the compose command line's subparsers."""
+    from jcompose.methods import dreamcom_generation as defaults  # the benchmark job's defaults are the command's
+
     p = sub.add_parser("dreamcom", help="inpaint a fine-tuned object into a box of a background (DreamCom)")
     p.set_defaults(run=compose_dreamcom)
     p.add_argument("--checkpoint", required=True, help="training workdir or <workdir>/checkpoints/<step>")
@@ -207,9 +209,10 @@ def add_parser(sub) -> None:
                    help="inpaint a crop around a small box (released --do_crop; default)")
     p.add_argument("--no-crop", dest="do_crop", action="store_false", help="inpaint the whole image resized")
     p.add_argument("--num", type=int, default=5, help="images per input (the paper's 5)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--cross-attention", dest="cross_attention", choices=("masked", "vanilla"), default="masked",
+    p.add_argument("--steps", type=int, default=defaults.STEPS)
+    p.add_argument("--guidance", type=float, default=defaults.GUIDANCE)
+    p.add_argument("--cross-attention", dest="cross_attention", choices=("masked", "vanilla"),
+                   default=defaults.CROSS_ATTENTION,
                    help="masked (default, as trained) or vanilla cross-attention at sampling (paper Table 4)")
     p.add_argument("--self-attention", dest="self_attention", default=None,
                    help="masked self-attention rule: released, paper or none (default: the run's)")

@@ -61,11 +61,12 @@ def _attention_kernel(eqn, scope: str) -> float | None:
         kernel = getattr(debug, "func_name", "") or ""
         if "flash" not in kernel and "splash" not in kernel:
             return None
-        q, k = _shape(eqn.invars[0]), _shape(eqn.invars[1])  # (B, heads, N, D), padded
+        # (..., B, heads, N, D), padded; vmapped calls (e.g. a benchmark job's items) have more leading axes
+        q, k = _shape(eqn.invars[0]), _shape(eqn.invars[1])
         logical = _LOGICAL.findall(scope)
-        q_len, kv_len, dim = (int(x) for x in logical[-1]) if logical else (q[2], k[2], q[3])
+        q_len, kv_len, dim = (int(x) for x in logical[-1]) if logical else (q[-2], k[-2], q[-1])
         # forward 4 (QK^T, PV); the backward's model work 8 is split 4 (dK, dV) + 4 (dP, dQ) over its kernels
-        return 4.0 * q[0] * q[1] * q_len * kv_len * dim
+        return 4.0 * math.prod(q[:-2]) * q_len * kv_len * dim
     if name.startswith("dot_product_attention_fwd"):
         q, k = _shape(eqn.invars[0]), _shape(eqn.invars[1])  # (B, T, heads, D)
         return 4.0 * q[0] * q[2] * q[1] * k[1] * q[3]

@@ -69,6 +69,9 @@ def compile_reports(run: build.Run, target: targets.Target, names=programs.PROGR
     for name in names:
         log(f"compiling {name} for {target.name} ({target.devices_count} x {target.chip.kind}) ...")
         compiled = programs.BUILDERS[name](run, target.platform, cache_dir)
+        if compiled is None:
+            log(f"  {name}: {run.config.method} has no such program")
+            continue
         if compiled.error:
             reports.append({"program": name, "fits": False, "error": compiled.error, "lower_s": compiled.lower_s,
                             "compile_s": compiled.compile_s, "compile_cpu_s": compiled.compile_cpu_s,

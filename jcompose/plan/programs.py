@@ -3,7 +3,8 @@
 Each is built by the code the run uses: the train step by `train_state.make_step` (remat, gradient
 accumulation, EMA and the K-model program included) jitted as `jcompose.train` jits it (state donated,
 its shardings kept), the sample-grid sampler by `train_state.make_sampler` on `train.sample_count`
-conditions. Tracing happens under `attention_kernels.compiling_for(<target platform>)`, so each attention
+conditions, the benchmark-generation step by `generation.step_function` of the method's job sampler, as
+`compose <method> --benchmark` runs it. Tracing happens under `attention_kernels.compiling_for(<target platform>)`, so each attention
 layer gets the implementation it would get on the target, and the choices are recorded per layer.
 """
 
@@ -18,14 +19,15 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding
 
 from configs.common import xla_options
-from jcompose import attention_kernels, parallel, train_state
+from jcompose import attention_kernels, generation, methods, parallel, train_state
 from jcompose.plan import flops as flop_count
 from jcompose.plan import hlo
 
-PROGRAMS = ("train", "sample")
+PROGRAMS = ("train", "sample", "generate")
 
 
 @dataclasses.dataclass
@@ -157,4 +159,33 @@ def sampler(run, platform: str, cache_dir: str | None = None) -> Compiled:
                     cache_dir)
 
 
-BUILDERS = {"train": train_step, "sample": sampler}
+def generate(run, platform: str, cache_dir: str | None = None) -> Compiled | None:
+    """The benchmark-generation step (`generation.step_function` of the method's job sampler, `methods.benchmark_sampler`, at
+    `compose`'s defaults) on `generation.PER_DEVICE_BATCH` items per chip, on the job's mesh, its weights
+    replicated on every chip as the job places them (for a K-model run one model's: the job generates each
+    object with its own). An item's inputs have the shapes of the training example's fields of the same
+    names. None: the method has no benchmark job."""
+    found = methods.benchmark_sampler(run.config, run.method)
+    if found is None:
+        return None
+    sample, inputs = found
+    mesh = generation.mesh_of(list(run.mesh.devices.flat))
+    count = generation.PER_DEVICE_BATCH * mesh.devices.size
+    rows, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    batch = {name: jax.ShapeDtypeStruct((count,) + np.shape(run.example[name])[1:], np.asarray(run.example[name]).dtype,
+                                        sharding=rows) for name in inputs}
+    lead = 1 if run.models > 1 else 0
+
+    def on_every_chip(spec, lead=0):
+        return jax.ShapeDtypeStruct(spec.shape[lead:], spec.dtype, sharding=replicated)
+
+    params = jax.tree_util.tree_map(lambda s: on_every_chip(s, lead), run.state["params"])
+    frozen = jax.tree_util.tree_map(on_every_chip, run.frozen)
+    index = jax.ShapeDtypeStruct((count,), np.int32, sharding=rows)
+    step = jax.jit(generation.step_function(sample, lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i), mesh),
+                   out_shardings=rows)
+    return _compile("generate", step, ((params, frozen), batch, index),
+                    {"params": params, "frozen": frozen, "batch": batch}, platform, count, mesh, cache_dir)
+
+
+BUILDERS = {"train": train_step, "sample": sampler, "generate": generate}
