@@ -35,7 +35,8 @@ pytest_plugins = ("skip_policy", "pytester")  # pytester: tests/test_skip_policy
 _LONG_FILES = ("test_anyscene_conditioning.py", "test_plan.py", "test_train.py", "test_generation.py",
                "test_multimodel.py", "test_anyscene.py", "test_bench.py", "test_dreamcom_train.py", "test_demo.py",
                "test_lora_train.py", "test_sweep_ray.py", "test_anydoor.py", "test_metrics_evaluate.py",
-               "test_loading.py", "test_anydoor_run.py", "test_plan_generate.py", "test_dreamcom.py", "test_run_record.py",
+               "test_loading.py", "test_anydoor_run.py", "test_plan_generate.py", "test_dreamcom.py",
+               "test_run_record.py",
                "test_sweep_packing.py", "test_sweep.py", "test_dreamcom_prior.py", "test_multihost.py",
                "test_eval_multihost.py")
 

@@ -75,7 +75,8 @@ def benchmark_job(method, params, frozen, pairs: list[dict], *, seed: int, steps
                                           "margin")}}
     return generation.Job(
         items=[f"{p['concept']}/{Path(p['background']).stem.removesuffix('_GT')}.png" for p in pairs],
-        read=read, sample=make_sample(method, steps=steps, guidance=guidance), key=lambda k: jax.random.PRNGKey(seed + k), write=write,
+        read=read, sample=make_sample(method, steps=steps, guidance=guidance),
+        key=lambda k: jax.random.PRNGKey(seed + k), write=write,
         size=lambda k: generation_files.image_size(pairs[k]["background"]), entry=entry,
         settings={"method": "anydoor", **variant, "steps": steps, "guidance": guidance,
                   "shape_control": bool(shape_control), "paste": paste, "seed": seed, **settings},

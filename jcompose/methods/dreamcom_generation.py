@@ -127,7 +127,8 @@ def benchmark_job(method, params_of, frozen, pairs: list[tuple], *, seed: int, s
     return generation.Job(
         items=items, read=read,
         sample=make_sample(method, steps=steps, guidance=guidance, self_attention=self_attention,
-                           cross_attention=cross_attention), key=lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i),
+                           cross_attention=cross_attention),
+        key=lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i),
         write=lambda image, context: dreamcom_data.paste_region(image, *context), size=size, entry=entry,
         settings={"method": "dreamcom", "variant": c.get("variant", "unrecorded"),
                   "self_attention": self_attention or c.sample.self_attention,

@@ -4,8 +4,9 @@ Each is built by the code the run uses: the train step by `train_state.make_step
 accumulation, EMA and the K-model program included) jitted as `jcompose.train` jits it (state donated,
 its shardings kept), the sample-grid sampler by `train_state.make_sampler` on `train.sample_count`
 conditions, the benchmark-generation step by `generation.step_function` of the method's job sampler, as
-`compose <method> --benchmark` runs it. Tracing happens under `attention_kernels.compiling_for(<target platform>)`, so each attention
-layer gets the implementation it would get on the target, and the choices are recorded per layer.
+`compose <method> --benchmark` runs it. Tracing happens under `attention_kernels.compiling_for(<target
+platform>)`, so each attention layer gets the implementation it would get on the target, and the choices
+are recorded per layer.
 """
 
 from __future__ import annotations
@@ -160,11 +161,11 @@ def sampler(run, platform: str, cache_dir: str | None = None) -> Compiled:
 
 
 def generate(run, platform: str, cache_dir: str | None = None) -> Compiled | None:
-    """The benchmark-generation step (`generation.step_function` of the method's job sampler, `methods.benchmark_sampler`, at
-    `compose`'s defaults) on `generation.PER_DEVICE_BATCH` items per chip, on the job's mesh, its weights
-    replicated on every chip as the job places them (for a K-model run one model's: the job generates each
-    object with its own). An item's inputs have the shapes of the training example's fields of the same
-    names. None: the method has no benchmark job."""
+    """The benchmark-generation step (`generation.step_function` of the method's job sampler,
+    `methods.benchmark_sampler`, at `compose`'s defaults) on `generation.PER_DEVICE_BATCH` items per chip,
+    on the job's mesh, its weights replicated on every chip as the job places them (for a K-model run one
+    model's: the job generates each object with its own). An item's inputs have the shapes of the training
+    example's fields of the same names. None: the method has no benchmark job."""
     found = methods.benchmark_sampler(run.config, run.method)
     if found is None:
         return None
