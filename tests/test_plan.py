@@ -2,6 +2,7 @@
 and the CUDA plugin as optional test packages), its figures against the same program built and traced on
 the CPU, the largest-batch search, and the command line."""
 
+import dataclasses
 import json
 
 import jax
@@ -129,6 +130,47 @@ def test_largest_batch_boundary_on_a_tpu_slice(v5p, plan_cache):
     assert best["per_chip_batch"] == 1 and best["memory_bytes"] <= budget
     assert best["next_per_chip_batch"] == 2 and best["next_memory_bytes"] == two["memory_bytes"]["total"] > budget
     assert best["compiles"] == 2 and best["overrides"] == "--config.train.batch_size=4"
+
+
+@pytest.mark.slow
+def test_evaluation_networks_planned_for_a_tpu_slice(v5p, tiny_eval_models, tmp_path):
+    """The evaluation's extractors (CLIP image tower, DINO, LPIPS) for v5p-8 at the eval batch (16 images over
+    4 chips): each chip holds the whole network (the bytes of the real files loaded) and its 4 images, and the
+    model FLOPs are those of the same functions traced on the CPU on 16 images."""
+    from configs.eval.base import base_config
+    from jcompose.metrics import clip_score, dino, lpips
+    from jcompose.plan import evaluation
+
+    run, _ = v5p
+    config = base_config()
+    config.metrics = ("clip_i", "dino", "lpips")
+    config.update(pair_size=64, batch_size=16)
+    config.clip.model, config.dino.model = str(tiny_eval_models / "clip"), str(tiny_eval_models / "dino")
+    assert evaluation.resolve(config, tmp_path) == []  # folders on this machine are read, not stood in for
+    result = planner.plan(dataclasses.replace(run, eval_config=config), CONFIG, _require("v5p-8"),
+                          names=("evaluate",), log=lambda *_: None)
+    programs = {p["program"]: p for p in result["programs"]}
+    assert list(programs) == ["evaluate:clip", "evaluate:dino", "evaluate:lpips"]
+    clip, vit = clip_score.load_clip(config.clip.model), dino.load_dino(config.dino.model)
+    _, lpips_params = lpips.load_lpips("alex")
+    inputs = {"clip": [(32, 32)], "dino": [(32, 32)], "lpips": [(64, 64), (64, 64)]}
+    functions = {"clip": lambda p, x: clip_score.image_embeddings(clip.module, p, x),
+                 "dino": lambda p, x: dino.dino_embeddings(vit.module, p, x),
+                 "lpips": lambda p, x, y: lpips.LPIPS("alex").apply({"params": p}, x, y)}
+    for name, params in (("clip", clip.params), ("dino", vit.params), ("lpips", lpips_params)):
+        step = programs[f"evaluate:{name}"]
+        assert step["fits"] and step["images"] == 16
+        assert step["memory_bytes"]["params"] == _bytes(params), name  # replicated: the whole network per chip
+        assert step["memory_bytes"]["batch"] == sum(4 * h * w * 3 * 4 for h, w in inputs[name])
+        images = [jax.ShapeDtypeStruct((16, h, w, 3), np.float32) for h, w in inputs[name]]
+        traced = jax.jit(functions[name]).trace(params, *images)
+        assert step["flops_global"] == pytest.approx(flops.count(traced.jaxpr).flops, rel=1e-3), name
+    # Folders not on this machine: the published CLIP ViT-L/14 (428M parameters) and DINO ViT-S/16 (21.7M).
+    config.clip.model, config.dino.model = "/models/clip-vit-large-patch14", ""
+    assert len(evaluation.resolve(config, tmp_path)) == 2
+    sizes = {n.name: sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(n.params))
+             for n in evaluation.networks(config)}
+    assert 427e6 < sizes["clip"] < 429e6 and 21.5e6 < sizes["dino"] < 22e6
 
 
 @pytest.mark.parametrize("budget", [130, 160, 161, 400, 1000])

@@ -251,4 +251,13 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("vmapped_kernel_heads_uncounted", "plan/flops", "jcompose/plan/flops.py",
        "return 4.0 * math.prod(q[:-2]) * q_len * kv_len * dim", "return 4.0 * q[0] * q[1] * q_len * kv_len * dim",
        "tests/test_plan_counting.py -k attention", "a vmapped Pallas kernel's FLOPs counted without its heads"),
+    _m("eval_lpips_size_fixed", "plan/evaluation", "jcompose/plan/evaluation.py",
+       "size = config.pair_size or 512", "size = 512",
+       "tests/test_plan.py -k evaluation_networks", "LPIPS planned at 512 px whatever the eval's pair size"),
+    _m("eval_params_split", "plan/programs", "jcompose/plan/programs.py",
+       "jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),\n                                        net.params)",
+       "jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rows if s.shape and s.shape[0] % chips == 0 else replicated),"
+       "\n                                        net.params)",
+       "tests/test_plan.py -k evaluation_networks", "evaluation networks planned split over the chips (evaluate "
+       "replicates them)"),
 )

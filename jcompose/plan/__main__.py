@@ -34,7 +34,7 @@ def _define_flags(values, argv: list[str]) -> None:
     flags.DEFINE_integer("slices", 1, "TPU slices joined over the data-centre network (multislice)",
                          flag_values=values)
     flags.DEFINE_list("programs", list(programs.PROGRAMS),
-                      "programs to compile: train, sample, generate (the benchmark-generation step)",
+                      "programs to compile: train, sample, generate (the benchmark-generation step), evaluate (its metrics)",
                       flag_values=values)
     flags.DEFINE_bool("max_batch", False, "also find the largest per-chip batch whose train step fits",
                       flag_values=values)

@@ -42,6 +42,7 @@ class Run:
     batch: dict
     example: dict  # one example as the transform makes it (host arrays), to re-shape the batch
     notes: list[str]
+    eval_config: Any = None  # the method's benchmark evaluation config (configs/eval/<method>.py), if any
 
 
 def resolve_model_folders(config, workdir: Path) -> list[str]:

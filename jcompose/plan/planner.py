@@ -8,6 +8,8 @@ per-chip batch whose train step fits, per remat / FSDP variant, reusing the buil
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import jax
 
 from configs.common import ConfigError, validate
 from jcompose import parallel
-from jcompose.plan import build, programs, report, targets
+from jcompose.plan import build, evaluation, programs, report, targets
 
 VARIANTS = ("as configured", "remat", "fsdp", "remat+fsdp")
 
@@ -58,6 +60,9 @@ def prepare(config, config_path: str, target: targets.Target, workdir: str | Pat
     devices = targets.devices(target)
     run = build.build(config, config_path, make_mesh(config, devices), Path(workdir))
     check_batch(config, len(devices), run.models)
+    if importlib.util.find_spec(f"configs.eval.{config.method}"):  # its benchmark evaluation, at its defaults
+        run.eval_config = importlib.import_module(f"configs.eval.{config.method}").get_config()
+        run.notes += evaluation.resolve(run.eval_config, Path(workdir))
     return run
 
 
@@ -68,24 +73,30 @@ def compile_reports(run: build.Run, target: targets.Target, names=programs.PROGR
     reports = []
     for name in names:
         log(f"compiling {name} for {target.name} ({target.devices_count} x {target.chip.kind}) ...")
-        compiled = programs.BUILDERS[name](run, target.platform, cache_dir)
-        if compiled is None:
+        built = programs.BUILDERS[name](run, target.platform, cache_dir)
+        if built is None:
             log(f"  {name}: {run.config.method} has no such program")
             continue
-        if compiled.error:
-            reports.append({"program": name, "fits": False, "error": compiled.error, "lower_s": compiled.lower_s,
-                            "compile_s": compiled.compile_s, "compile_cpu_s": compiled.compile_cpu_s,
-                            "host_peak_gib": compiled.host_peak_gib})
-            log(f"  {name}: the compiler refused it: {compiled.error}")
-            continue
-        one = report.program_report(compiled, target, compiled.flops, margin, hbm_bytes)
-        reports.append(one)
-        log(f"  {name}: {one['memory_bytes']['total'] / 2**30:.2f} GiB per chip of {one['hbm_bytes'] / 2**30:.1f} "
-            f"({'fits' if one['fits'] else 'does NOT fit'}), {one['flops_per_chip'] / 1e12:.3g} TFLOP per chip, "
-            f"traced in {compiled.lower_s:.0f} s, "
-            + ("compiled before (plan cache)" if compiled.cached else f"compiled in {compiled.compile_s:.0f} s "
-                                                                      f"({compiled.compile_cpu_s:.0f} CPU s)"))
+        for compiled in built if isinstance(built, list) else [built]:  # evaluate: one program per network
+            reports.append(_reported(compiled, target, margin, hbm_bytes, log))
     return reports
+
+
+def _reported(compiled: programs.Compiled, target: targets.Target, margin: float, hbm_bytes: float | None,
+              log) -> dict[str, Any]:
+    name = compiled.name
+    if compiled.error:
+        log(f"  {name}: the compiler refused it: {compiled.error}")
+        return {"program": name, "fits": False, "error": compiled.error, "lower_s": compiled.lower_s,
+                "compile_s": compiled.compile_s, "compile_cpu_s": compiled.compile_cpu_s,
+                "host_peak_gib": compiled.host_peak_gib}
+    one = report.program_report(compiled, target, compiled.flops, margin, hbm_bytes)
+    log(f"  {name}: {one['memory_bytes']['total'] / 2**30:.2f} GiB per chip of {one['hbm_bytes'] / 2**30:.1f} "
+        f"({'fits' if one['fits'] else 'does NOT fit'}), {one['flops_per_chip'] / 1e12:.3g} TFLOP per chip, "
+        f"traced in {compiled.lower_s:.0f} s, "
+        + ("compiled before (plan cache)" if compiled.cached else f"compiled in {compiled.compile_s:.0f} s "
+                                                                  f"({compiled.compile_cpu_s:.0f} CPU s)"))
+    return one
 
 
 def plan(run: build.Run, config_path: str, target: targets.Target, *, names=programs.PROGRAMS,

@@ -25,10 +25,10 @@ from jax.sharding import NamedSharding
 
 from configs.common import xla_options
 from jcompose import attention_kernels, generation, methods, parallel, train_state
+from jcompose.plan import evaluation, hlo
 from jcompose.plan import flops as flop_count
-from jcompose.plan import hlo
 
-PROGRAMS = ("train", "sample", "generate")
+PROGRAMS = ("train", "sample", "generate", "evaluate")
 
 
 @dataclasses.dataclass
@@ -189,4 +189,25 @@ def generate(run, platform: str, cache_dir: str | None = None) -> Compiled | Non
                     {"params": params, "frozen": frozen, "batch": batch}, platform, count, mesh, cache_dir)
 
 
-BUILDERS = {"train": train_step, "sample": sampler, "generate": generate}
+def evaluate(run, platform: str, cache_dir: str | None = None) -> list[Compiled] | None:
+    """The evaluation's feature extractors (`evaluation.networks` of the run's eval config, `run.eval_config`)
+    on `batch_size` images (rounded up to the chips), the batch split over the chips and the weights on
+    every chip, as `jcompose.evaluate` runs them (`sharded_map`). None: no eval config for the method."""
+    if run.eval_config is None:
+        return None
+    mesh = generation.mesh_of(list(run.mesh.devices.flat))
+    chips = mesh.devices.size
+    count = -(-run.eval_config.batch_size // chips) * chips
+    rows, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    out = []
+    for net in evaluation.networks(run.eval_config):
+        params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                                        net.params)
+        images = [jax.ShapeDtypeStruct((count, *shape), np.float32, sharding=rows) for shape in net.inputs]
+        step = jax.jit(net.apply, out_shardings=rows)  # as `sharded_map.map_items` jits its step
+        out.append(_compile(f"evaluate:{net.name}", step, (params, *images),
+                            {"params": params, "batch": images}, platform, count, mesh, cache_dir))
+    return out
+
+
+BUILDERS = {"train": train_step, "sample": sampler, "generate": generate, "evaluate": evaluate}
