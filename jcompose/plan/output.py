@@ -72,6 +72,10 @@ def markdown(plan: dict, max_batches: list[dict] | None = None) -> str:
                                                          or "none") + ".",
                 f"- Traced and lowered in {r['lower_s']:.0f} s, compiled in {r['compile_s']:.0f} s "
                 f"({r['compile_cpu_s']:.0f} CPU s); host memory peak {r['host_peak_gib']:.2f} GiB.", ""]
+        if not r["attention"]:  # e.g. the evaluation's CLIP / DINO: their own attention, left to XLA
+            out += ["Attention: no UNet / ControlNet attention layers (the network's own attention runs as XLA ops).",
+                    ""]
+            continue
         kinds: dict[str, int] = {}
         for row in r["attention"].values():
             kinds[row["implementation"]] = kinds.get(row["implementation"], 0) + 1
