@@ -108,6 +108,17 @@ def recording() -> Iterator[list[Choice]]:
         _records.reset(token)
 
 
+@contextlib.contextmanager
+def not_recording() -> Iterator[None]:
+    """Attention calls traced in this block are not recorded: a probe trace (e.g. one that lists a UNet's
+    layers) is not part of the program being planned."""
+    token = _records.set(None)
+    try:
+        yield
+    finally:
+        _records.reset(token)
+
+
 def _cudnn_supported(dtype: Any, head_dim: int, q_len: int, kv_len: int) -> str:
     """'' when cuDNN's fused attention takes these inputs, in training too, else why not."""
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):

@@ -260,4 +260,7 @@ MUTATIONS: tuple[Mutation, ...] = (
        "\n                                        net.params)",
        "tests/test_plan.py -k evaluation_networks", "evaluation networks planned split over the chips (evaluate "
        "replicates them)"),
+    _m("dreamcom_probe_recorded", "methods/dreamcom", "jcompose/methods/dreamcom.py",
+       "    with attention_kernels.not_recording():", "    with jax.named_scope(\"probe\"):",
+       "tests/test_plan_generate.py -k dreamcom", "the layer-name probe's dummy calls in the plan's attention table"),
 )

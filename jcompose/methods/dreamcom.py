@@ -36,7 +36,7 @@ import numpy as np
 
 from input_pipeline import dreamcom as dreamcom_data
 from input_pipeline import dreamcom_objects, dreamcom_prior
-from jcompose import attention, diffusion, lora, storage
+from jcompose import attention, attention_kernels, diffusion, lora, storage
 from jcompose.methods import dreamcom_prior as prior_preservation
 from jcompose.methods.base import base_folder as base_model_folder
 from jcompose.models import loading, lora_files
@@ -85,7 +85,8 @@ def self_attention_names(unet, params) -> list[str]:
             jnp.zeros((1, 1, unet.cross_attention_dim)), attention=ctx), (size, size)))
         return jnp.zeros(())
 
-    jax.eval_shape(trace, params)
+    with attention_kernels.not_recording():  # a probe, not a call of the program (plan's attention table)
+        jax.eval_shape(trace, params)
     return [c.name for c in calls if not c.is_cross]
 
 
