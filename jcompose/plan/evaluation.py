@@ -7,8 +7,9 @@ DINO, LPIPS for LPIPS; each with its parameters as shapes (loaders under `files.
 the input one image becomes (the host preprocessing's output size). SSIM runs no network.
 
 `resolve(eval_config, workdir)` points the config's CLIP and DINO folders that are not on this machine at
-config-only folders of the published models their names suggest (`CLIP`, `DINO`; default CLIP ViT-L/14
-and DINO ViT-S/16, the models the papers report with), restated from their published configs.
+config-only folders of the published models their names suggest (`CLIP`, `DINO`), restated from their
+published configs; unnamed, CLIP ViT-L/14 (the largest the eval configs' docs name: AnyScene's; AnyDoor's
+and DreamCom's name B/32, so their plans over-count CLIP) and DINO ViT-S/16.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def write_dino(folder: Path, name: str) -> Path:
 def resolve(config, workdir: Path) -> list[str]:
     """Stands in config-only folders for the eval config's missing CLIP / DINO folders (module doc); a note each."""
     notes = []
-    for field, table, write, default in (("clip", CLIP, write_clip, "large-patch14"), ("dino", DINO, write_dino, "vits16")):
+    stand_ins = (("clip", CLIP, write_clip, "large-patch14"), ("dino", DINO, write_dino, "vits16"))
+    for field, table, write, default in stand_ins:
         value = str(config[field].model)
         if value and Path(value).is_dir():
             continue
