@@ -175,12 +175,11 @@ def generate(run, platform: str, cache_dir: str | None = None) -> Compiled | Non
     rows, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     batch = {name: jax.ShapeDtypeStruct((count,) + np.shape(run.example[name])[1:], np.asarray(run.example[name]).dtype,
                                         sharding=rows) for name in inputs}
-    lead = 1 if run.models > 1 else 0
+    def on_every_chip(spec, drop_axes=0):  # the spec without its first `drop_axes` axes, replicated
+        return jax.ShapeDtypeStruct(spec.shape[drop_axes:], spec.dtype, sharding=replicated)
 
-    def on_every_chip(spec, lead=0):
-        return jax.ShapeDtypeStruct(spec.shape[lead:], spec.dtype, sharding=replicated)
-
-    params = jax.tree_util.tree_map(lambda s: on_every_chip(s, lead), run.state["params"])
+    model_axis = 1 if run.models > 1 else 0  # a K-model run's state has a leading model axis
+    params = jax.tree_util.tree_map(lambda s: on_every_chip(s, model_axis), run.state["params"])
     frozen = jax.tree_util.tree_map(on_every_chip, run.frozen)
     index = jax.ShapeDtypeStruct((count,), np.int32, sharding=rows)
     step = jax.jit(generation.step_function(sample, lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i), mesh),
