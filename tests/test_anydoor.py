@@ -97,7 +97,7 @@ def test_extractor_residuals_match_diffusers_controlnet_without_conv_in(setup, t
     ctx = rng.normal(size=(2, 257, 64)).astype(np.float32)
     hint = np.concatenate([rng.uniform(-1, 1, (2, 3, 64, 64)), rng.choice([-1.0, 0.0, 1.0], (2, 1, 64, 64))],
                           axis=1).astype(np.float32)
-    down, mid = method.residuals({"extractor": ours}, jnp.asarray(t), ctx, hint)
+    down, mid = jax.jit(method.residuals)({"extractor": ours}, jnp.asarray(t), ctx, hint)  # jit: op by op ~10 s
     args = (torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx), torch.from_numpy(hint))
     with torch.no_grad():
         plain = pt(*args, return_dict=False)

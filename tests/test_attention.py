@@ -207,10 +207,10 @@ def test_unet_with_a_neutral_control_matches_plain_unet(tiny_unet, rng):
     x = rng.normal(size=(2, 4, 8, 12)).astype(np.float32)
     ctx = rng.normal(size=(2, 16, 32)).astype(np.float32)
     t = jnp.array([5, 600])
-    plain = tiny_unet.module.apply({"params": tiny_unet.params}, x, t, ctx).sample
-    everywhere = attention.LayoutControl(np.ones((8, 12), np.float32), tokens=(1,), factors=(1, 2, 4))
-    routed = tiny_unet.module.apply({"params": tiny_unet.params}, x, t, ctx, attention=attention.AttentionContext(
-        (everywhere,), latent_hw=(8, 12))).sample
+    plain = jax.jit(tiny_unet.module.apply)({"params": tiny_unet.params}, x, t, ctx).sample  # jitted: op by op
+    everywhere = attention.LayoutControl(np.ones((8, 12), np.float32), tokens=(1,), factors=(1, 2, 4))  # ~10 s
+    routed = jax.jit(lambda p: tiny_unet.module.apply(p, x, t, ctx, attention=attention.AttentionContext(
+        (everywhere,), latent_hw=(8, 12))).sample)({"params": tiny_unet.params})
     np.testing.assert_allclose(np.asarray(routed), np.asarray(plain), atol=1e-5)
 
 

@@ -39,9 +39,11 @@ def test_loss_equals_numpy_on_the_same_draw(setup):
     k_latent, k_masked, k_noise, k_t = jax.random.split(rng, 4)
     vae, unet, text = method.pipe.vae.module, method.pipe.unet.module, method.pipe.text_encoder.module
 
+    # Module calls jitted (op by op they compile for ~10 s on 2 cores).
+    encode_image = jax.jit(lambda p, x, k: vae.apply({"params": p}, x, method=vae.encode).latent_dist.sample(k))
+
     def latents(images, key):
-        dist = vae.apply({"params": frozen["vae"]}, np.asarray(images).transpose(0, 3, 1, 2), method=vae.encode)
-        return np.asarray(dist.latent_dist.sample(key)) * vae.scaling_factor
+        return np.asarray(encode_image(frozen["vae"], np.asarray(images).transpose(0, 3, 1, 2), key)) * vae.scaling_factor
 
     z0, zm = latents(batch["image"], k_latent), latents(batch["masked_image"], k_masked)
     mask = np.asarray(batch["mask"])[:, ::8, ::8, 0]
@@ -51,8 +53,10 @@ def test_loss_equals_numpy_on_the_same_draw(setup):
     a = _alphas_cumprod()[t][:, None, None, None]
     zt = np.sqrt(a) * z0 + np.sqrt(1 - a) * noise
 
+    encode_text = jax.jit(lambda p, ids: text.apply({"params": p}, ids).last_hidden_state)
+
     def encode(ids):
-        return np.asarray(text.apply({"params": frozen["text_encoder"]}, np.asarray(ids)).last_hidden_state)
+        return np.asarray(encode_text(frozen["text_encoder"], np.asarray(ids)))
 
     n = (16 - 1) // 2  # the tiny tokenizer's 16 positions: instance 1..7, background 8..14
     e_in, e_out, e_empty = encode(batch["input_ids"]), encode(method.tokenize(["background"])), encode(
@@ -62,8 +66,9 @@ def test_loss_equals_numpy_on_the_same_draw(setup):
     context[:, n + 1:2 * n + 1] = e_out[:, 1:n + 1]
     control = attention.MaskedCrossAttention(mask, foreground_tokens=tuple(range(1, n + 1)))
     x_in = np.concatenate([zt, mask[:, None], zm], axis=1).astype(np.float32)
-    eps = np.asarray(unet.apply({"params": params["unet"]}, x_in, jnp.asarray(t), context,
-                                attention=attention.AttentionContext((control,), latent_hw=(8, 8))).sample, np.float64)
+    controlled = jax.jit(lambda p, x, t, c: unet.apply(
+        {"params": p}, x, t, c, attention=attention.AttentionContext((control,), latent_hw=(8, 8))).sample)
+    eps = np.asarray(controlled(params["unet"], x_in, jnp.asarray(t), context), np.float64)
     per_sample = [((eps[b] - noise[b]) ** 2 * loss_mask[b]).sum() / loss_mask[b].sum() for b in range(2)]
     want = float(np.mean(per_sample))
     print(f"jcompose {float(loss):.7f} numpy {want:.7f}; box area {mask.mean():.2f}, loss-mask area {loss_mask.mean():.2f}")
@@ -186,13 +191,16 @@ def test_sampling_runs_under_both_masked_attentions(setup):
     vae, unet, text = method.pipe.vae.module, method.pipe.unet.module, method.pipe.text_encoder.module
     k_masked, k_noise = jax.random.split(rng)
     mask = np.asarray(batch["mask"])[:, ::8, ::8, 0]
-    dist = vae.apply({"params": frozen["vae"]}, np.asarray(batch["masked_image"]).transpose(0, 3, 1, 2),
-                     method=vae.encode).latent_dist
-    extra = np.concatenate([mask[:, None], np.asarray(dist.sample(k_masked)) * vae.scaling_factor], axis=1)
+    # Module calls jitted (op by op, this loop spent ~20 s compiling on 2 cores).
+    encode_image = jax.jit(lambda p, x, k: vae.apply({"params": p}, x, method=vae.encode).latent_dist.sample(k))
+    latent = encode_image(frozen["vae"], np.asarray(batch["masked_image"]).transpose(0, 3, 1, 2), k_masked)
+    extra = np.concatenate([mask[:, None], np.asarray(latent) * vae.scaling_factor], axis=1)
     z0 = np.asarray(jax.random.normal(k_noise, (2, 4, 8, 8)), np.float64)
 
+    encode_text = jax.jit(lambda p, ids: text.apply({"params": p}, ids).last_hidden_state)
+
     def encode(ids):
-        return np.asarray(text.apply({"params": frozen["text_encoder"]}, np.asarray(ids)).last_hidden_state)
+        return np.asarray(encode_text(frozen["text_encoder"], np.asarray(ids)))
 
     context = np.concatenate([np.repeat(encode(method.tokenize([""])), 2, axis=0), encode(batch["input_ids"])])
     n = (16 - 1) // 2
@@ -200,19 +208,22 @@ def test_sampling_runs_under_both_masked_attentions(setup):
     masked_self = attention.MaskedSelfAttention(np.concatenate([mask, mask]), layers=TINY_DECODER_SELF_ATTENTION)
     alphas = _alphas_cumprod()
 
+    decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode).sample)
+
     def run(controls):
         z = z0
+        controlled = jax.jit(lambda p, x, t, c: unet.apply(
+            {"params": p}, x, t, c, attention=attention.AttentionContext(controls, latent_hw=(8, 8))).sample)
         for t, prev in ((501, 1), (1, -499)):
             x_in = np.concatenate([np.concatenate([z, z]), np.concatenate([extra, extra])], axis=1)
-            out = np.asarray(unet.apply({"params": params["unet"]}, x_in.astype(np.float32), jnp.full((4,), t),
-                                        context, attention=attention.AttentionContext(controls, latent_hw=(8, 8))
-                                        ).sample, np.float64)
+            out = np.asarray(controlled(params["unet"], x_in.astype(np.float32), jnp.full((4,), t), context),
+                             np.float64)
             eps = out[:2] + 7.5 * (out[2:] - out[:2])
             a, a_prev = alphas[t], alphas[prev] if prev >= 0 else alphas[0]
             x0 = (z - np.sqrt(1 - a) * eps) / np.sqrt(a)
             z = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
-        image = vae.apply({"params": frozen["vae"]}, (z / vae.scaling_factor).astype(np.float32), method=vae.decode)
-        return np.clip(np.asarray(image.sample).transpose(0, 2, 3, 1), -1, 1)
+        image = decode(frozen["vae"], (z / vae.scaling_factor).astype(np.float32))
+        return np.clip(np.asarray(image).transpose(0, 2, 3, 1), -1, 1)
 
     errors = {name: float(np.abs(got - run(controls)).max()) for name, controls in (
         ("both", (cross, masked_self)), ("cross only", (cross,)))}
@@ -269,10 +280,12 @@ def test_loss_and_gradients_match_the_pytorch_reference(setup, tmp_path):
         shutil.copytree(method.pipe.root / part, folder / part)
 
     rng = jax.random.PRNGKey(5)
-    loss, grads = jax.value_and_grad(lambda p: method.loss(p, frozen, batch, rng)[0])(params)
+    # jitted: one compile instead of thousands of op-by-op dispatches (~60 s of this test on 2 cores)
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: method.loss(p, frozen, batch, rng)[0]))(params)
     k_latent, k_masked, k_noise, k_t = jax.random.split(rng, 4)  # the loss's own draw (see DreamComMethod.loss)
-    latents = np.array(method._latents(frozen, batch["image"], k_latent))  # writable copies for torch
-    masked = np.array(method._latents(frozen, batch["masked_image"], k_masked))
+    encode = jax.jit(method._latents)
+    latents = np.array(encode(frozen, batch["image"], k_latent))  # writable copies for torch
+    masked = np.array(encode(frozen, batch["masked_image"], k_masked))
     noise = np.array(jax.random.normal(k_noise, latents.shape))
     t = np.array(jax.random.randint(k_t, (latents.shape[0],), 0, 1000))
 

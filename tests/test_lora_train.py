@@ -141,7 +141,7 @@ def test_exported_lora_and_merged_unet_match_in_diffusers(runs, tiny_bases):
     x = rng.normal(size=(2, 9, 8, 8)).astype(np.float32)
     t, ctx = np.array([17, 803]), rng.normal(size=(2, 16, 32)).astype(np.float32)
     params = jax.tree_util.tree_map(lambda v: v[0], state["params"])
-    apply = method.pipe.unet.module.apply
+    apply = jax.jit(method.pipe.unet.module.apply)  # jitted: op by op, ~8 s of compiles here
     want = np.asarray(apply({"params": method.unet_params(params, frozen)}, x, jnp.asarray(t), ctx).sample)
     effect = float(np.abs(want - np.asarray(apply({"params": frozen["unet"]}, x, jnp.asarray(t), ctx).sample)).max())
     base = tiny_bases["sd15-inpaint"]
