@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from forced_devices import LONG_RUN_XLA_OPTIONS
 
 from configs.common import load
 from input_pipeline.sources.synthetic_murecom import held_out_views, write_synthetic_murecom
@@ -21,6 +22,7 @@ def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("dreamcom_run")
     config = load("configs/dreamcom.py:tiny")
     config.train.update(steps=STEPS, log_every=50, ckpt_every=STEPS)
+    config.train.xla_options = LONG_RUN_XLA_OPTIONS  # 150 steps: compiled at -O1 the run takes 25 s, not 34
     config.sample.steps = 2
     train.train(config, workdir)
     return workdir, config
