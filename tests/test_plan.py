@@ -134,36 +134,40 @@ def test_largest_batch_boundary_on_a_tpu_slice(v5p, plan_cache):
 
 @pytest.mark.slow
 def test_evaluation_networks_planned_for_a_tpu_slice(v5p, tiny_eval_models, tmp_path):
-    """The evaluation's extractors (CLIP image tower, DINO, LPIPS) for v5p-8 at the eval batch (16 images over
-    4 chips): each chip holds the whole network (the bytes of the real files loaded) and its 4 images, and the
-    model FLOPs are those of the same functions traced on the CPU on 16 images."""
+    """The evaluation's extractors (CLIP image and text towers, DINO, LPIPS) for v5p-8 at the eval batch (16
+    items over 4 chips): each chip holds the whole network (the bytes of the real files loaded) and its 4 images
+    or prompts (77 token ids and mask), and the model FLOPs are those of the same functions traced on the CPU
+    on 16 items."""
     from configs.eval.base import base_config
     from jcompose.metrics import clip_score, dino, lpips
     from jcompose.plan import evaluation
 
     run, _ = v5p
     config = base_config()
-    config.metrics = ("clip_i", "dino", "lpips")
+    config.metrics = ("clip_score", "dino", "lpips")
     config.update(pair_size=64, batch_size=16)
     config.clip.model, config.dino.model = str(tiny_eval_models / "clip"), str(tiny_eval_models / "dino")
     assert evaluation.resolve(config, tmp_path) == []  # folders on this machine are read, not stood in for
     result = planner.plan(dataclasses.replace(run, eval_config=config), CONFIG, _require("v5p-8"),
                           names=("evaluate",), log=lambda *_: None)
     programs = {p["program"]: p for p in result["programs"]}
-    assert list(programs) == ["evaluate:clip", "evaluate:dino", "evaluate:lpips"]
+    assert list(programs) == ["evaluate:clip", "evaluate:clip_text", "evaluate:dino", "evaluate:lpips"]
     clip, vit = clip_score.load_clip(config.clip.model), dino.load_dino(config.dino.model)
     _, lpips_params = lpips.load_lpips("alex")
-    inputs = {"clip": [(32, 32)], "dino": [(32, 32)], "lpips": [(64, 64), (64, 64)]}
+    image = {size: jax.ShapeDtypeStruct((16, size, size, 3), np.float32) for size in (32, 64)}
+    tokens = jax.ShapeDtypeStruct((16, 77), np.int32)  # the tiny CLIP's max_position_embeddings
+    inputs = {"clip": [image[32]], "clip_text": [tokens, tokens], "dino": [image[32]], "lpips": [image[64], image[64]]}
     functions = {"clip": lambda p, x: clip_score.image_embeddings(clip.module, p, x),
+                 "clip_text": lambda p, ids, mask: clip_score.text_embeddings(clip.module, p, ids, mask),
                  "dino": lambda p, x: dino.dino_embeddings(vit.module, p, x),
                  "lpips": lambda p, x, y: lpips.LPIPS("alex").apply({"params": p}, x, y)}
-    for name, params in (("clip", clip.params), ("dino", vit.params), ("lpips", lpips_params)):
+    for name, params in (("clip", clip.params), ("clip_text", clip.params), ("dino", vit.params),
+                         ("lpips", lpips_params)):
         step = programs[f"evaluate:{name}"]
         assert step["fits"] and step["images"] == 16
         assert step["memory_bytes"]["params"] == _bytes(params), name  # replicated: the whole network per chip
-        assert step["memory_bytes"]["batch"] == sum(4 * h * w * 3 * 4 for h, w in inputs[name])
-        images = [jax.ShapeDtypeStruct((16, h, w, 3), np.float32) for h, w in inputs[name]]
-        traced = jax.jit(functions[name]).trace(params, *images)
+        assert step["memory_bytes"]["batch"] == sum(np.prod(x.shape) * x.dtype.itemsize for x in inputs[name]) / 4
+        traced = jax.jit(functions[name]).trace(params, *inputs[name])
         assert step["flops_global"] == pytest.approx(flops.count(traced.jaxpr).flops, rel=1e-3), name
     # Folders not on this machine: the published CLIP ViT-L/14 (428M parameters) and DINO ViT-S/16 (21.7M).
     config.clip.model, config.dino.model = "/models/clip-vit-large-patch14", ""

@@ -254,6 +254,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m("eval_lpips_size_fixed", "plan/evaluation", "jcompose/plan/evaluation.py",
        "size = config.pair_size or 512", "size = 512",
        "tests/test_plan.py -k evaluation_networks", "LPIPS planned at 512 px whatever the eval's pair size"),
+    _m("eval_text_tokens_short", "plan/evaluation", "jcompose/plan/evaluation.py",
+       "max_position_embeddings,), jnp.int32)", "max_position_embeddings - 1,), jnp.int32)",
+       "tests/test_plan.py -k evaluation_networks", "CLIP score's prompts planned one token shorter than "
+       "evaluate pads them"),
     _m("eval_params_split", "plan/programs", "jcompose/plan/programs.py",
        "jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),\n                                        net.params)",
        "jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rows if s.shape and s.shape[0] % chips == 0 else replicated),"

@@ -2,9 +2,10 @@
 
 `networks(eval_config)` gives, for the metrics of an evaluation config (`configs/eval/<method>.py`), each
 feature extractor `jcompose.evaluate` (and its AnyDoor / DreamCom protocols) runs over the images: the FID
-Inception for FID / KID, CLIP's image tower for CLIP score, CLIP-I and the aesthetic head, DINO ViT for
-DINO, LPIPS for LPIPS; each with its parameters as shapes (loaders under `files.abstract_weights`) and
-the input one image becomes (the host preprocessing's output size). SSIM runs no network.
+Inception for FID / KID, CLIP's image tower for CLIP score, CLIP-I and the aesthetic head, CLIP's text
+tower for CLIP score's prompts, DINO ViT for DINO, LPIPS for LPIPS; each with its parameters as shapes
+(loaders under `files.abstract_weights`) and the inputs one item becomes (an image at the host
+preprocessing's output size; a prompt as its padded token ids and mask). SSIM runs no network.
 
 `resolve(eval_config, workdir)` points the config's CLIP and DINO folders that are not on this machine at
 config-only folders of the published models their names suggest (`CLIP`, `DINO`), restated from their
@@ -37,12 +38,17 @@ DINO = {"vits16": (384, 1536, 12, 6, 16), "vits8": (384, 1536, 12, 6, 8), "vitb1
 
 @dataclasses.dataclass
 class Network:
-    """One extractor: `apply(params, *inputs)` on a batch, its abstract params, one image's input shapes."""
+    """One extractor: `apply(params, *inputs)` on a batch, its abstract params, one item's inputs (shape and
+    dtype of each, without the batch axis)."""
 
     name: str
     apply: Callable
     params: Any
-    inputs: tuple[tuple[int, ...], ...]
+    inputs: tuple[jax.ShapeDtypeStruct, ...]
+
+
+def _image(size: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((size, size, 3), jnp.float32)
 
 
 def _write(folder: Path, config: dict) -> Path:
@@ -109,21 +115,25 @@ def networks(config) -> list[Network]:
         module = inception.InceptionV3FID()
         size = inception.IMAGE_SIZE
         params = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
-        out.append(Network("inception", fid.feature_fn(module, config.fid.mode), params, ((size, size, 3),)))
+        out.append(Network("inception", fid.feature_fn(module, config.fid.mode), params, (_image(size),)))
     if wanted & {"clip_score", "clip_i", "aesthetic"}:
         module, params = _abstract(lambda: clip_score.load_clip(config.clip.model))
         size = module.config.vision_config.image_size
         out.append(Network("clip", lambda p, x, m=module: clip_score.image_embeddings(m, p, x), params,
-                           ((size, size, 3),)))
+                           (_image(size),)))
+        if "clip_score" in wanted:  # the prompts, once per benchmark, padded to the text tower's length as evaluate
+            tokens = jax.ShapeDtypeStruct((module.config.text_config.max_position_embeddings,), jnp.int32)
+            out.append(Network("clip_text", lambda p, ids, mask, m=module: clip_score.text_embeddings(m, p, ids, mask),
+                               params, (tokens, tokens)))
     if "dino" in wanted:
         module, params = _abstract(lambda: dino.load_dino(config.dino.model))
         size = module.config.image_size
-        out.append(Network("dino", lambda p, x, m=module: dino.dino_embeddings(m, p, x), params, ((size, size, 3),)))
+        out.append(Network("dino", lambda p, x, m=module: dino.dino_embeddings(m, p, x), params, (_image(size),)))
     if "lpips" in wanted:
         module = lpips.LPIPS(config.lpips.net)
         size = config.pair_size or 512
         zeros = jnp.zeros((1, size, size, 3))
         params = jax.eval_shape(module.init, jax.random.PRNGKey(0), zeros, zeros)["params"]
         out.append(Network("lpips", lambda p, x, y: module.apply({"params": p}, x, y), params,
-                           ((size, size, 3), (size, size, 3))))
+                           (_image(size), _image(size))))
     return out

@@ -202,10 +202,10 @@ def evaluate(run, platform: str, cache_dir: str | None = None) -> list[Compiled]
     for net in evaluation.networks(run.eval_config):
         params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                                         net.params)
-        images = [jax.ShapeDtypeStruct((count, *shape), np.float32, sharding=rows) for shape in net.inputs]
+        batch = [jax.ShapeDtypeStruct((count, *item.shape), item.dtype, sharding=rows) for item in net.inputs]
         step = jax.jit(net.apply, out_shardings=rows)  # as `sharded_map.map_items` jits its step
-        out.append(_compile(f"evaluate:{net.name}", step, (params, *images),
-                            {"params": params, "batch": images}, platform, count, mesh, cache_dir))
+        out.append(_compile(f"evaluate:{net.name}", step, (params, *batch),
+                            {"params": params, "batch": batch}, platform, count, mesh, cache_dir))
     return out
 
 
