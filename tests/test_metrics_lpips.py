@@ -96,7 +96,7 @@ def test_random_weights_equal_lpips_package(monkeypatch, rng, net):
     module, params = _random_params(net, seed=1)
     x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
     y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
-    ours = np.asarray(module.apply({"params": params}, x, y))
+    ours = np.asarray(jax.jit(module.apply)({"params": params}, x, y))
     ref = _torch_reference(lpips, torch, net, params, x, y)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
 
@@ -109,7 +109,7 @@ def test_spatial_maps_equal_lpips_package(monkeypatch, rng):
     _, params = _random_params("alex", seed=2)
     x = rng.uniform(-1, 1, (2, 64, 80, 3)).astype(np.float32)
     y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
-    ours = np.asarray(jlpips.LPIPS("alex", spatial=True).apply({"params": params}, x, y))
+    ours = np.asarray(jax.jit(jlpips.LPIPS("alex", spatial=True).apply)({"params": params}, x, y))
     ref = _torch_reference(lpips, torch, "alex", params, x, y, spatial=True)
     assert ours.shape == ref.shape == (2, 64, 80)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
@@ -128,7 +128,7 @@ def test_published_weights_equal_lpips_package(monkeypatch, net):
     other = data.coffee()[:256:2, 100:356:2].astype(np.float32) / 127.5 - 1
     x = np.stack([photo, photo])
     y = np.stack([np.clip(photo + 0.1 * np.sin(np.arange(128))[:, None, None], -1, 1), other]).astype(np.float32)
-    ours = np.asarray(module.apply({"params": params}, x, y))
+    ours = np.asarray(jax.jit(module.apply)({"params": params}, x, y))
     ref = _torch_reference(lpips, torch, net, params, x, y)
     # the heads in params came from lpips' own .pth through our reader; check they are the package's
     theirs = torch.load(jlpips._heads_path(net), map_location="cpu", weights_only=True)
