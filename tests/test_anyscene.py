@@ -10,6 +10,7 @@ import json
 import cv2
 import jax
 import jax.numpy as jnp
+import module_calls
 import numpy as np
 import pytest
 from anyscene_runs import heldout_batch, heldout_errors, latest_state, run_config, tiny_anyscene
@@ -47,15 +48,13 @@ def _reference_metrics(method, params, frozen, batch, rng, alpha=0.25, dk=5, ek=
     k_latent, k_noise, k_t = jax.random.split(rng, 3)
     vae = pipe.vae.module
     images = np.asarray(batch["image"])
-    # Each module call jitted (op by op, the reference took ~40 s of compiles on 2 cores).
-    encode = jax.jit(lambda p, x, k: vae.apply({"params": p}, x, method=vae.encode).latent_dist.sample(k))
-    z0 = np.asarray(encode(frozen["vae"], jnp.asarray(images.transpose(0, 3, 1, 2)), k_latent)) * vae.scaling_factor
+    z0 = np.asarray(module_calls.vae_sample(vae)(frozen["vae"], jnp.asarray(images.transpose(0, 3, 1, 2)), k_latent))
+    z0 = z0 * vae.scaling_factor
     noise = np.asarray(jax.random.normal(k_noise, z0.shape))
     t = np.asarray(jax.random.randint(k_t, (z0.shape[0],), 0, 1000))
     a = ab[t][:, None, None, None]
     zt = (np.sqrt(a) * z0 + np.sqrt(1 - a) * noise).astype(np.float32)
-    context = jax.jit(lambda p, ids: pipe.text_encoder.module.apply({"params": p}, ids).last_hidden_state)(
-        frozen["text_encoder"], np.asarray(batch["input_ids"]))
+    context = module_calls.text_states(pipe.text_encoder.module)(frozen["text_encoder"], np.asarray(batch["input_ids"]))
     fg, mask = np.asarray(batch["foreground"]), np.asarray(batch["mask"])
     cond = np.where(mask > 0.5, (fg + 1) / 2, -1.0).transpose(0, 3, 1, 2).astype(np.float32)
     tj = jnp.asarray(t)
@@ -70,9 +69,8 @@ def _reference_metrics(method, params, frozen, batch, rng, alpha=0.25, dk=5, ek=
     eps = np.asarray(controlled_unet(params["controlnet"], frozen["unet"], zt, tj, context, cond), np.float64)
     mse = np.mean((eps - noise) ** 2)
     x0 = ((zt - np.sqrt(1 - a) * eps) / np.sqrt(a)).astype(np.float32)
-    decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode).sample)
-    decoded = np.asarray(decode(frozen["vae"], jnp.asarray(x0 / vae.scaling_factor))).transpose(0, 2, 3, 1).astype(
-        np.float64)
+    decoded = module_calls.vae_decode(vae)(frozen["vae"], jnp.asarray(x0 / vae.scaling_factor))
+    decoded = np.asarray(decoded).transpose(0, 2, 3, 1).astype(np.float64)
     content, edge, edge_ungated = [], [], []
     for b in range(len(images)):
         m = mask[b, ..., 0].astype(np.float64)

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import module_calls
 import numpy as np
 import pytest
 from flax import struct
@@ -39,11 +40,11 @@ def test_loss_equals_numpy_on_the_same_draw(setup):
     k_latent, k_masked, k_noise, k_t = jax.random.split(rng, 4)
     vae, unet, text = method.pipe.vae.module, method.pipe.unet.module, method.pipe.text_encoder.module
 
-    # Module calls jitted (op by op they compile for ~10 s on 2 cores).
-    encode_image = jax.jit(lambda p, x, k: vae.apply({"params": p}, x, method=vae.encode).latent_dist.sample(k))
+    encode_image = module_calls.vae_sample(vae)
 
     def latents(images, key):
-        return np.asarray(encode_image(frozen["vae"], np.asarray(images).transpose(0, 3, 1, 2), key)) * vae.scaling_factor
+        latent = encode_image(frozen["vae"], np.asarray(images).transpose(0, 3, 1, 2), key)
+        return np.asarray(latent) * vae.scaling_factor
 
     z0, zm = latents(batch["image"], k_latent), latents(batch["masked_image"], k_masked)
     mask = np.asarray(batch["mask"])[:, ::8, ::8, 0]
@@ -53,7 +54,7 @@ def test_loss_equals_numpy_on_the_same_draw(setup):
     a = _alphas_cumprod()[t][:, None, None, None]
     zt = np.sqrt(a) * z0 + np.sqrt(1 - a) * noise
 
-    encode_text = jax.jit(lambda p, ids: text.apply({"params": p}, ids).last_hidden_state)
+    encode_text = module_calls.text_states(text)
 
     def encode(ids):
         return np.asarray(encode_text(frozen["text_encoder"], np.asarray(ids)))
@@ -191,13 +192,12 @@ def test_sampling_runs_under_both_masked_attentions(setup):
     vae, unet, text = method.pipe.vae.module, method.pipe.unet.module, method.pipe.text_encoder.module
     k_masked, k_noise = jax.random.split(rng)
     mask = np.asarray(batch["mask"])[:, ::8, ::8, 0]
-    # Module calls jitted (op by op, this loop spent ~20 s compiling on 2 cores).
-    encode_image = jax.jit(lambda p, x, k: vae.apply({"params": p}, x, method=vae.encode).latent_dist.sample(k))
-    latent = encode_image(frozen["vae"], np.asarray(batch["masked_image"]).transpose(0, 3, 1, 2), k_masked)
+    masked = np.asarray(batch["masked_image"]).transpose(0, 3, 1, 2)
+    latent = module_calls.vae_sample(vae)(frozen["vae"], masked, k_masked)
     extra = np.concatenate([mask[:, None], np.asarray(latent) * vae.scaling_factor], axis=1)
     z0 = np.asarray(jax.random.normal(k_noise, (2, 4, 8, 8)), np.float64)
 
-    encode_text = jax.jit(lambda p, ids: text.apply({"params": p}, ids).last_hidden_state)
+    encode_text = module_calls.text_states(text)
 
     def encode(ids):
         return np.asarray(encode_text(frozen["text_encoder"], np.asarray(ids)))
@@ -208,7 +208,7 @@ def test_sampling_runs_under_both_masked_attentions(setup):
     masked_self = attention.MaskedSelfAttention(np.concatenate([mask, mask]), layers=TINY_DECODER_SELF_ATTENTION)
     alphas = _alphas_cumprod()
 
-    decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode).sample)
+    decode = module_calls.vae_decode(vae)
 
     def run(controls):
         z = z0
