@@ -67,8 +67,7 @@ def test_loss_equals_numpy_on_the_same_draw(setup):
     context[:, n + 1:2 * n + 1] = e_out[:, 1:n + 1]
     control = attention.MaskedCrossAttention(mask, foreground_tokens=tuple(range(1, n + 1)))
     x_in = np.concatenate([zt, mask[:, None], zm], axis=1).astype(np.float32)
-    controlled = jax.jit(lambda p, x, t, c: unet.apply(
-        {"params": p}, x, t, c, attention=attention.AttentionContext((control,), latent_hw=(8, 8))).sample)
+    controlled = module_calls.controlled_unet(unet, (control,), (8, 8))
     eps = np.asarray(controlled(params["unet"], x_in, jnp.asarray(t), context), np.float64)
     per_sample = [((eps[b] - noise[b]) ** 2 * loss_mask[b]).sum() / loss_mask[b].sum() for b in range(2)]
     want = float(np.mean(per_sample))
@@ -212,8 +211,7 @@ def test_sampling_runs_under_both_masked_attentions(setup):
 
     def run(controls):
         z = z0
-        controlled = jax.jit(lambda p, x, t, c: unet.apply(
-            {"params": p}, x, t, c, attention=attention.AttentionContext(controls, latent_hw=(8, 8))).sample)
+        controlled = module_calls.controlled_unet(unet, controls, (8, 8))
         for t, prev in ((501, 1), (1, -499)):
             x_in = np.concatenate([np.concatenate([z, z]), np.concatenate([extra, extra])], axis=1)
             out = np.asarray(controlled(params["unet"], x_in.astype(np.float32), jnp.full((4,), t), context),

@@ -13,9 +13,10 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-import jax
 import jax.numpy as jnp
+import module_calls
 import numpy as np
 from hide_torch import HIDE, OWN_CODE
 
@@ -25,8 +26,6 @@ _SCRIPT = HIDE + textwrap.dedent(
     """
     import json
     import numpy as np
-    import jax
-    import jax.numpy as jnp
     import configs.common, input_pipeline.pipeline, input_pipeline.anyscene_benchmark  # noqa: F401
     import input_pipeline.anydoor_benchmark, input_pipeline.sources.synthetic  # noqa: F401
     import jcompose.train, jcompose.compose, jcompose.evaluate, jcompose.convert, jcompose.sweep  # noqa: F401
@@ -35,27 +34,16 @@ _SCRIPT = HIDE + textwrap.dedent(
     import jcompose.methods.anydoor_cli, jcompose.methods.anydoor_inference  # noqa: F401
     from jcompose.models import loading
 
-    folder, dinov2, out = sys.argv[1:4]
+    folder, dinov2, out, tests = sys.argv[1:5]
+    sys.path.insert(0, tests)
+    import module_calls  # the forward both sides run (tests/module_calls.py)
     pipe = loading.load_pipeline(folder, weights="safetensors",
                                  components=("unet", "vae", "text_encoder", "tokenizer", "scheduler", "controlnet"))
     dino = loading.load_dinov2(dinov2, weights="safetensors")
     inputs = np.load(out + ".in.npz")
     tokens = pipe.tokenizer(["a photo of sks dog"], padding="max_length", max_length=16, return_tensors="np").input_ids
-    params = {"text": pipe.text_encoder.params, "controlnet": pipe.controlnet.params, "unet": pipe.unet.params,
-              "vae": pipe.vae.params, "dino": dino.params}
-
-    @jax.jit  # one program: op by op, the modules took ~10 s of compiles here
-    def forward(params, tokens, x, cond, pixels):
-        ctx = pipe.text_encoder.module.apply({"params": params["text"]}, tokens).last_hidden_state
-        t = jnp.array([321])
-        res = pipe.controlnet.module.apply({"params": params["controlnet"]}, x, t, ctx, cond)
-        eps = pipe.unet.module.apply({"params": params["unet"]}, x, t, ctx,
-                                     down_block_additional_residuals=res.down_block_res_samples,
-                                     mid_block_additional_residual=res.mid_block_res_sample).sample
-        image = pipe.vae.module.apply({"params": params["vae"]}, x, method=pipe.vae.module.decode).sample
-        feats = dino.module.apply({"params": params["dino"]}, pixels).last_hidden_state
-        return dict(ctx=ctx, eps=eps, image=image, feats=feats)
-
+    forward = module_calls.text_controlnet_unet_vae_dino(pipe, dino)
+    params = module_calls.pipeline_params(pipe, dino)
     np.savez(out, tokens=tokens, **forward(params, tokens, inputs["x"], inputs["cond"], inputs["pixels"]))
     flax_modules = sorted(m for m in sys.modules if m.startswith("transformers") and "flax" in m)
     print(json.dumps({"lookups": lookups, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in (
@@ -74,7 +62,7 @@ def test_pytorch_free_load_and_forward(tiny_bases, tiny_dinov2, tmp_path):
     out = str(tmp_path / "out")
     np.savez(out + ".in.npz", **inputs)
     run = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(tiny_bases["sd15"]), str(tiny_dinov2), out],
+        [sys.executable, "-c", _SCRIPT, str(tiny_bases["sd15"]), str(tiny_dinov2), out, str(Path(__file__).parent)],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -89,19 +77,9 @@ def test_pytorch_free_load_and_forward(tiny_bases, tiny_dinov2, tmp_path):
                                  components=("unet", "vae", "text_encoder", "controlnet"))
     dino = loading.load_dinov2(tiny_dinov2, weights="msgpack")
 
-    @jax.jit  # one program (op by op: ~10 s of compiles)
-    def forward(tokens, x, cond, pixels):
-        ctx = pipe.text_encoder.module.apply({"params": pipe.text_encoder.params}, tokens).last_hidden_state
-        t = jnp.array([321])
-        res = pipe.controlnet.module.apply({"params": pipe.controlnet.params}, x, t, ctx, cond)
-        eps = pipe.unet.module.apply({"params": pipe.unet.params}, x, t, ctx,
-                                     down_block_additional_residuals=res.down_block_res_samples,
-                                     mid_block_additional_residual=res.mid_block_res_sample).sample
-        image = pipe.vae.module.apply({"params": pipe.vae.params}, x, method=pipe.vae.module.decode).sample
-        feats = dino.module.apply({"params": dino.params}, pixels).last_hidden_state
-        return {"ctx": ctx, "eps": eps, "image": image, "feats": feats}
-
-    ours = forward(got["tokens"], inputs["x"], inputs["cond"], inputs["pixels"])
+    forward = module_calls.text_controlnet_unet_vae_dino(pipe, dino)
+    ours = forward(module_calls.pipeline_params(pipe, dino), got["tokens"], inputs["x"], inputs["cond"],
+                   inputs["pixels"])
     for name, want in ours.items():
         np.testing.assert_allclose(got[name], np.asarray(want), atol=1e-5, err_msg=name)
     assert float(jnp.abs(jnp.asarray(got["eps"])).mean()) > 0.01  # the ControlNet residuals are not silent
